@@ -21,6 +21,7 @@ setuptools.setup(
         "numpy>=1.26",
         "tensorflow-cpu>=2.16",
         "tensorflow-datasets>=4.9.6",
+        "importlib_resources>=6.0",  # tfds needs it to write datasets (converters, Meta-World generator)
         "ml-collections>=0.1.1",
         "absl-py>=2.0",
         "tqdm>=4.66",

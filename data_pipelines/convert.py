@@ -1,0 +1,186 @@
+"""Convert demonstrations to RLDS: `python -m data_pipelines.convert --format={hdf5,zarr,npz} --input=... --output=...`
+
+Input layouts:
+  hdf5  robomimic / LIBERO: data/demo_<i>/actions (T, D_a), data/demo_<i>/obs/<key> (T, ...), optional
+        data/demo_<i>/rewards; language from the demo's or data's "language_instruction" attribute, or LIBERO's
+        data.attrs["problem_info"] JSON.
+  zarr  diffusion-policy / OAT replay buffer: data/<key> arrays (N, ...) concatenated over episodes,
+        meta/episode_ends (E,) exclusive end index of each episode.
+  npz   a directory of per-episode .npz files (sorted by name), each with action (T, D_a) + observation arrays;
+        or one .npz file with concatenated arrays and an episode_ends (E,) array.
+Keys named action/actions are the action (override with --action_key); reward/rewards become the step reward;
+every other per-step array is an observation. The output is written atomically (see rlds_writer.write_rlds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from typing import Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+
+from data_pipelines.rlds_writer import Episode, EpisodeError, write_rlds
+
+ACTION_KEYS = ("action", "actions")
+REWARD_KEYS = ("reward", "rewards")
+LANGUAGE_KEYS = ("language_instruction", "language", "lang")
+EPISODE_ENDS_KEY = "episode_ends"
+
+
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _pick_action_key(keys: Sequence[str], action_key: Optional[str], where: str) -> str:
+    candidates = [action_key] if action_key else list(ACTION_KEYS)
+    for key in candidates:
+        if key in keys:
+            return key
+    raise EpisodeError(f"{where}: missing action key {' or '.join(map(repr, candidates))} (has: {sorted(keys)}); "
+                       "pass --action_key=<name of the action array>.")
+
+
+def _as_text(value) -> str:
+    value = value.item() if isinstance(value, np.ndarray) else value
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _episode_from_arrays(arrays: Mapping[str, np.ndarray], source: str, action_key: Optional[str],
+                         language: str) -> Episode:
+    """Split a dict of per-step arrays into action / reward / observations."""
+    key = _pick_action_key(list(arrays), action_key, source)
+    observation, extras = {}, {}
+    for name, value in arrays.items():
+        if name == key or name == EPISODE_ENDS_KEY:
+            continue
+        if name in LANGUAGE_KEYS and np.asarray(value).ndim == 0:
+            language = _as_text(value)
+        elif name in REWARD_KEYS:
+            extras["reward"] = np.asarray(value, dtype=np.float32).reshape(-1)  # (T,)
+        else:
+            observation[name] = np.asarray(value)
+    return Episode(source=source, action=np.asarray(arrays[key]), observation=observation, language=language,
+                   extras=extras)
+
+
+def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
+    """Episodes of a robomimic/LIBERO HDF5 file, in demo-number order."""
+    import h5py  # optional dependency: pip install -e .[convert]
+
+    with h5py.File(path, "r") as f:
+        if "data" not in f:
+            raise EpisodeError(f"{path}: no 'data' group; expected the robomimic/LIBERO layout data/demo_*/actions.")
+        data = f["data"]
+        file_language = _as_text(data.attrs.get("language_instruction", language))
+        if "problem_info" in data.attrs:  # LIBERO
+            file_language = json.loads(_as_text(data.attrs["problem_info"])).get("language_instruction",
+                                                                                 file_language)
+        for demo in sorted(data.keys(), key=_natural_key):
+            group = data[demo]
+            arrays = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
+            if "obs" in group:
+                arrays.update({k: v[()] for k, v in group["obs"].items() if isinstance(v, h5py.Dataset)})
+            text = _as_text(group.attrs.get("language_instruction", file_language))
+            arrays = {k: v for k, v in arrays.items() if k not in ("states", "dones")}  # simulator state, flags
+            yield _episode_from_arrays(arrays, f"{path} episode data/{demo}", action_key, text)
+
+
+def _split_by_ends(arrays: Mapping[str, np.ndarray], ends: np.ndarray, source: str) -> Iterator[tuple[int, dict]]:
+    """Per-episode slices of concatenated arrays (N, ...) given exclusive episode ends (E,)."""
+    ends = np.asarray(ends, dtype=np.int64).reshape(-1)
+    total = int(ends[-1]) if ends.size else 0
+    for name, value in arrays.items():
+        if value.shape[0] != total:
+            raise EpisodeError(f"{source}: {name} has {value.shape[0]} rows but episode_ends ends at {total}; "
+                               "all concatenated arrays must cover every episode.")
+    start = 0
+    for index, end in enumerate(ends):
+        if end < start:
+            raise EpisodeError(f"{source} episode {index}: episode_ends is not increasing ({start} -> {end}).")
+        yield index, {name: value[start:end] for name, value in arrays.items()}  # each (T_i, ...)
+        start = int(end)
+
+
+def read_zarr(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
+    """Episodes of a diffusion-policy replay-buffer zarr store (data/<key>, meta/episode_ends)."""
+    import zarr  # optional dependency: pip install -e .[convert]
+
+    root = zarr.open_group(path, mode="r")
+    if "data" not in root or "meta" not in root or EPISODE_ENDS_KEY not in root["meta"]:
+        raise EpisodeError(f"{path}: expected a replay buffer with data/<key> arrays and meta/episode_ends.")
+    data = root["data"]
+    keys = sorted(data.array_keys())
+    _pick_action_key(keys, action_key, f"{path} (every episode)")
+    ends = root["meta"][EPISODE_ENDS_KEY][:]
+    for index, arrays in _split_by_ends({k: data[k] for k in keys}, ends, path):
+        arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        yield _episode_from_arrays(arrays, f"{path} episode {index}", action_key, language)
+
+
+def read_npz(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
+    """Episodes of a directory of per-episode .npz files, or of one .npz with an episode_ends array."""
+    if os.path.isdir(path):
+        files = sorted((f for f in os.listdir(path) if f.endswith(".npz")), key=_natural_key)
+        if not files:
+            raise EpisodeError(f"{path}: no .npz files; expected one .npz file per episode.")
+        for name in files:
+            file = os.path.join(path, name)
+            with np.load(file, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            yield _episode_from_arrays(arrays, f"{file} episode {os.path.splitext(name)[0]}", action_key, language)
+        return
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    if EPISODE_ENDS_KEY not in arrays:
+        raise EpisodeError(f"{path}: a single .npz file needs an '{EPISODE_ENDS_KEY}' array (exclusive end of each "
+                           "episode); or pass a directory with one .npz per episode.")
+    ends = arrays.pop(EPISODE_ENDS_KEY)
+    scalars = {k: v for k, v in arrays.items() if v.ndim == 0}
+    per_step = {k: v for k, v in arrays.items() if v.ndim > 0}
+    _pick_action_key(list(per_step), action_key, f"{path} (every episode)")
+    for index, episode_arrays in _split_by_ends(per_step, ends, path):
+        yield _episode_from_arrays({**episode_arrays, **scalars}, f"{path} episode {index}", action_key, language)
+
+
+READERS = {"hdf5": read_hdf5, "zarr": read_zarr, "npz": read_npz}
+
+
+def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
+            name: Optional[str] = None, overwrite: bool = False) -> str:
+    """Convert `input_path` in format `fmt` to an RLDS builder directory `output`; returns `output`."""
+    if fmt not in READERS:
+        raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
+    if not os.path.exists(input_path):
+        raise FileNotFoundError(f"--input={input_path} does not exist.")
+    episodes = READERS[fmt](input_path, action_key=action_key, language=language)
+    return write_rlds(episodes, output, name=name, overwrite=overwrite,
+                      description=f"Converted from {fmt} {os.path.abspath(input_path)} by data_pipelines.convert.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_pipelines.convert", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--format", required=True, choices=sorted(READERS), help="input layout")
+    parser.add_argument("--input", required=True, help="input file, store or directory")
+    parser.add_argument("--output", required=True, help="RLDS builder directory to create")
+    parser.add_argument("--action_key", default=None, help="name of the action array (default: action/actions)")
+    parser.add_argument("--language", default="", help="instruction for episodes that carry none")
+    parser.add_argument("--name", default=None, help="TFDS dataset name (default: from --output)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.format, args.input, args.output, action_key=args.action_key, language=args.language,
+                      name=args.name, overwrite=args.overwrite)
+    except (EpisodeError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

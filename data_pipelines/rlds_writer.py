@@ -1,0 +1,208 @@
+"""Write episodes as an RLDS dataset (TFDS builder directory), validated and atomically.
+
+Layout of every written episode (RLDS):
+  steps: {"action": (D_a,) float32, "observation": {name: ...}, <extras: reward, success, ...>,
+          "is_first", "is_last", "is_terminal": bool, "language_instruction": string}
+  episode_metadata: {"file_path": string, "episode_name": string, <extra metadata>}
+The result loads with plain `tfds.builder_from_directory(output)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+VERSION = "1.0.0"
+
+
+class EpisodeError(ValueError):
+    """An input episode is malformed; the message names the file and the episode."""
+
+
+@dataclasses.dataclass
+class Episode:
+    """One demonstration in memory, before it is written.
+
+    Attributes:
+      source: where it came from, used in errors and stored as metadata, e.g. "demos.hdf5 episode data/demo_3".
+      action: (T, D_a) float actions.
+      observation: name -> (T, ...) per-step observations (uint8 (T, H, W, C) with C in 1/3/4 become images).
+      language: instruction for every step ("" when unknown).
+      extras: name -> (T,) or (T, ...) other per-step fields (reward, success, ...), stored at step level.
+      metadata: name -> str / bool / int / float per-episode fields.
+    """
+
+    source: str
+    action: np.ndarray
+    observation: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    language: str = ""
+    extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _is_image(x: np.ndarray) -> bool:
+    return x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] in (1, 3, 4)
+
+
+def _storage_dtype(x: np.ndarray) -> np.dtype:
+    if np.issubdtype(x.dtype, np.floating):
+        return np.dtype(np.float32)
+    if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer):
+        return x.dtype
+    raise EpisodeError(f"dtype {x.dtype} cannot be stored; convert it to a float, int or bool array.")
+
+
+def _step_feature(x: np.ndarray) -> tfds.features.FeatureConnector:
+    """Feature of one step of x (T, ...)."""
+    if _is_image(x):
+        return tfds.features.Image(shape=x.shape[1:], encoding_format="png")
+    return tfds.features.Tensor(shape=x.shape[1:], dtype=_storage_dtype(x))
+
+
+def _metadata_feature(value: Any) -> tfds.features.FeatureConnector:
+    if isinstance(value, str):
+        return tfds.features.Text()
+    if isinstance(value, (bool, np.bool_)):
+        return tfds.features.Scalar(dtype=np.bool_)
+    if isinstance(value, (int, np.integer)):
+        return tfds.features.Scalar(dtype=np.int64)
+    if isinstance(value, (float, np.floating)):
+        return tfds.features.Scalar(dtype=np.float32)
+    raise EpisodeError(f"metadata value {value!r} must be a str, bool, int or float.")
+
+
+def _signature(episode: Episode) -> dict:
+    """Per-step shapes and dtypes of every field, for the consistency check across episodes."""
+    sig = {"action": (episode.action.shape[1:], str(_storage_dtype(episode.action)))}
+    for group, fields in (("observation", episode.observation), ("extras", episode.extras)):
+        for name, x in fields.items():
+            sig[f"{group}/{name}"] = (x.shape[1:], "image" if _is_image(x) else str(_storage_dtype(x)))
+    for name, value in episode.metadata.items():
+        sig[f"metadata/{name}"] = type(_metadata_feature(value)).__name__
+    return sig
+
+
+def validate_episode(episode: Episode, reference: dict | None = None) -> dict:
+    """Check one episode; raise EpisodeError naming `episode.source` if it is malformed.
+
+    Checks: at least one step; action (T, D_a) with D_a >= 1; every per-step field has the same T; actions and
+    float fields are finite; field names, per-step shapes and dtypes equal `reference` (another episode's).
+    Returns this episode's signature (use it as `reference` for the next episodes).
+    """
+    where = episode.source
+    try:
+        action = np.asarray(episode.action)
+        if action.ndim != 2 or action.shape[0] == 0 or action.shape[1] == 0:
+            raise EpisodeError(f"action must have shape (T >= 1, D_a >= 1), got {action.shape}" +
+                               (" (empty episode: drop it from the input)" if action.shape[:1] == (0,) else ""))
+        num_steps = action.shape[0]
+        fields = {"action": action, **{f"observation/{k}": np.asarray(v) for k, v in episode.observation.items()},
+                  **{f"extras/{k}": np.asarray(v) for k, v in episode.extras.items()}}
+        for name, x in fields.items():
+            if x.ndim == 0 or x.shape[0] != num_steps:
+                raise EpisodeError(f"{name} has {x.shape[0] if x.ndim else 'no'} steps but action has {num_steps}; "
+                                   "every per-step field needs the same length")
+            if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+                t, *_ = np.argwhere(~np.isfinite(x))[0]
+                raise EpisodeError(f"{name} has NaN/Inf values (first at step {t}); clean or drop this episode")
+        signature = _signature(episode)
+    except EpisodeError as e:
+        raise EpisodeError(f"{where}: {e}.") from None
+    if reference is not None and signature != reference:
+        diff = sorted(k for k in set(signature) | set(reference) if signature.get(k) != reference.get(k))
+        details = "; ".join(f"{k}: {signature.get(k, 'missing')} here vs {reference.get(k, 'missing')} in the "
+                            f"first episode" for k in diff)
+        raise EpisodeError(f"{where}: fields differ from the first episode ({details}). All episodes need the same "
+                           "keys, per-step shapes (e.g. action dims) and dtypes; fix or drop this episode.")
+    return signature
+
+
+def episode_features(episode: Episode) -> tfds.features.FeaturesDict:
+    """RLDS features of a dataset whose episodes look like `episode`."""
+    steps = {
+        "action": tfds.features.Tensor(shape=episode.action.shape[1:], dtype=np.float32),
+        "observation": tfds.features.FeaturesDict(
+            {k: _step_feature(np.asarray(v)) for k, v in episode.observation.items()}),
+        "is_first": tfds.features.Scalar(dtype=np.bool_),
+        "is_last": tfds.features.Scalar(dtype=np.bool_),
+        "is_terminal": tfds.features.Scalar(dtype=np.bool_),
+        "language_instruction": tfds.features.Text(),
+        **{k: _step_feature(np.asarray(v)) for k, v in episode.extras.items()},
+    }
+    metadata = {"file_path": tfds.features.Text(), "episode_name": tfds.features.Text(),
+                **{k: _metadata_feature(v) for k, v in episode.metadata.items()}}
+    return tfds.features.FeaturesDict({"steps": tfds.features.Dataset(steps),
+                                       "episode_metadata": tfds.features.FeaturesDict(metadata)})
+
+
+def _example(episode: Episode) -> dict:
+    num_steps = len(episode.action)
+    cast = lambda x: np.asarray(x).astype(_storage_dtype(np.asarray(x)), copy=False)  # noqa: E731
+    action = cast(episode.action)
+    observation = {k: np.asarray(v) if _is_image(np.asarray(v)) else cast(v) for k, v in episode.observation.items()}
+    extras = {k: np.asarray(v) if _is_image(np.asarray(v)) else cast(v) for k, v in episode.extras.items()}
+    steps = [{"action": action[t], "observation": {k: v[t] for k, v in observation.items()},
+              "is_first": t == 0, "is_last": t == num_steps - 1, "is_terminal": t == num_steps - 1,
+              "language_instruction": episode.language, **{k: v[t] for k, v in extras.items()}}
+             for t in range(num_steps)]
+    file_path, _, name = episode.source.partition(" episode ")
+    return {"steps": steps, "episode_metadata": {"file_path": file_path, "episode_name": name or file_path,
+                                                 **dict(episode.metadata)}}
+
+
+def dataset_name(output: str) -> str:
+    """A valid TFDS dataset name (snake_case) derived from the output directory name."""
+    base = os.path.basename(os.path.normpath(output))
+    if re.fullmatch(r"\d+\.\d+\.\d+", base):  # .../my_dataset/1.0.0 -> my_dataset
+        base = os.path.basename(os.path.dirname(os.path.normpath(output)))
+    name = re.sub(r"[^a-z0-9]+", "_", base.lower()).strip("_")
+    return name if name and name[0].isalpha() else f"dataset_{name}"
+
+
+def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = None, overwrite: bool = False,
+               description: str = "Converted by data_pipelines.") -> str:
+    """Validate `episodes` and write them, in order, as an RLDS builder directory at `output`.
+
+    Everything is written to a temporary sibling directory and moved to `output` only when all episodes were
+    written; on any error nothing is left behind. Returns `output`.
+    """
+    if "://" in output:
+        raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
+    output = os.path.abspath(output)
+    if os.path.exists(output):
+        if not overwrite:
+            raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
+    name = name or dataset_name(output)
+    iterator: Iterator[Episode] = iter(episodes)
+    first = next(iterator, None)
+    if first is None:
+        raise EpisodeError("The input has no episodes; nothing to convert.")
+    reference = validate_episode(first)
+    features = episode_features(first)
+
+    def examples():
+        yield "0", _example(first)
+        for index, episode in enumerate(iterator, start=1):
+            validate_episode(episode, reference)
+            yield str(index), _example(episode)
+
+    parent = os.path.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    try:
+        builder = tfds.dataset_builders.store_as_tfds_dataset(
+            name=name, version=VERSION, features=features, split_datasets={"train": examples()}, data_dir=tmp,
+            description=description, disable_shuffling=True)
+        if os.path.exists(output):  # --overwrite: move the old copy aside; it is deleted with tmp
+            os.replace(output, os.path.join(tmp, "previous"))
+        os.replace(str(builder.data_dir), output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output
