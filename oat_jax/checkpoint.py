@@ -1,0 +1,96 @@
+"""Self-describing tokenizer directories: Orbax params + `config.json` + `normalizer.json`.
+
+Layout of a tokenizer directory:
+    <dir>/config.json       OATConfig.to_dict()
+    <dir>/normalizer.json   ActionNormalizer.to_dict()
+    <dir>/params/           Orbax StandardCheckpointer checkpoint of the float32 param tree
+A training workdir holding such a directory as `<workdir>/tokenizer/` is accepted by `load` too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+
+from oat_jax.config import OATConfig
+from oat_jax.model import abstract_params, check_params
+from oat_jax.normalizer import ActionNormalizer
+
+CONFIG_FILE = "config.json"
+NORMALIZER_FILE = "normalizer.json"
+PARAMS_DIR = "params"
+WORKDIR_SUBDIR = "tokenizer"
+
+
+def is_tokenizer_dir(path: str) -> bool:
+    """True if `path` holds the three parts of a saved tokenizer."""
+    return all(os.path.exists(os.path.join(path, name)) for name in (CONFIG_FILE, NORMALIZER_FILE, PARAMS_DIR))
+
+
+def resolve_tokenizer_dir(path: str) -> str:
+    """Absolute tokenizer directory for `path` (a tokenizer directory or a workdir with `tokenizer/`).
+
+    Raises:
+      FileNotFoundError: `path` does not exist, or holds no saved tokenizer.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No tokenizer at {path!r}: the path does not exist.")
+    for candidate in (path, os.path.join(path, WORKDIR_SUBDIR)):
+        if is_tokenizer_dir(candidate):
+            return candidate
+    raise FileNotFoundError(
+        f"{path!r} holds no saved tokenizer: expected {CONFIG_FILE}, {NORMALIZER_FILE} and {PARAMS_DIR}/ there or "
+        f"in its {WORKDIR_SUBDIR}/ subdirectory (write one with OATTokenizer.save).")
+
+
+def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, overwrite: bool = False) -> str:
+    """Writes a tokenizer directory; returns its absolute path.
+
+    Args:
+      path: directory to create (must not exist unless `overwrite`; an empty directory is fine).
+      config / params / normalizer: the tokenizer's parts; params must match config.
+      overwrite: replace an existing directory's contents.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    check_params(config, params)
+    if os.path.exists(path) and os.listdir(path):
+        if not overwrite:
+            raise FileExistsError(f"{path!r} already exists and is not empty; pass overwrite=True to replace it.")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.join(path, PARAMS_DIR), jax.device_get(params))
+    for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
+        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=1)
+    return path
+
+
+def load(path: str) -> tuple[OATConfig, dict, ActionNormalizer]:
+    """Reads a tokenizer directory (or a workdir holding `tokenizer/`).
+
+    Returns:
+      (config, params as float32 jax arrays on the default device, normalizer).
+    Raises:
+      FileNotFoundError: missing path or no tokenizer there.
+      ValueError: the saved config does not match the saved params (tree or shapes).
+    """
+    path = resolve_tokenizer_dir(path)
+    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
+        config = OATConfig.from_dict(json.load(f))
+    with open(os.path.join(path, NORMALIZER_FILE), encoding="utf-8") as f:
+        normalizer = ActionNormalizer.from_dict(json.load(f))
+    params_dir = os.path.join(path, PARAMS_DIR)
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(params_dir).item_metadata
+        check_params(config, getattr(saved, "tree", saved), source=f"the params saved in {params_dir!r}")
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+                              abstract_params(config))
+        params = checkpointer.restore(params_dir, target)
+    return config, params, normalizer

@@ -1,0 +1,163 @@
+"""Building blocks shared by the encoder and decoder: LayerNorm, sin-cos tables, attention, MLPs, blocks.
+
+Conventions: activations are (B, T, E); params are float32; matmuls run in `dtype`; LayerNorm statistics and the
+attention softmax are computed in float32. Dense kernels are stored (in, out) (PyTorch stores (out, in)).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+xavier_uniform = nn.initializers.xavier_uniform()
+# PyTorch's default nn.Linear weight init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
+    """Parameter-free LayerNorm over the last axis, computed in float32.
+
+    Args:
+      x: (..., C) any float dtype.
+    Returns:
+      (..., C) float32 with zero mean and unit variance per row.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def sincos_table(length: int, width: int) -> np.ndarray:
+    """Fixed 1-D sin-cos position table (a constant, not a parameter).
+
+    omega_i = 10000 ** (-i / (width/2)), i = 0..width/2-1; row t = concat(sin(t * omega), cos(t * omega)).
+
+    Returns:
+      (length, width) float32 numpy array.
+    """
+    if width % 2:
+        raise ValueError(f"sin-cos table width must be even, got {width}.")
+    omega = 1.0 / 10000.0 ** (np.arange(width // 2, dtype=np.float64) / (width / 2.0))
+    angles = np.arange(length, dtype=np.float64)[:, None] * omega[None, :]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q/k/v/out projections.
+
+    Attributes:
+      num_heads: heads; head_dim = E // num_heads.
+      use_bias: biases on q, k, v and out projections.
+      qk_norm: parameter-free LayerNorm over head_dim on q and k of each head.
+      attn_dropout: dropout rate on the attention probabilities ("dropout" RNG stream).
+      eps: LayerNorm epsilon of the QK-norm.
+      dtype: compute dtype of the projections.
+      kernel_init: init of all four projection kernels (biases are zero).
+    """
+
+    num_heads: int
+    use_bias: bool = True
+    qk_norm: bool = False
+    attn_dropout: float = 0.0
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+    kernel_init: Initializer = xavier_uniform
+
+    @nn.compact
+    def __call__(self, x_q: jax.Array, x_kv: jax.Array, mask: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """x_q: (B, Tq, E) queries; x_kv: (B, Tk, E) keys/values; mask: bool broadcastable to (B, heads, Tq, Tk),
+        True where query row may attend key column. Returns (B, Tq, E) in `dtype`."""
+        width = x_q.shape[-1]
+        head_dim = width // self.num_heads
+        dense = lambda name: nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+                                      kernel_init=self.kernel_init, name=name)
+        split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
+        q, k, v = split(dense("query")(x_q)), split(dense("key")(x_kv)), split(dense("value")(x_kv))
+        if self.qk_norm:
+            q = layer_norm(q, self.eps).astype(self.dtype)
+            k = layer_norm(k, self.eps).astype(self.dtype)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(head_dim).astype(np.float32)
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if self.attn_dropout > 0.0:
+            probs = nn.Dropout(self.attn_dropout)(probs, deterministic=deterministic)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+        return dense("out")(out.reshape(out.shape[:-2] + (width,)))
+
+
+class SwiGLU(nn.Module):
+    """Bias-free SwiGLU MLP: fc2(silu(fc1 x) * fc3 x); (B, T, E) -> (B, T, E)."""
+
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                                                kernel_init=xavier_uniform, name=name)
+        h = nn.silu(dense(self.hidden, "fc1")(x)) * dense(self.hidden, "fc3")(x)
+        return dense(x.shape[-1], "fc2")(h)
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm encoder block: x += Drop(Attn(LN(x))); x += Drop(SwiGLU(LN(x))).
+
+    LayerNorms are parameter-free; attention has QK-norm, no biases and no dropout on the probabilities.
+    """
+
+    num_heads: int
+    mlp_hidden: int
+    dropout: float = 0.0
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
+        """x: (B, T, E); mask: bool (T, T). Returns (B, T, E)."""
+        h = layer_norm(x, self.eps)
+        h = Attention(self.num_heads, use_bias=False, qk_norm=True, eps=self.eps, dtype=self.dtype, name="attn")(
+            h, h, mask, deterministic)
+        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        h = SwiGLU(self.mlp_hidden, dtype=self.dtype, name="mlp")(layer_norm(x, self.eps))
+        return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+    """PyTorch-style pre-norm transformer decoder layer (norm_first=True).
+
+    x += Drop(SelfAttn(norm1(x))); x += Drop(CrossAttn(norm2(x), memory)); x += Drop(FFN(norm3(x))),
+    FFN = linear2(Drop(gelu_exact(linear1(.)))). Affine LayerNorms, biases everywhere, dropout on attention probs.
+    """
+
+    num_heads: int
+    ffn_dim: int
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        """x: (B, T, E) queries; memory: (B, M, E); self_mask: bool (T, T) or None. Returns (B, T, E)."""
+        drop = lambda t: nn.Dropout(self.dropout)(t, deterministic=deterministic)
+        norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
+        attn = lambda name: Attention(self.num_heads, use_bias=True, attn_dropout=self.attn_dropout, eps=self.eps,
+                                      dtype=self.dtype, name=name)
+        h = norm("norm1")(x)
+        x = x + drop(attn("self_attn")(h, h, self_mask, deterministic))
+        x = x + drop(attn("cross_attn")(norm("norm2")(x), memory, None, deterministic))
+        dense = lambda features, name: nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
+                                                kernel_init=torch_linear_default, name=name)
+        h = drop(nn.gelu(dense(self.ffn_dim, "linear1")(norm("norm3")(x)), approximate=False))
+        return x + drop(dense(x.shape[-1], "linear2")(h))

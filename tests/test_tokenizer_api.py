@@ -1,0 +1,202 @@
+"""OATTokenizer: API shapes/dtypes, unbatched inputs, pure functions, save/load round trip, clear errors."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oat_helpers import TINY, random_params, smooth_actions
+
+from oat_jax import ActionNormalizer, OATConfig, OATTokenizer, fsq
+
+H, D, N = TINY.horizon, TINY.action_dim, TINY.num_tokens
+
+
+def _raw_actions(batch, seed=0):
+    """Actions in raw units (offset and scaled away from [-1, 1])."""
+    return smooth_actions(batch, H, D, seed=seed) * np.array([2.0, 0.5, 10.0], np.float32) + 3.0
+
+
+@functools.lru_cache(maxsize=None)
+def _tok():
+    """Shared tokenizer for read-only tests (do not mutate)."""
+    return OATTokenizer(TINY, random_params(TINY), ActionNormalizer.fit(_raw_actions(64), "limits"))
+
+
+def test_sizes():
+    tok = _tok()
+    assert (tok.vocab_size, tok.num_tokens, tok.horizon, tok.action_dim) == (60, N, H, D)
+    assert "vocab_size=60" in repr(tok)
+
+
+def test_tokenize_detokenize_shapes_dtypes_and_unbatched_inputs():
+    tok, x = _tok(), _raw_actions(4)
+    tokens = tok.tokenize(x)
+    assert tokens.shape == (4, N) and tokens.dtype == jnp.int32
+    assert int(tokens.min()) >= 0 and int(tokens.max()) < tok.vocab_size
+    assert len(np.unique(np.asarray(tokens))) > 1
+    np.testing.assert_array_equal(tok.tokenize(x[2]), tokens[2])
+    actions = tok.detokenize(tokens)
+    assert actions.shape == (4, H, D) and actions.dtype == jnp.float32
+    np.testing.assert_allclose(tok.detokenize(tokens[2]), actions[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tok.detokenize(tokens[2, :3]), tok.detokenize(tokens[:, :3])[2], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tok.autoencode(x), actions, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tok.autoencode(x, 2), tok.detokenize(tokens[:, :2]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tok.autoencode(x[0], 2), tok.detokenize(tokens[0, :2]), rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_are_in_raw_units():
+    tok, x = _tok(), _raw_actions(4)
+    normalized = jax.jit(tok.model.apply)({"params": tok.params}, tok.normalizer.normalize(x))[0]
+    np.testing.assert_allclose(tok.autoencode(x), tok.normalizer.unnormalize(np.asarray(normalized)), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_encode_decode_codes_and_latents():
+    tok, x = _tok(), _raw_actions(4)
+    codes = tok.encode(x)
+    assert codes.shape == (4, N, TINY.latent_dim) and codes.dtype == jnp.float32
+    np.testing.assert_array_equal(fsq.codes_to_indices(codes, TINY.levels), tok.tokenize(x))
+    latents = tok.encode(x, quantize=False)
+    np.testing.assert_array_equal(fsq.quantize(latents, TINY.levels), codes)
+    assert np.abs(np.asarray(latents - codes)).max() > 0
+    np.testing.assert_allclose(tok.decode(codes), tok.autoencode(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(tok.decode(codes[1], 2), tok.autoencode(x, 2)[1], rtol=1e-5, atol=1e-5)
+    assert tok.encode(x[0]).shape == (N, TINY.latent_dim)
+
+
+def test_pure_functions_inside_a_user_jit():
+    tok, x = _tok(), _raw_actions(4)
+
+    @jax.jit
+    def round_trip(params, actions, lengths):
+        tokens = tok.tokenize_fn(params, actions)
+        return tokens, tok.detokenize_fn(params, tokens, lengths)
+
+    tokens, recon = round_trip(tok.params, x, jnp.array([1, 2, 4, 8]))
+    np.testing.assert_array_equal(tokens, tok.tokenize(x))
+    np.testing.assert_allclose(recon, tok.autoencode(x, np.array([1, 2, 4, 8])), rtol=1e-5, atol=1e-5)
+    codes = jax.jit(tok.encode_fn)(tok.params, x)
+    np.testing.assert_allclose(jax.jit(tok.decode_fn)(tok.params, codes, 3), tok.autoencode(x, 3), rtol=1e-5,
+                               atol=1e-5)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(tok.decode_fn(p, codes) ** 2)))(tok.params)  # differentiable
+    assert np.abs(np.asarray(grads["decoder"]["head"]["kernel"])).max() > 0
+
+
+def test_save_load_round_trip_is_bit_identical(tmp_path):
+    tok, x = _tok(), _raw_actions(4, seed=3)
+    path = tok.save(str(tmp_path / "tok"))
+    assert sorted(os.listdir(path)) == ["config.json", "normalizer.json", "params"]
+    loaded = OATTokenizer.load(path)
+    assert loaded.config == tok.config and loaded.normalizer.to_dict() == tok.normalizer.to_dict()
+    for a, b in zip(jax.tree.leaves(tok.params), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(a, b)
+    tokens = tok.tokenize(x)
+    np.testing.assert_array_equal(loaded.tokenize(x), tokens)
+    for k in (1, 3, N):
+        np.testing.assert_array_equal(loaded.detokenize(tokens[:, :k]), tok.detokenize(tokens[:, :k]))
+    # A training workdir holding the tokenizer under tokenizer/ loads too.
+    workdir = tmp_path / "workdir"
+    tok.save(str(workdir / "tokenizer"))
+    np.testing.assert_array_equal(OATTokenizer.load(str(workdir)).tokenize(x), tokens)
+
+
+def test_save_refuses_to_overwrite_unless_asked(tmp_path):
+    tok = _tok()
+    tok.save(str(tmp_path / "t"))
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        tok.save(str(tmp_path / "t"))
+    tok.save(str(tmp_path / "t"), overwrite=True)
+    assert OATTokenizer.load(str(tmp_path / "t")).config == TINY
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        OATTokenizer.load(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a tokenizer")
+    with pytest.raises(FileNotFoundError, match="holds no saved tokenizer"):
+        OATTokenizer.load(str(tmp_path / "empty"))
+    path = _tok().save(str(tmp_path / "tok"))
+    config_file = os.path.join(path, "config.json")
+    with open(config_file) as f:
+        config = json.load(f)
+    config["dec_ffn_dim"] = 48
+    with open(config_file, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="config does not match.*linear1.*kernel.*shape"):
+        OATTokenizer.load(path)
+
+
+def test_constructor_rejects_mismatched_parts():
+    params = random_params(TINY)
+    with pytest.raises(ValueError, match="config does not match"):
+        OATTokenizer(TINY.replace(levels=(5, 4)), params)
+    with pytest.raises(ValueError, match="normalizer has 2 action dims"):
+        OATTokenizer(TINY, params, ActionNormalizer.identity(2))
+    assert OATTokenizer(TINY, {"params": params}).normalizer.mode == "identity"
+
+
+@pytest.mark.parametrize("actions, message", [
+    (np.zeros((2, H, D + 1)), "action dim 4"),
+    (np.zeros((H, D - 1)), "action dim 2"),
+    (np.zeros((2, H + 1, D)), "horizon 9"),
+    (np.zeros((D,)), "shape"),
+    (np.zeros((2, H, D), dtype=complex), "real-valued"),
+    (np.where(np.arange(H * D).reshape(1, H, D) == 5, np.nan, 0.0), "1 NaN"),
+    (np.where(np.arange(H * D).reshape(1, H, D) == 5, -np.inf, 0.0), "1 Inf"),
+])
+def test_bad_actions_raise_value_error_naming_the_problem(actions, message):
+    tok = _tok()
+    for fn in (tok.tokenize, tok.encode, tok.autoencode):
+        with pytest.raises(ValueError, match=message):
+            fn(actions)
+
+
+@pytest.mark.parametrize("tokens, lengths, message", [
+    (np.full((2, N), 60), None, r"\[0, vocab_size=60\)"),
+    (np.full((2, N), -1), None, r"\[0, vocab_size=60\)"),
+    (np.zeros((2, 0), int), None, "prefix length 0"),
+    (np.zeros((2, N + 1), int), None, "prefix length 9"),
+    (np.zeros((2, N), int), 0, "prefix length 0"),
+    (np.zeros((2, N), int), N + 1, "prefix length 9"),
+    (np.zeros((2, 3), int), 4, "prefix length 4"),
+    (np.zeros((2, N), int), np.array([1, 0]), "prefix length 0"),
+    (np.zeros((2, N), int), np.array([1, 2, 3]), r"\(2,\) array"),
+    (np.zeros((2, N)), None, "integer"),
+    (np.zeros((2, N), int), 2.0, "integers"),
+])
+def test_bad_tokens_raise_value_error_naming_the_problem(tokens, lengths, message):
+    with pytest.raises(ValueError, match=message):
+        _tok().detokenize(tokens, lengths)
+
+
+def test_ids_outside_the_decoded_prefix_are_not_checked():
+    tok = _tok()
+    tokens = np.zeros((1, N), int)
+    tokens[0, 2:] = -1  # padding after a length-2 prefix
+    np.testing.assert_array_equal(tok.detokenize(tokens, 2), tok.detokenize(tokens[:, :2]))
+
+
+def test_bad_prefix_lengths_and_codes_elsewhere():
+    tok, x = _tok(), _raw_actions(4)
+    with pytest.raises(ValueError, match="prefix length 0"):
+        tok.autoencode(x, 0)
+    with pytest.raises(ValueError, match="prefix length 9"):
+        tok.decode(np.zeros((4, N, TINY.latent_dim), np.float32), 9)
+    with pytest.raises(ValueError, match="codes must be a float array of shape"):
+        tok.decode(np.zeros((2, N, 2), np.float32))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        tok.decode(np.full((N, TINY.latent_dim), np.nan, np.float32))
+
+
+def test_config_fields_have_defaults_of_the_paper():
+    c = OATConfig()
+    assert (c.horizon, c.action_dim, c.num_tokens, c.levels, c.enc_width, c.enc_depth, c.enc_heads) == (
+        32, 7, 8, (8, 5, 5, 5), 256, 2, 4)
+    assert (c.dec_width, c.dec_depth, c.dec_heads, c.dec_ffn_dim, c.nested_dropout, c.enc_mlp_hidden) == (
+        256, 4, 4, 1024, "pow2", 682)
+    assert c.causal_registers and c.causal_decoder and c.dtype == "float32"
