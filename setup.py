@@ -32,5 +32,6 @@ setuptools.setup(
         "test": ["pytest>=8.0", "hypothesis>=6.100", "pytest-xdist>=3.5"],
         "convert": ["h5py>=3.10", "zarr>=2.16"],
         "metaworld": ["metaworld>=3.0"],
+        "torch": ["torch>=2.1", "dill>=0.3"],  # oat_jax.torch_import: read reference PyTorch checkpoints (.pt)
     },
 )

@@ -12,3 +12,8 @@ from oat_jax.tokenizer import OATTokenizer
 
 __all__ = ["ActionNormalizer", "OATConfig", "OATModel", "OATTokenizer", "fsq", "init_params", "param_count"]
 __version__ = "0.1.0"
+
+# VLA integration (issue 7): loading for user JAX code; lm_vocab, serialization, torch_import are submodules.
+from oat_jax.pretrained import Pretrained, load_pretrained  # noqa: E402
+
+__all__ += ["Pretrained", "load_pretrained"]

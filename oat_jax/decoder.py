@@ -95,7 +95,7 @@ class OATDecoder(nn.Module):
         return jnp.broadcast_to(table, (batch_size,) + table.shape)
 
     def transform(self, queries: jax.Array, memory: jax.Array, deterministic: bool = True) -> jax.Array:
-        """Decoder layers + head. queries: (B, T, E); memory: (B, M, E) -> (B, T, D_a) float32."""
+        """Decoder layers + head. queries: (B, T, E) or (1, T, E); memory: (B, M, E) -> (B, T, D_a) float32."""
         t = queries.shape[1]
         self_mask = np.tril(np.ones((t, t), bool)) if self.config.causal_decoder else None
         x = queries
@@ -104,5 +104,13 @@ class OATDecoder(nn.Module):
         return self.head(layer_norm(x, self.config.layer_norm_eps))
 
     def __call__(self, codes: jax.Array, lengths: jax.Array, deterministic: bool = True) -> jax.Array:
-        """codes: (B, N, d); lengths: (B,) int32 in 1..N -> normalized actions (B, H, D_a) float32."""
-        return self.transform(self.queries(codes.shape[0]), self.memory(codes, lengths), deterministic)
+        """codes: (B, N, d); lengths: (B,) int32 in 1..N -> normalized actions (B, H, D_a) float32.
+
+        The queries do not depend on the input, so without dropout the first layer's self-attention is the same
+        for every example: it runs once on a batch of 1 and broadcasts in the cross-attention (about 9% fewer
+        FLOPs per chunk with the paper's sizes). With dropout on, each example gets its own masks.
+        """
+        c = self.config
+        shared = deterministic or (c.dec_dropout == 0.0 and c.dec_attn_dropout == 0.0)
+        queries = self.queries(1 if shared else codes.shape[0])
+        return self.transform(queries, self.memory(codes, lengths), deterministic)

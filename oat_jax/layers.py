@@ -74,14 +74,17 @@ class Attention(nn.Module):
     @nn.compact
     def __call__(self, x_q: jax.Array, x_kv: jax.Array, mask: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
-        """x_q: (B, Tq, E) queries; x_kv: (B, Tk, E) keys/values; mask: bool broadcastable to (B, heads, Tq, Tk),
-        True where query row may attend key column. Returns (B, Tq, E) in `dtype`."""
+        """x_q: (B, Tq, E) queries (or (1, Tq, E): one set shared by the batch); x_kv: (B, Tk, E) keys/values;
+        mask: bool broadcastable to (B, heads, Tq, Tk), True where query row may attend key column.
+        Returns (B, Tq, E) in `dtype`."""
         width = x_q.shape[-1]
         head_dim = width // self.num_heads
         dense = lambda name: nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                                       kernel_init=self.kernel_init, name=name)
         split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
         q, k, v = split(dense("query")(x_q)), split(dense("key")(x_kv)), split(dense("value")(x_kv))
+        if q.shape[0] != k.shape[0]:  # queries shared by the whole batch (x_q has batch 1): project once
+            q = jnp.broadcast_to(q, k.shape[:1] + q.shape[1:])
         if self.qk_norm:
             q = layer_norm(q, self.eps).astype(self.dtype)
             k = layer_norm(k, self.eps).astype(self.dtype)
@@ -149,7 +152,8 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array | None = None,
                  deterministic: bool = True) -> jax.Array:
-        """x: (B, T, E) queries; memory: (B, M, E); self_mask: bool (T, T) or None. Returns (B, T, E)."""
+        """x: (B, T, E) queries, or (1, T, E) shared by the batch (the self-attention sub-layer then runs once);
+        memory: (B, M, E); self_mask: bool (T, T) or None. Returns (B, T, E)."""
         drop = lambda t: nn.Dropout(self.dropout)(t, deterministic=deterministic)
         norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
         attn = lambda name: Attention(self.num_heads, use_bias=True, attn_dropout=self.attn_dropout, eps=self.eps,

@@ -1,0 +1,149 @@
+r"""OAT tokenizer training configs.
+
+Default (embedded Meta-World dataset, a small fast model; about 7 minutes on 2 CPU cores):
+  python -m experiments.train --config=experiments/configs/oat.py --workdir=runs/oat_metaworld
+
+Variants are chosen by the config argument (comma-separated keywords, combinable):
+  --config=experiments/configs/oat.py:oatx        OAT x ablation: no nested dropout (prefixes are not meaningful)
+  --config=experiments/configs/oat.py:paper       the paper's model and reference hyperparameters (batch 256 per
+      GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); the dataset is a
+      placeholder: add --config.data.name=libero_10 --config.data.data_dir=/path/to/tfds (or --config.data.path)
+  --config=experiments/configs/oat.py:paper,oatx  the paper's OAT x
+  --config=experiments/configs/oat.py:fsdp        shard params and optimizer state over all devices (FSDP)
+  --config=experiments/configs/oat.py:runlocal    tiny model, a few steps (smoke test, seconds)
+  --config=experiments/configs/oat.py:test        tiny model used by the unit tests
+Any field can be overridden, e.g. --config.optim.lr=1e-4 --config.train.num_steps=2000.
+Several processes (e.g. two CPU hosts): add --config.distributed.coordinator_address=host0:1234
+  --config.distributed.num_processes=2 --config.distributed.process_id=<i> on each.
+"""
+
+import ml_collections
+
+VARIANTS = ("oatx", "paper", "fsdp", "runlocal", "test")
+
+
+def _parse(arg: str) -> set[str]:
+    chosen = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = sorted(chosen - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"Unknown config variant(s) {unknown}; choose from {VARIANTS} (comma-separated).")
+    return chosen
+
+
+def _model(**overrides) -> ml_collections.ConfigDict:
+    """OATConfig fields (see oat_jax/config.py for each one's meaning); action_dim=-1 = taken from the dataset."""
+    model = ml_collections.ConfigDict(dict(
+        action_dim=-1, horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
+        enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
+        dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
+        causal_decoder=True, nested_dropout="pow2", nested_dropout_power=1.0, layer_norm_eps=1e-5,
+        dtype="float32"))
+    model.update(overrides)
+    return model
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Returns the training config for the variants named in `arg` (see the module docstring)."""
+    variants = _parse(arg)
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # PRNG seed of param init, dropout and data order.
+
+    config.data = ml_collections.ConfigDict()
+    config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
+    config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    config.data.data_dir = ""  # TFDS data_dir for `name`.
+    config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).
+    config.data.split_seed = 0  # seed of the episode split.
+    config.data.in_memory = True  # load every chunk into host memory (exact resume); False streams with tf.data.
+    config.data.shuffle_buffer = 100_000  # tf.data shuffle buffer when streaming (in_memory=False).
+    config.data.max_eval_chunks = 4096  # evaluate on at most this many validation chunks (evenly spaced).
+
+    config.normalizer = ml_collections.ConfigDict()
+    config.normalizer.mode = "limits"  # 'limits' (paper) | 'quantile' | 'gaussian'; fitted on train episodes only.
+
+    # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout: 0.52M params) that
+    # learns the small Meta-World dataset within a few minutes on a CPU.
+    config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
+                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 2e-3  # peak learning rate.
+    config.optim.warmup_steps = 100  # linear warmup updates.
+    config.optim.schedule = "cosine"  # after warmup: 'constant' | 'cosine' (to lr * min_lr_ratio at num_steps).
+    config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
+    config.optim.b1 = 0.9  # AdamW beta1.
+    config.optim.b2 = 0.95  # AdamW beta2.
+    config.optim.eps = 1e-8  # AdamW epsilon.
+    config.optim.weight_decay = 0.0  # AdamW decoupled weight decay (only on >= 2-D weights).
+    config.optim.clip_norm = 1.0  # global gradient-norm clip (<= 0 disables).
+    config.optim.accum_steps = 1  # micro-batches per update (gradient accumulation); must divide the batch.
+
+    config.ema = ml_collections.ConfigDict()
+    config.ema.power = 0.75  # EMA warm-up exponent: decay = 1 - n**-power after two updates.
+    config.ema.max_decay = 0.999  # upper clamp of the EMA decay (reference 0.9999 for 100k+ step runs).
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 128  # global batch (all devices and processes together) per update.
+    config.train.num_steps = 1500  # total updates.
+    config.train.log_every = 50  # steps between training-metric logs (also the NaN check and, multi-process,
+    #                              the stop-signal check).
+    config.train.eval_every = 250  # steps between held-out evaluations (and a final one at the end).
+    config.train.eval_batch_size = 512  # global batch of the evaluation.
+    config.train.progress_bar = True  # tqdm bar with loss and steps/s on process 0.
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = 500  # steps between checkpoints (plus the final step and on SIGTERM/SIGINT).
+    config.checkpoint.keep_last = 2  # most recent checkpoints kept.
+    config.checkpoint.keep_best = 1  # checkpoints with the lowest validation MSE kept in addition.
+    config.checkpoint.async_save = True  # write checkpoints in the background.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the data axis (-1 = all remaining).
+    config.mesh.fsdp = 1  # devices on the fsdp axis (params split over it when a rule says 'fsdp').
+
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = ((".*", "replicate"),)  # (regex on the param path, 'replicate' | 'fsdp' | axes tuple).
+    config.sharding.fsdp_min_size = 2 ** 12  # leaves with fewer elements stay replicated under 'fsdp'.
+
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.coordinator_address = ""  # 'host:port' of process 0 for a multi-process run ('' = none).
+    config.distributed.num_processes = 1  # processes in the run (with coordinator_address).
+    config.distributed.process_id = 0  # this process's index (with coordinator_address).
+    config.distributed.auto = False  # True: jax.distributed.initialize() detects the cluster (TPU pod, SLURM).
+    config.distributed.cpu_collectives = "gloo"  # CPU cross-process collectives ('' keeps JAX's default).
+
+    config.plots = ml_collections.ConfigDict()
+    config.plots.num_chunks = 4  # validation chunks drawn in reconstructions.png.
+    config.plots.prefix_lengths = (1, 2, 4, 8)  # k values drawn in reconstructions.png.
+
+    if "paper" in variants:
+        config.data.path = "/path/to/rlds_dataset"  # placeholder: set path, or name + data_dir.
+        config.model = _model(dtype="bfloat16")
+        config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
+                            eps=1e-8, weight_decay=0.0, clip_norm=1.0)
+        config.ema.max_decay = 0.9999
+        # 256 per GPU on 4 GPUs; ~5000 epochs of LIBERO-10 (~100k chunks) at batch 1024.
+        config.train.update(batch_size=1024, num_steps=500_000, log_every=100, eval_every=5000,
+                            eval_batch_size=1024)
+        config.checkpoint.update(every=5000, keep_last=3, keep_best=2)
+        config.data.max_eval_chunks = 32768
+    if "fsdp" in variants:
+        config.mesh.update(data=1, fsdp=-1)
+        config.sharding.rules = ((".*", "fsdp"),)
+    if "runlocal" in variants or "test" in variants:
+        config.model = _model(enc_width=32, enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2,
+                              dec_ffn_dim=64, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_dropout=0.0,
+                              dec_dropout=0.0, dec_attn_dropout=0.0)
+        config.optim.update(warmup_steps=2, schedule="constant", lr=3e-3)
+        config.train.update(batch_size=16, num_steps=20, log_every=5, eval_every=10, eval_batch_size=32,
+                            progress_bar="runlocal" in variants)
+        config.checkpoint.update(every=10, async_save=True)
+        config.data.max_eval_chunks = 96
+        config.plots.prefix_lengths = (1, 2, 4)
+    if "test" in variants:
+        config.train.update(num_steps=4, log_every=1, eval_every=4)
+        config.checkpoint.every = 2
+        config.sharding.fsdp_min_size = 16
+    if "oatx" in variants:
+        config.model.nested_dropout = "none"
+    return config

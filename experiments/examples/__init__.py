@@ -1,0 +1,1 @@
+"""Worked examples that use oat_jax from other JAX code (see vla_integration.py)."""

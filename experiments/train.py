@@ -1,0 +1,34 @@
+r"""Trains an OAT tokenizer.
+
+  python -m experiments.train --config=experiments/configs/oat.py --workdir=runs/oat_metaworld
+  python -m experiments.train --config=experiments/configs/oat.py:oatx --workdir=runs/oatx --config.optim.lr=1e-4
+
+Re-running the same command resumes from the latest complete checkpoint in --workdir. The trained tokenizer is
+written to <workdir>/tokenizer and loads with `oat_jax.OATTokenizer.load(<workdir>)`.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (through the data pipeline)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (see experiments/configs/oat.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, plots and the final tokenizer.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from oat_jax.training import train_and_evaluate  # after flag parsing: heavy imports (TensorFlow, JAX)
+    from oat_jax.training.progress import quiet_library_logs
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,168 @@
+"""Exported tokenize/detokenize artifacts (`jax.export`, StableHLO) for serving stacks without the model code.
+
+`export_tokenizer(tokenizer, directory, batch_sizes)` writes
+    <directory>/manifest.json                    sizes, dtypes, batch sizes, platforms, file names
+    <directory>/params.npz                       float32 params, keys "encoder/block_0/attn/query/kernel", ...
+    <directory>/{tokenize,detokenize}_b<B>.jaxexport   serialized `jax.export.Exported`, one per batch size
+The exported functions take the params as their first argument (stored once, shared by every batch size) and
+include the normalizer, so they work in raw action units:
+    tokenize(params, actions (B, H, D_a) float32) -> tokens (B, N) int32
+    detokenize(params, tokens (B, N) int32, lengths (B,) int32 in 1..N) -> actions (B, H, D_a) float32
+
+`ExportedTokenizer(directory)` loads them with jax and numpy alone: this module imports nothing else (not flax,
+not the rest of oat_jax), so a serving process can load this file on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+MANIFEST_FILE = "manifest.json"
+PARAMS_FILE = "params.npz"
+FORMAT_VERSION = 1
+FUNCTIONS = ("tokenize", "detokenize")
+
+
+def _artifact_name(function: str, batch_size: int) -> str:
+    return f"{function}_b{batch_size}.jaxexport"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "/"))
+        else:
+            flat[name] = np.asarray(value)
+    return flat
+
+
+def _unflatten(flat: dict[str, np.ndarray]) -> dict:
+    tree: dict = {}
+    for name, value in flat.items():
+        node = tree
+        *parents, leaf = name.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def export_tokenizer(tokenizer, directory: str, batch_sizes: Sequence[int] = (1,),
+                     platforms: Sequence[str] | None = None, overwrite: bool = False) -> str:
+    """Serializes a tokenizer's tokenize and detokenize functions for fixed batch sizes.
+
+    Args:
+      tokenizer: an `oat_jax.OATTokenizer` (its config, params and pure `tokenize_fn` / `detokenize_fn`).
+      directory: output directory (created; must be empty unless `overwrite`).
+      batch_sizes: the batch sizes B to export (one pair of artifacts each).
+      platforms: lowering platforms, e.g. ("cpu", "cuda") for one artifact that runs on both; None = the
+        current default backend.
+      overwrite: replace files in an existing non-empty directory.
+    Returns:
+      The directory's absolute path.
+    """
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes}.")
+    platforms = tuple(platforms) if platforms else (jax.default_backend(),)
+    directory = os.path.abspath(os.path.expanduser(directory))
+    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
+        raise FileExistsError(f"{directory!r} is not empty; pass overwrite=True to replace its artifacts.")
+    os.makedirs(directory, exist_ok=True)
+    c = tokenizer.config
+    params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), tokenizer.params)
+    params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    files = {}
+    for b in batch_sizes:
+        specs = {
+            "tokenize": (tokenizer.tokenize_fn,
+                         (jax.ShapeDtypeStruct((b, c.horizon, c.action_dim), jnp.float32),)),
+            "detokenize": (tokenizer.detokenize_fn, (jax.ShapeDtypeStruct((b, c.num_tokens), jnp.int32),
+                                                     jax.ShapeDtypeStruct((b,), jnp.int32))),
+        }
+        for name, (fn, args) in specs.items():
+            exported = jax_export.export(jax.jit(fn), platforms=platforms)(params_spec, *args)
+            files[f"{name}_b{b}"] = _artifact_name(name, b)
+            with open(os.path.join(directory, _artifact_name(name, b)), "wb") as f:
+                f.write(exported.serialize())
+    np.savez(os.path.join(directory, PARAMS_FILE), **_flatten(params))
+    manifest = {"format_version": FORMAT_VERSION, "horizon": c.horizon, "action_dim": c.action_dim,
+                "num_tokens": c.num_tokens, "vocab_size": c.vocab_size, "batch_sizes": batch_sizes,
+                "platforms": list(platforms), "jax_version": jax.__version__, "files": files,
+                "config": c.to_dict(), "normalizer": tokenizer.normalizer.to_dict()}
+    with open(os.path.join(directory, MANIFEST_FILE), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1)
+    return directory
+
+
+class ExportedTokenizer:
+    """Loads the artifacts written by `export_tokenizer` and calls them (jax + numpy only).
+
+    Args:
+      directory: the export directory.
+      device: where the params are placed (None = the default device).
+
+    Attributes:
+      horizon / action_dim / num_tokens / vocab_size: the tokenizer's sizes.
+      batch_sizes: the exported batch sizes; calls with another batch size raise ValueError.
+      manifest: the parsed manifest.json.
+    """
+
+    def __init__(self, directory: str, device: Any = None):
+        self.directory = os.path.abspath(os.path.expanduser(directory))
+        path = os.path.join(self.directory, MANIFEST_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"No {MANIFEST_FILE} in {self.directory!r}; write artifacts with "
+                                    f"oat_jax.serialization.export_tokenizer.")
+        with open(path, encoding="utf-8") as f:
+            self.manifest = json.load(f)
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{path} has format_version {self.manifest.get('format_version')}; this loader reads "
+                             f"version {FORMAT_VERSION}. Re-export with this version of oat_jax.")
+        self.horizon = int(self.manifest["horizon"])
+        self.action_dim = int(self.manifest["action_dim"])
+        self.num_tokens = int(self.manifest["num_tokens"])
+        self.vocab_size = int(self.manifest["vocab_size"])
+        self.batch_sizes = tuple(int(b) for b in self.manifest["batch_sizes"])
+        with np.load(os.path.join(self.directory, PARAMS_FILE)) as data:
+            self.params = jax.device_put(_unflatten({k: data[k] for k in data.files}), device)
+        self._exported: dict[str, jax_export.Exported] = {}
+
+    def _function(self, name: str, batch_size: int) -> jax_export.Exported:
+        if batch_size not in self.batch_sizes:
+            raise ValueError(f"{name} was exported for batch sizes {list(self.batch_sizes)}, got a batch of "
+                             f"{batch_size}; pad the batch or re-export with batch_sizes including {batch_size}.")
+        key = f"{name}_b{batch_size}"
+        if key not in self._exported:
+            with open(os.path.join(self.directory, self.manifest["files"][key]), "rb") as f:
+                self._exported[key] = jax_export.deserialize(bytearray(f.read()))
+        return self._exported[key]
+
+    def tokenize(self, actions) -> jax.Array:
+        """Raw actions (B, H, D_a) float -> token ids (B, N) int32."""
+        actions = jnp.asarray(actions, jnp.float32)
+        if actions.ndim != 3 or actions.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got {actions.shape}.")
+        return self._function("tokenize", actions.shape[0]).call(self.params, actions)
+
+    def detokenize(self, tokens, lengths=None) -> jax.Array:
+        """Token ids (B, N) int + prefix lengths (None = N, int, or (B,) int in 1..N) -> raw actions (B, H, D_a).
+
+        Positions >= length are ignored. Ids are not range-checked (any integer decodes, see OATTokenizer)."""
+        tokens = jnp.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens or not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"tokens must be an integer array of shape (B, {self.num_tokens}) (pad prefixes to N "
+                             f"and pass lengths), got {tokens.dtype} {tokens.shape}.")
+        batch = tokens.shape[0]
+        lengths = self.num_tokens if lengths is None else lengths
+        lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch,))
+        return self._function("detokenize", batch).call(self.params, tokens.astype(jnp.int32), lengths)

@@ -1,0 +1,120 @@
+"""Orbax checkpoints of a training run: `workdir/checkpoints/<step>/{params,train_state,config,dataset_stats}`.
+
+`params` holds the raw and EMA params (loadable without the optimizer), `train_state` the optimizer state, step,
+EMA counter and PRNG key, `config` the run's ConfigDict as JSON and `dataset_stats` the statistics the normalizer was
+fitted on, so a checkpoint is self-describing. Retention: the last `keep_last` checkpoints plus the `keep_best`
+ones with the lowest validation MSE. Incomplete (temporary) step directories left by a killed run are ignored by
+`latest_step` and removed when the manager starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_policy
+
+from oat_jax.pretrained import CHECKPOINT_ITEMS
+
+ITEMS = CHECKPOINT_ITEMS  # ("params", "train_state", "config", "dataset_stats"), read by oat_jax.pretrained too
+
+
+class CheckpointStore:
+    """Thin wrapper over `ocp.CheckpointManager` with the run's item layout and retention policy.
+
+    Args:
+      directory: absolute or relative path of the checkpoints folder (created if missing).
+      keep_last: number of most recent checkpoints always kept (>= 1).
+      keep_best: number of checkpoints with the lowest `best_metric` kept in addition (0 disables).
+      best_metric: key of the metrics dict passed to `save` used for ranking (lower is better).
+      async_save: write in a background thread; `wait` / `close` block until the write is complete.
+      read_only: open an existing directory for restoring only (nothing is written or deleted).
+    """
+
+    def __init__(self, directory: str, keep_last: int = 2, keep_best: int = 1, best_metric: str = "val_mse",
+                 async_save: bool = True, read_only: bool = False):
+        if keep_last < 1:
+            raise ValueError(f"config.checkpoint.keep_last must be >= 1, got {keep_last}.")
+        self.best_metric = best_metric
+        policies = [ocp_policy.LatestN(n=keep_last)]
+        if keep_best > 0:
+            policies.append(ocp_policy.BestN(get_metric_fn=lambda m: -float(m[best_metric]), n=keep_best,
+                                             keep_checkpoints_without_metrics=False))
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp_policy.AnyPreservationPolicy(policies),
+            best_fn=lambda m: float(m[best_metric]), best_mode="min",  # also makes Orbax persist the metrics
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
+            read_only=read_only)
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint, or None."""
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of every complete checkpoint kept on disk, ascending."""
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """Step of the kept checkpoint with the lowest validation metric (None if none has metrics)."""
+        scores = {}
+        for step in self.all_steps():
+            metrics = self.manager.metrics(step) or {}
+            if self.best_metric in metrics:
+                scores[step] = float(metrics[self.best_metric])
+        return min(scores, key=lambda s: (scores[s], -s)) if scores else None
+
+    def save(self, step: int, state: Any, config_json: dict, dataset_stats: dict,
+             metrics: dict[str, float] | None = None) -> None:
+        """Starts saving `state` (a `TrainState`) at `step`; asynchronous unless disabled. Collective: call on every
+        process.
+
+        Args:
+          metrics: scalar validation metrics of this step (must contain `best_metric` to count for best-k).
+        """
+        params = {"params": state.params, "ema_params": state.ema_params}
+        rest = {"step": state.step, "opt_state": state.opt_state, "ema_count": state.ema_count, "rng": state.rng}
+        args = ocp.args.Composite(params=ocp.args.StandardSave(params), train_state=ocp.args.StandardSave(rest),
+                                  config=ocp.args.JsonSave(config_json),
+                                  dataset_stats=ocp.args.JsonSave(dataset_stats))
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
+        """Restores the checkpoint at `step` into the shapes/dtypes/shardings of `abstract_state`.
+
+        Args:
+          abstract_state: a `TrainState` of jax.ShapeDtypeStruct (with `.sharding`) describing the target.
+        Returns:
+          (TrainState of jax.Arrays, config JSON dict, dataset statistics dict).
+        """
+        params = {"params": abstract_state.params, "ema_params": abstract_state.ema_params}
+        rest = {"step": abstract_state.step, "opt_state": abstract_state.opt_state,
+                "ema_count": abstract_state.ema_count, "rng": abstract_state.rng}
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(params), train_state=ocp.args.StandardRestore(rest),
+            config=ocp.args.JsonRestore(), dataset_stats=ocp.args.JsonRestore()))
+        state = abstract_state.replace(params=out.params["params"], ema_params=out.params["ema_params"],
+                                       **out.train_state)
+        return state, out.config, out.dataset_stats
+
+    def restore_json(self, step: int) -> tuple[dict, dict]:
+        """(config JSON, dataset statistics) of the checkpoint at `step`, without touching any array."""
+        out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
+                                                                 dataset_stats=ocp.args.JsonRestore()))
+        return out.config, out.dataset_stats
+
+    def wait(self) -> None:
+        """Blocks until the pending asynchronous save (if any) is committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager's resources."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+    """jax.ShapeDtypeStruct tree with the shapes/dtypes of `tree` and the given shardings (restore target)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -1,0 +1,142 @@
+"""Training and evaluation data on top of `data_pipelines` (train/val split by episode, chunks of H steps).
+
+Two ways to feed the train step, both yielding this process's rows of the global batch (raw units):
+- in memory (`config.data.in_memory`, default): every train chunk is loaded once into a numpy array; the global
+  batch of step s is a fixed function of (seed, s) (epoch-wise permutations), and each process takes its rows.
+  Resuming at step s therefore replays exactly the batches of an uninterrupted run, whatever the process count.
+- streaming: `loader.make_chunk_dataset` with this process's episode shard, shuffled and repeated, re-seeded from
+  the start step on resume (statistically, not bitwise, equivalent to an uninterrupted run). For datasets that do
+  not fit in host memory.
+Evaluation always uses an in-memory, evenly spaced subset of the validation chunks, identical on every process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+
+from data_pipelines import EMBEDDED_DATASET_DIR, loader, statistics
+
+_READ_BATCH = 1024
+
+
+def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
+    """`loader.DatasetSpec` for `config.data` (path, or name + data_dir; neither = the embedded Meta-World)."""
+    if data_cfg.path and data_cfg.name:
+        raise ValueError("config.data: set either path (a builder directory) or name (+ data_dir), not both.")
+    if data_cfg.name:
+        return loader.DatasetSpec(name=data_cfg.name, data_dir=data_cfg.data_dir or None)
+    return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR)
+
+
+def train_statistics(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict) -> dict:
+    """Statistics of the train split only (the normalizer is fitted on them; JSON-able dict)."""
+    return statistics.get_dataset_statistics(spec, split="train", val_fraction=data_cfg.val_fraction,
+                                             split_seed=data_cfg.split_seed)
+
+
+def load_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, split: str,
+                horizon: int) -> np.ndarray:
+    """Every chunk of `split` in dataset order: (M, H, D_a) float32, raw units (all episodes, any process)."""
+    ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
+                                   repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
+                                   split_seed=data_cfg.split_seed, process_index=0, process_count=1,
+                                   drop_remainder=False)
+    parts = [np.asarray(b["actions"], np.float32) for b in ds.as_numpy_iterator()]
+    if not parts:
+        raise ValueError(f"The {split!r} split of {spec.label} holds no chunks; check config.data.val_fraction.")
+    return np.concatenate(parts)
+
+
+def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int) -> np.ndarray:
+    """At most `config.data.max_eval_chunks` validation chunks, evenly spaced over the split: (M, H, D_a) f32."""
+    chunks = load_chunks(spec, data_cfg, "val", horizon)
+    limit = int(data_cfg.max_eval_chunks)
+    if 0 < limit < len(chunks):
+        chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
+    return chunks
+
+
+def padded_batches(chunks: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Global batches over `chunks` (M, H, D_a): yields (B, H, D_a) chunks and (B,) float32 weights, the last
+    batch padded with copies of the first chunk at weight 0."""
+    for start in range(0, len(chunks), batch_size):
+        part = chunks[start:start + batch_size]
+        weights = np.ones(batch_size, np.float32)
+        if len(part) < batch_size:
+            weights[len(part):] = 0.0
+            part = np.concatenate([part, np.repeat(chunks[:1], batch_size - len(part), axis=0)])
+        yield part, weights
+
+
+class InMemoryBatches:
+    """Global batch of step s = chunks at positions s*B .. s*B+B-1 of an endless sequence of seeded permutations;
+    this process keeps `rows` of it.
+
+    Args:
+      chunks: (M, H, D_a) float32 train chunks (identical on every process).
+      global_batch: B.
+      rows: (b,) int sorted global rows this process feeds (`sharding.process_rows`).
+      seed: data-order seed.
+    """
+
+    def __init__(self, chunks: np.ndarray, global_batch: int, rows: np.ndarray, seed: int):
+        self.chunks, self.global_batch, self.rows, self.seed = chunks, global_batch, np.asarray(rows), seed
+        self._perm_epoch, self._perm = None, None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.chunks))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def global_indices(self, step: int) -> np.ndarray:
+        """(B,) int64 chunk indices of the global batch of `step`."""
+        m = len(self.chunks)
+        positions = step * self.global_batch + self.rows
+        out = np.empty(len(positions), np.int64)
+        for epoch in np.unique(positions // m):
+            sel = positions // m == epoch
+            out[sel] = self._permutation(int(epoch))[positions[sel] % m]
+        return out
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """{"actions": (b, H, D_a) float32}: this process's rows of the global batch of `step`."""
+        return {"actions": self.chunks[self.global_indices(step)]}
+
+
+class StreamingBatches:
+    """This process's batches from a shuffled, repeated `tf.data` pipeline over its shard of the train episodes.
+
+    Args:
+      local_batch: rows per process (global batch / process count).
+      start_step: first step of this run (re-seeds the shuffle on resume).
+    """
+
+    def __init__(self, spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,
+                 local_batch: int, seed: int, start_step: int):
+        ds = loader.make_chunk_dataset(spec, split="train", horizon=horizon, batch_size=local_batch, shuffle=True,
+                                       repeat=True, seed=seed + 1_000_003 * start_step,
+                                       val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
+                                       shuffle_buffer=data_cfg.shuffle_buffer,
+                                       process_index=jax.process_index(), process_count=jax.process_count())
+        self._it = ds.as_numpy_iterator()
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """{"actions": (b, H, D_a) float32}: the next batch (`step` is only for the interface)."""
+        del step
+        return {"actions": np.asarray(next(self._it)["actions"], np.float32)}
+
+
+def make_train_batches(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,
+                       global_batch: int, rows: np.ndarray, seed: int, start_step: int):
+    """`InMemoryBatches` or `StreamingBatches` following `config.data.in_memory`."""
+    if data_cfg.in_memory:
+        chunks = load_chunks(spec, data_cfg, "train", horizon)
+        logging.info("Loaded %d train chunks of shape %s into memory.", len(chunks), chunks.shape[1:])
+        return InMemoryBatches(chunks, global_batch, rows, seed)
+    return StreamingBatches(spec, data_cfg, horizon, len(rows), seed, start_step)

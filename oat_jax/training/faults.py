@@ -1,0 +1,64 @@
+"""Fault handling: SIGTERM/SIGINT turn into a "save and stop" request; non-finite losses stop the run."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+
+class StopRequest:
+    """Context manager catching SIGTERM and SIGINT: the first signal sets `requested`, the loop then saves a
+    checkpoint and returns. A second SIGINT while stopping raises KeyboardInterrupt as usual.
+    Handlers are only installed from the main thread; previous handlers are restored on exit.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested = False
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.signum = signum
+        logging.warning("Received %s: will save a checkpoint and stop after the current step.",
+                        signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def agreed(self) -> bool:
+        """True if any process was asked to stop (a collective when several processes run: call on all)."""
+        if jax.process_count() == 1:
+            return self.requested
+        flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
+        return bool(np.any(flags))
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or Inf; no checkpoint of the diverged state is written."""
+
+
+@jax.jit
+def tree_all_finite(tree: Any) -> jax.Array:
+    """bool scalar: every floating leaf of `tree` is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)

@@ -1,0 +1,179 @@
+"""Device mesh, sharding rules (as data) and host-to-global batch assembly.
+
+Mesh axes: ('data', 'fsdp'). The batch is split over both axes (every device gets a distinct slice of examples);
+params and optimizer state follow `config.sharding.rules`: an ordered list of (regex, rule) pairs matched with
+`re.search` against a leaf's '/'-joined path, first match wins, where rule is
+  'replicate'          a full copy on every device,
+  'fsdp'               the largest dimension divisible by the 'fsdp' axis size is split over it (leaves smaller
+                       than `config.sharding.fsdp_min_size` elements stay replicated),
+  a tuple of axis names (or None), one per dimension: an explicit PartitionSpec.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
+
+
+def maybe_initialize_distributed(dist: ml_collections.ConfigDict) -> None:
+    """Calls `jax.distributed.initialize` when the run spans several processes. Must run before any JAX op.
+
+    Args:
+      dist: `config.distributed` with `coordinator_address` ('' = not set), `num_processes`, `process_id`,
+        `auto` (True: let JAX detect the cluster, e.g. a TPU pod or SLURM job) and `cpu_collectives` ('gloo' or '';
+        needed for several CPU processes).
+    """
+    explicit = bool(dist.coordinator_address)
+    if not explicit and not dist.auto:
+        return
+    if dist.cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+    if explicit:
+        if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
+            raise ValueError(f"config.distributed: coordinator_address is set, so num_processes must be >= 1 and "
+                             f"0 <= process_id < num_processes; got num_processes={dist.num_processes}, "
+                             f"process_id={dist.process_id}.")
+        jax.distributed.initialize(coordinator_address=dist.coordinator_address,
+                                   num_processes=dist.num_processes, process_id=dist.process_id)
+    else:
+        jax.distributed.initialize()
+    logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices.",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ('data', 'fsdp') mesh.
+
+    Args:
+      mesh_cfg: `config.mesh` with `data` and `fsdp` sizes; one of them may be -1 (= all remaining devices).
+      devices: devices to use (default: all global devices, process-major order).
+    Returns:
+      A `Mesh` of shape (data, fsdp).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp)]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"config.mesh: at most one of data/fsdp may be -1, got data={sizes[0]}, fsdp={sizes[1]}.")
+    if -1 in sizes:
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if known < 1 or n % known:
+            raise ValueError(f"config.mesh: {n} devices cannot be split into data={sizes[0]}, fsdp={sizes[1]}.")
+        sizes[sizes.index(-1)] = n // known
+    if sizes[0] * sizes[1] != n or min(sizes) < 1:
+        raise ValueError(f"config.mesh: data*fsdp = {sizes[0]}*{sizes[1]} must equal the {n} devices in use; "
+                         f"set one of them to -1 to fill the rest.")
+    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), MESH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch: leading dimension split over every device of the mesh."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value fully copied on every device (scalars, metrics)."""
+    return NamedSharding(mesh, P())
+
+
+def path_to_name(path: Sequence[Any]) -> str:
+    """'/'-joined name of a pytree key path, e.g. 'opt_state/1/0/mu/encoder/Dense_0/kernel'."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _fsdp_spec(shape: Sequence[int], fsdp_size: int, min_size: int) -> P:
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp_size == 0:
+            spec = [None] * len(shape)
+            spec[dim] = "fsdp"
+            return P(*spec)
+    return P()
+
+
+def leaf_spec(name: str, shape: Sequence[int], rules: Sequence[tuple[str, Any]], fsdp_size: int,
+              min_size: int) -> P:
+    """PartitionSpec of one leaf from the first rule whose regex matches `name` (replicated when none does)."""
+    for pattern, rule in rules:
+        if re.search(pattern, name) is None:
+            continue
+        if rule == "replicate":
+            return P()
+        if rule == "fsdp":
+            return _fsdp_spec(shape, fsdp_size, min_size)
+        if isinstance(rule, (tuple, list)):
+            if len(rule) != len(shape):
+                raise ValueError(f"Sharding rule {pattern!r} -> {rule} has {len(rule)} entries but leaf {name!r} "
+                                 f"has shape {tuple(shape)}; give one axis name (or None) per dimension.")
+            return P(*rule)
+        raise ValueError(f"Unknown sharding rule {rule!r} for {pattern!r}: use 'replicate', 'fsdp' or a tuple of "
+                         f"mesh axis names.")
+    return P()
+
+
+def tree_shardings(tree: Any, mesh: Mesh, sharding_cfg: ml_collections.ConfigDict) -> Any:
+    """NamedSharding for every leaf of `tree` (arrays or ShapeDtypeStructs) following `config.sharding`.
+
+    Args:
+      tree: pytree of arrays / jax.ShapeDtypeStruct (e.g. the abstract train state).
+      mesh: the ('data', 'fsdp') mesh.
+      sharding_cfg: `config.sharding` with `rules` ((regex, rule) pairs) and `fsdp_min_size`.
+    """
+    rules = [tuple(r) for r in sharding_cfg.rules]
+    fsdp_size = mesh.shape["fsdp"]
+
+    def one(path, leaf):
+        return NamedSharding(mesh, leaf_spec(path_to_name(path), np.shape(leaf), rules, fsdp_size,
+                                             int(sharding_cfg.fsdp_min_size)))
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def check_batch_divisible(global_batch: int, mesh: Mesh, accum_steps: int = 1) -> None:
+    """Raises ValueError unless the global batch splits evenly over processes, devices and micro-batches."""
+    n_dev, n_proc = mesh.devices.size, jax.process_count()
+    if accum_steps < 1:
+        raise ValueError(f"config.optim.accum_steps must be >= 1, got {accum_steps}.")
+    if global_batch % accum_steps or (global_batch // accum_steps) % n_dev or global_batch % n_proc:
+        raise ValueError(f"Global batch {global_batch} cannot be split evenly: it must be divisible by "
+                         f"accum_steps ({accum_steps}) and the micro-batch {global_batch}/{accum_steps} by the "
+                         f"{n_dev} devices of the mesh (and the batch by the {n_proc} processes). Choose "
+                         f"config.train.batch_size as a multiple of {accum_steps * n_dev}.")
+
+
+def process_rows(sharding: NamedSharding, global_batch: int) -> np.ndarray:
+    """Global row indices (sorted) of a batch that this process's devices hold under `sharding`.
+
+    The process-local batch for `jax.make_array_from_process_local_data` is the global batch at these rows.
+    """
+    rows = set()
+    for index in sharding.addressable_devices_indices_map((global_batch,)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    return np.asarray(sorted(rows), dtype=np.int64)
+
+
+def to_global(local_batch: Any, sharding: NamedSharding, global_batch: int) -> Any:
+    """Assembles a global jax.Array batch from this process's rows (numpy arrays with leading dim = local rows)."""
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(sharding, x, (global_batch,) + x.shape[1:])
+
+    return jax.tree.map(one, local_batch)

@@ -1,0 +1,233 @@
+"""`train_and_evaluate(config, workdir)`: the OAT tokenizer training loop.
+
+One process per host; every process runs this same function (SPMD). The loop: restore or initialise the sharded
+train state, then for each step assemble the global batch from per-process rows, run the jitted train step,
+log, evaluate the EMA params on held-out episodes, checkpoint; at the end export the EMA tokenizer to
+`workdir/tokenizer` (loadable with `OATTokenizer.load(workdir)`) and draw the plots.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from oat_jax.decoder import keep_length_distribution
+from oat_jax.model import OATModel
+from oat_jax.normalizer import ActionNormalizer
+from oat_jax.tokenizer import OATTokenizer
+from oat_jax.training import data, evaluation, plots
+from oat_jax.training.checkpointing import CheckpointStore, abstract_like
+from oat_jax.training.export import CHECKPOINT_DIR, TOKENIZER_DIR, export_in_subprocess, save_tokenizer
+from oat_jax.training.faults import NonFiniteLossError, StopRequest, tree_all_finite
+from oat_jax.training.metrics import MetricWriter
+from oat_jax.training.optim import make_optimizer
+from oat_jax.training.progress import Progress
+from oat_jax.training.sharding import (batch_sharding, check_batch_divisible, make_mesh, maybe_initialize_distributed,
+                                       process_rows, replicated, to_global, tree_shardings)
+from oat_jax.training.train_step import init_train_state, make_train_step, model_config
+
+
+def host_value(x: jax.Array) -> np.ndarray:
+    """numpy copy of a replicated (possibly multi-process) jax.Array."""
+    return np.asarray(x.addressable_data(0)) if not x.is_fully_addressable else np.asarray(x)
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+class _Run:
+    """The pieces of one run that several phases share (mesh, shardings, jitted functions, data, writers)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config, self.workdir = config, workdir
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh(config.mesh)
+        self.batch_size = int(config.train.batch_size)
+        check_batch_divisible(self.batch_size, self.mesh, int(config.optim.accum_steps))
+        check_batch_divisible(int(config.train.eval_batch_size), self.mesh)
+        self.batch_sharding = batch_sharding(self.mesh)
+        self.ckpt = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR), config.checkpoint.keep_last,
+                                    config.checkpoint.keep_best, "val_mse", config.checkpoint.async_save)
+        self.spec = data.dataset_spec(config.data)
+        latest = self.ckpt.latest_step()
+        self.last_saved = latest
+        if latest is None:
+            self.stats = data.train_statistics(self.spec, config.data)
+        else:  # the normalizer must stay the one the checkpoint was trained with
+            saved_config, self.stats = self.ckpt.restore_json(latest)
+            if saved_config != _config_json(config):
+                logging.warning("Resuming from %s: the config differs from the one saved in the checkpoint; "
+                                "the new one is used.", workdir)
+        self.normalizer = ActionNormalizer.from_stats(self.stats["action"], config.normalizer.mode)
+        self.model_config = model_config(config.model, self.normalizer.action_dim)
+        self.model = OATModel(self.model_config)
+        self.num_steps = int(config.train.num_steps)
+        self.tx, self.schedule = make_optimizer(config.optim, self.num_steps)
+        init_fn = functools.partial(init_train_state, self.model, self.tx, int(config.seed))
+        abstract = jax.eval_shape(init_fn)
+        self.state_sharding = tree_shardings(abstract, self.mesh, config.sharding)
+        if latest is None:
+            self.state = jax.jit(init_fn, out_shardings=self.state_sharding)()
+        else:
+            self.state, _, _ = self.ckpt.restore(latest, abstract_like(abstract, self.state_sharding))
+            logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
+        self.train_step = jax.jit(
+            make_train_step(self.model, self.tx, self.schedule, self.normalizer, config.ema,
+                            int(config.optim.accum_steps), self.mesh),
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=(0,))
+        self.eval_step = jax.jit(evaluation.make_eval_step(self.model, self.normalizer),
+                                 in_shardings=(self.state_sharding.ema_params, self.batch_sharding,
+                                               self.batch_sharding),
+                                 out_shardings=replicated(self.mesh))
+        horizon = self.model_config.horizon
+        self.train_batches = data.make_train_batches(self.spec, config.data, horizon, self.batch_size,
+                                                     process_rows(self.batch_sharding, self.batch_size),
+                                                     int(config.seed), int(host_value(self.state.step)))
+        self.eval_chunks = data.eval_chunks(self.spec, config.data, horizon)
+        self.writer = MetricWriter(workdir, enabled=self.is_main)
+
+    def evaluate(self, params: Any) -> dict[str, float]:
+        """Held-out metrics (see `evaluation.summarize`) of `params` over the evaluation chunks."""
+        batch = int(self.config.train.eval_batch_size)
+        rows = process_rows(self.batch_sharding, batch)
+        total = None
+        for chunk, weights in data.padded_batches(self.eval_chunks, batch):
+            local = {"actions": chunk[rows], "weights": weights[rows]}
+            g = to_global(local, self.batch_sharding, batch)
+            sums = self.eval_step(params, g["actions"], g["weights"])
+            total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
+        return evaluation.summarize(jax.tree.map(host_value, total))
+
+    def log_train(self, pending: list[tuple[int, dict]], rate: float, bar: Progress) -> None:
+        """Writes the train metrics of the steps in `pending`; raises NonFiniteLossError on a NaN/Inf loss."""
+        logged = [(s, {k: float(host_value(v)) for k, v in m.items()}) for s, m in pending]
+        for s, values in logged:
+            self.writer.write_scalars(s, {f"train/{k}": v for k, v in values.items()})
+        for s, values in logged:
+            if not np.isfinite(values["loss"]):
+                self.writer.flush()
+                raise NonFiniteLossError(
+                    f"Training loss is {values['loss']} at step {s}: stopping without writing a checkpoint of the "
+                    f"diverged state. The last good checkpoint is step {self.ckpt.latest_step()}; lower "
+                    f"config.optim.lr (now {self.config.optim.lr}) or check the data.")
+        step = logged[-1][0]
+        self.writer.write_scalars(step, {"train/steps_per_sec": rate})
+        bar.update(step, loss=logged[-1][1]["loss"], steps_per_sec=rate)
+
+    def evaluate_and_log(self, step: int, bar: Progress) -> dict[str, float]:
+        """Evaluates the EMA params, logs the metrics at `step` and returns them."""
+        metrics = self.evaluate(self.state.ema_params)
+        self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        bar.write(f"step {step}: held-out MSE k=1 {metrics['mse_norm/k1']:.4f}, "
+                  f"k={self.model_config.num_tokens} {metrics['val_mse']:.4f}")
+        return metrics
+
+    def save(self, step: int, metrics: dict[str, float] | None) -> None:
+        """Checkpoints the current state at `step` unless it holds non-finite values (then raises)."""
+        if not bool(host_value(tree_all_finite((self.state.params, self.state.ema_params)))):
+            raise NonFiniteLossError(f"Params are NaN/Inf at step {step}: not writing a checkpoint. The last good "
+                                     f"checkpoint is step {self.ckpt.latest_step()}; lower config.optim.lr or check "
+                                     f"the data.")
+        self.ckpt.save(step, self.state, _config_json(self.config), self.stats,
+                       None if metrics is None else {"val_mse": float(metrics["val_mse"])})
+        self.last_saved = step
+
+    def export(self, metrics: dict[str, float]) -> str:
+        """Writes the EMA tokenizer, the plots and `final_metrics.json`; returns the tokenizer directory."""
+        path = os.path.join(self.workdir, TOKENIZER_DIR)
+        step = int(host_value(self.state.step))
+        params = jax.tree.map(np.asarray, multihost_utils.process_allgather(self.state.ema_params, tiled=True))
+        if jax.process_count() == 1:
+            save_tokenizer(path, self.model_config, params, self.normalizer)
+        else:  # saving is a one-process job: process 0 exports the final checkpoint in a subprocess
+            multihost_utils.sync_global_devices("oat_export_start")
+            if self.is_main:
+                export_in_subprocess(self.workdir, step)
+            multihost_utils.sync_global_devices("oat_export_done")
+        if self.is_main:
+            with open(os.path.join(self.workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
+                json.dump({"step": step, **metrics}, f, indent=1)
+            self.plot(OATTokenizer(self.model_config, params, self.normalizer), metrics)
+        return path
+
+    def plot(self, tok: OATTokenizer, metrics: dict[str, float]) -> None:
+        """rate_distortion.png and reconstructions.png (a few evenly spaced validation chunks) in the workdir."""
+        mse_norm, mse_raw = evaluation.mse_curves(metrics, self.model_config.num_tokens)
+        c = self.model_config
+        trained_ks, _ = keep_length_distribution(c.num_tokens, c.nested_dropout, c.nested_dropout_power)
+        plots.plot_rate_distortion(mse_norm, mse_raw, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
+        num = int(self.config.plots.num_chunks)
+        chunks = self.eval_chunks[np.linspace(0, len(self.eval_chunks) - 1, num).round().astype(np.int64)]
+        tokens = tok.tokenize(chunks)
+        ks = [k for k in self.config.plots.prefix_lengths if k <= self.model_config.num_tokens]
+        decodes = {k: np.asarray(tok.detokenize(tokens, lengths=k)) for k in ks}
+        plots.plot_reconstructions(chunks, decodes, os.path.join(self.workdir, "reconstructions.png"))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains an OAT tokenizer following `config` in `workdir` (resuming from its latest complete checkpoint).
+
+    Args:
+      config: see experiments/configs/oat.py.
+      workdir: run directory; holds checkpoints/, tokenizer/, metrics.jsonl, tb/, rate_distortion.png,
+        reconstructions.png and final_metrics.json.
+    Returns:
+      The final held-out metrics of the EMA params ({} when stopped early by SIGTERM/SIGINT).
+    Raises:
+      NonFiniteLossError: the loss became NaN/Inf (no checkpoint of the diverged state is written).
+      ValueError: inconsistent config (batch not divisible by the devices, unknown variant, ...).
+    """
+    maybe_initialize_distributed(config.distributed)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    run = _Run(config, workdir)
+    log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
+    ckpt_every = int(config.checkpoint.every)
+    stop_every = 1 if jax.process_count() == 1 else log_every  # multi-process: the stop check is a collective
+    step = int(host_value(run.state.step))
+    metrics, metrics_step, pending = {}, None, []
+    try:
+        with StopRequest() as stop, Progress(run.num_steps, step, run.is_main and config.train.progress_bar) as bar:
+            t_last, s_last = time.perf_counter(), step
+            while step < run.num_steps:
+                batch = to_global(run.train_batches.local_batch(step), run.batch_sharding, run.batch_size)
+                run.state, step_metrics = run.train_step(run.state, batch)
+                step += 1
+                pending.append((step, step_metrics))
+                last = step == run.num_steps
+                if step % log_every == 0 or last:
+                    now = time.perf_counter()
+                    run.log_train(pending, (step - s_last) / max(now - t_last, 1e-9), bar)
+                    t_last, s_last, pending = now, step, []
+                if step % eval_every == 0 or last:
+                    metrics, metrics_step = run.evaluate_and_log(step, bar), step
+                if step % ckpt_every == 0 or last:
+                    run.save(step, metrics if metrics_step == step else None)
+                if step % stop_every == 0 and not last and stop.agreed():
+                    if run.last_saved != step:
+                        run.save(step, metrics if metrics_step == step else None)
+                    run.ckpt.wait()
+                    logging.warning("Stopped by signal at step %d; the checkpoint is saved. Run the same command "
+                                    "to resume.", step)
+                    return {}
+        if metrics_step != step:  # resumed a finished run: evaluate again for the export
+            metrics = run.evaluate_and_log(step, bar)
+        if run.last_saved != step:
+            run.save(step, metrics)
+        run.ckpt.wait()
+        run.export(metrics)
+        return metrics
+    finally:
+        run.ckpt.close()
+        run.writer.close()

@@ -1,0 +1,126 @@
+"""The training loop in-process on a tiny RLDS dataset: resume == uninterrupted, the exported tokenizer reproduces
+the logged evaluation, the workdir holds every artefact, a diverging run stops without a NaN checkpoint."""
+
+import functools
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from oat_jax import OATTokenizer
+from oat_jax.model import OATModel
+from oat_jax.training import checkpointing, data, train_and_evaluate
+from oat_jax.training.faults import NonFiniteLossError
+from oat_jax.training.metrics import read_metrics
+from oat_jax.training.optim import make_optimizer
+from oat_jax.training.train_step import init_train_state, model_config
+import train_helpers
+from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
+
+
+def _restore(workdir, step, config):
+    """The TrainState saved at `step` (single device) and the JSON items."""
+    store = checkpointing.CheckpointStore(os.path.join(workdir, "checkpoints"), read_only=True)
+    try:
+        stats = store.restore_json(step)[1]
+        model = OATModel(model_config(config.model, len(stats["action"]["min"])))
+        tx, _ = make_optimizer(config.optim, config.train.num_steps)
+        abstract = jax.eval_shape(functools.partial(init_train_state, model, tx, 0))
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, abstract)
+        return store.restore(step, checkpointing.abstract_like(abstract, shardings))
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_dataset, tmp_path_factory):
+    """An uninterrupted 4-step run and a 2-step run resumed to 4 steps."""
+    full, split = str(tmp_path_factory.mktemp("full")), str(tmp_path_factory.mktemp("split"))
+    metrics = train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 4}), full)
+    train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 2}), split)
+    resumed = train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 4}), split)
+    return full, split, metrics, resumed
+
+
+def test_resume_equals_uninterrupted(runs):
+    full, split, metrics, resumed = runs
+    config = train_helpers.tiny_config("", **{"train.num_steps": 4})
+    a, config_json, stats = _restore(full, 4, config)
+    b, _, _ = _restore(split, 4, config)
+    assert int(a.step) == int(b.step) == 4 and int(a.ema_count) == int(b.ema_count) == 4
+    for name in ("params", "ema_params", "opt_state"):
+        for x, y in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name))):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7, err_msg=name)
+    losses = lambda w: {r["step"]: r["train/loss"] for r in read_metrics(w) if "train/loss" in r}
+    assert sorted(losses(split)) == [1, 2, 3, 4]  # the resumed run started at step 3
+    np.testing.assert_allclose([losses(split)[s] for s in (3, 4)], [losses(full)[s] for s in (3, 4)], rtol=1e-5)
+    assert resumed["val_mse"] == pytest.approx(metrics["val_mse"], rel=1e-5)
+    # the checkpoint is self-describing
+    assert config_json["model"]["num_tokens"] == 4 and config_json["optim"]["lr"] == config.optim.lr
+    assert stats["num_episodes"] == train_helpers.NUM_EPISODES - 1  # statistics of the train split only
+
+
+def test_workdir_artefacts(runs):
+    full = runs[0]
+    for name in ("rate_distortion.png", "reconstructions.png", "metrics.jsonl", "final_metrics.json"):
+        assert os.path.getsize(os.path.join(full, name)) > 0, name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tb")))
+    records = read_metrics(full)
+    evals = [r for r in records if "eval/val_mse" in r]
+    assert evals and evals[-1]["step"] == 4
+    for key in ("eval/mse_norm/k1", "eval/mse_raw/k4", "eval/codebook/usage", "eval/codebook/perplexity_pos3"):
+        assert key in evals[-1], key
+    assert {r["step"] for r in records if "train/steps_per_sec" in r} == {1, 2, 3, 4}
+    steps = checkpointing.CheckpointStore(os.path.join(full, "checkpoints"), read_only=True).all_steps()
+    assert steps == [2, 4]  # checkpoint.every = 2, keep_last = 2
+
+
+def test_exported_tokenizer_reproduces_evaluation(runs, tiny_dataset):
+    full, _, metrics, _ = runs
+    with open(os.path.join(full, "final_metrics.json")) as f:
+        assert json.load(f)["val_mse"] == pytest.approx(metrics["val_mse"])
+    tok = OATTokenizer.load(full)  # no training code involved
+    config = train_helpers.tiny_config(tiny_dataset)
+    chunks = data.eval_chunks(data.dataset_spec(config.data), config.data, tok.horizon)
+    tokens = np.asarray(tok.tokenize(chunks))
+    for k in range(1, tok.num_tokens + 1):
+        recon = np.asarray(tok.detokenize(tokens, lengths=k))
+        raw = np.mean((recon - chunks) ** 2)
+        norm = np.mean((tok.normalizer.normalize(recon) - tok.normalizer.normalize(chunks)) ** 2)
+        assert raw == pytest.approx(metrics[f"mse_raw/k{k}"], rel=1e-4), k
+        assert norm == pytest.approx(metrics[f"mse_norm/k{k}"], rel=1e-4, abs=1e-7), k
+    used = len(np.unique(tokens)) / tok.vocab_size
+    assert used == pytest.approx(metrics["codebook/usage"])
+
+
+def test_streaming_input_trains(tiny_dataset, tmp_path):
+    """The tf.data streaming path (for datasets larger than host memory) feeds the same train step."""
+    config = train_helpers.tiny_config(tiny_dataset, **{"data.in_memory": False, "train.num_steps": 2,
+                                                   "data.shuffle_buffer": 64})
+    metrics = train_and_evaluate(config, str(tmp_path))
+    losses = [r["train/loss"] for r in read_metrics(str(tmp_path)) if "train/loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and np.isfinite(metrics["val_mse"])
+
+
+def test_nan_loss_stops_without_nan_checkpoint(tiny_dataset, tmp_path):
+    config = train_helpers.tiny_config(tiny_dataset, **{"optim.lr": 1e30, "train.num_steps": 6, "checkpoint.every": 1,
+                                                   "checkpoint.async_save": False})
+    with pytest.raises(NonFiniteLossError, match="lower config.optim.lr"):
+        train_and_evaluate(config, str(tmp_path))
+    records = read_metrics(str(tmp_path))
+    assert not os.path.exists(os.path.join(tmp_path, "tokenizer"))
+    store = checkpointing.CheckpointStore(os.path.join(tmp_path, "checkpoints"), read_only=True)
+    saved = store.all_steps()
+    store.close()
+    bad_steps = [r["step"] for r in records if "train/loss" in r and r["train/loss"] is None]
+    bad_step = min(bad_steps) if bad_steps else None
+    assert bad_step is not None and saved  # it did diverge, after at least one good checkpoint
+    for step in saved:
+        state, _, _ = _restore(str(tmp_path), step, config)
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves((state.params, state.ema_params)))
+        assert bad_step is None or step < bad_step

@@ -1,0 +1,91 @@
+"""Mesh and sharding: 1 device vs 8 simulated devices (data-parallel and FSDP) give the same training losses."""
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments.configs import oat as oat_configs
+from oat_jax.model import OATModel
+from oat_jax.normalizer import ActionNormalizer
+from oat_jax.training import optim, sharding
+from oat_jax.training.train_step import init_train_state, make_train_step, model_config
+
+GLOBAL_BATCH = 16
+
+
+def _losses(variant, devices, num_steps=3):
+    config = oat_configs.get_config(variant)
+    model = OATModel(model_config(config.model, 3))
+    tx, schedule = optim.make_optimizer(config.optim, 10)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    init = functools.partial(init_train_state, model, tx, 0)
+    state_sharding = sharding.tree_shardings(jax.eval_shape(init), mesh, config.sharding)
+    state = jax.jit(init, out_shardings=state_sharding)()
+    batch_sharding = sharding.batch_sharding(mesh)
+    normalizer = ActionNormalizer.from_stats({"min": [-1, -5, -0.2], "max": [1, 5, 0.2]})
+    step = jax.jit(make_train_step(model, tx, schedule, normalizer, config.ema, 1, mesh),
+                   in_shardings=(state_sharding, batch_sharding),
+                   out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
+    rng = np.random.default_rng(0)
+    rows = sharding.process_rows(batch_sharding, GLOBAL_BATCH)
+    losses = []
+    for _ in range(num_steps):
+        actions = (rng.uniform(-1, 1, (GLOBAL_BATCH, model.config.horizon, 3)) * [1, 5, 0.2]).astype(np.float32)
+        batch = sharding.to_global({"actions": actions[rows]}, batch_sharding, GLOBAL_BATCH)
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), state
+
+
+@pytest.fixture(scope="module")
+def single_device_losses():
+    return _losses("test", jax.devices()[:1])[0]
+
+
+@pytest.mark.parametrize("variant", ["test", "test,fsdp"], ids=["data_parallel", "fsdp"])
+def test_eight_devices_match_one(single_device_losses, variant):
+    assert jax.device_count() == 8, "conftest should simulate 8 CPU devices"
+    losses, state = _losses(variant, jax.devices())
+    np.testing.assert_allclose(losses, single_device_losses, rtol=1e-5)
+    assert not np.allclose(losses[0], losses[2])  # the steps really update the params
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.params)]
+    if variant == "test,fsdp":  # params really split over the fsdp axis, batch-independent
+        assert sum("fsdp" in spec for spec in specs) >= len(specs) // 2
+        assert all(leaf.sharding.mesh.shape["fsdp"] == 8 for leaf in jax.tree.leaves(state.params))
+    else:
+        assert all(spec == jax.sharding.PartitionSpec() for spec in specs)
+
+
+def test_sharding_rules_are_data():
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": 2, "fsdp": 4}))
+    cfg = ml_collections.ConfigDict({"rules": ((r"decoder/.*kernel", "fsdp"), (r"bias", ("fsdp",)),
+                                               (r".*", "replicate")), "fsdp_min_size": 8})
+    tree = {"decoder": {"kernel": np.zeros((6, 12)), "bias": np.zeros(8)}, "encoder": {"kernel": np.zeros((8, 8))},
+            "small": {"decoder": {"kernel": np.zeros((2,))}}}
+    out = sharding.tree_shardings(tree, mesh, cfg)
+    assert out["decoder"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")  # largest divisible dim
+    assert out["decoder"]["bias"].spec == jax.sharding.PartitionSpec("fsdp")
+    assert out["encoder"]["kernel"].spec == jax.sharding.PartitionSpec()
+    assert out["small"]["decoder"]["kernel"].spec == jax.sharding.PartitionSpec()  # below fsdp_min_size
+    bad = ml_collections.ConfigDict({"rules": ((".*", "shard_everything"),), "fsdp_min_size": 1})
+    with pytest.raises(ValueError, match="Unknown sharding rule"):
+        sharding.tree_shardings(tree, mesh, bad)
+
+
+def test_mesh_and_batch_errors_are_clear():
+    with pytest.raises(ValueError, match="must equal"):
+        sharding.make_mesh(ml_collections.ConfigDict({"data": 3, "fsdp": 2}))
+    with pytest.raises(ValueError, match="at most one"):
+        sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": -1}))
+    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}))
+    assert mesh.shape == {"data": 8, "fsdp": 1}
+    with pytest.raises(ValueError, match="multiple of 8"):
+        sharding.check_batch_divisible(12, mesh)
+    with pytest.raises(ValueError, match="accum_steps"):
+        sharding.check_batch_divisible(16, mesh, accum_steps=4)
+    sharding.check_batch_divisible(32, mesh, accum_steps=4)
+    rows = sharding.process_rows(sharding.batch_sharding(mesh), 16)
+    np.testing.assert_array_equal(rows, np.arange(16))  # one process owns every row

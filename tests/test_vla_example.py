@@ -1,0 +1,39 @@
+"""Smoke tests of the worked example experiments/examples/vla_integration.py (a few steps, small data)."""
+
+import json
+import math
+
+import pytest
+
+from oat_helpers import random_params
+from oat_jax import OATConfig, OATTokenizer
+from experiments.examples import vla_integration
+
+# The embedded dataset has 4-D actions; a small random tokenizer with non-zero heads (distinct tokens per chunk).
+CONFIG = OATConfig(action_dim=4, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=32, enc_depth=1, enc_heads=2,
+                   dec_width=32, dec_depth=1, dec_heads=2, dec_ffn_dim=64)
+
+
+def _check(metrics, num_tokens):
+    assert metrics["lm_loss_last"] < metrics["lm_loss_first"]  # the LM learns the action tokens
+    assert 0.0 <= metrics["valid_span_fraction"] <= 1.0
+    for k in range(1, num_tokens + 1):
+        assert math.isfinite(metrics[f"mse_policy_k{k}"]) and math.isfinite(metrics[f"mse_tokenizer_k{k}"])
+
+
+def test_example_with_a_given_tokenizer(tmp_path):
+    path = OATTokenizer(CONFIG, random_params(CONFIG)).save(str(tmp_path / "tok"))
+    metrics = vla_integration.run(tokenizer=path, workdir=str(tmp_path / "vla"), lm_steps=40, batch_size=32,
+                                  max_chunks=256)
+    _check(metrics, CONFIG.num_tokens)
+    assert metrics["lm_vocab_size"] > CONFIG.vocab_size
+    with open(tmp_path / "vla" / "vla_metrics.json") as f:
+        assert json.load(f) == metrics
+
+
+@pytest.mark.slow
+def test_example_trains_its_own_tokenizer(tmp_path):
+    metrics = vla_integration.run(workdir=str(tmp_path / "vla"), lm_steps=40, batch_size=32, tokenizer_steps=20,
+                                  max_chunks=256)
+    _check(metrics, 4)
+    assert (tmp_path / "vla" / "tokenizer_run" / "tokenizer" / "config.json").exists()
