@@ -11,7 +11,7 @@ import pytest
 import train_helpers
 from train_helpers import tiny_dataset  # noqa: F401  (pytest fixture)
 
-STEPS = 400  # long enough that the signals below arrive mid-training
+STEPS = 150  # long enough that the signals below arrive mid-training
 FLAGS = (f"--config.train.num_steps={STEPS}", "--config.train.eval_every=100000", "--config.train.log_every=1")
 
 

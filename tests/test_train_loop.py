@@ -37,18 +37,18 @@ def _restore(workdir, step, config):
         store.close()
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_dataset, tmp_path_factory):
-    """An uninterrupted 4-step run and a 2-step run resumed to 4 steps."""
-    full, split = str(tmp_path_factory.mktemp("full")), str(tmp_path_factory.mktemp("split"))
+def test_resume_artefacts_and_exported_tokenizer(tiny_dataset, tmp_path):
+    """One test (the runs are the expensive part): an uninterrupted 4-step run and a 2-step run resumed to 4."""
+    full, split = str(tmp_path / "full"), str(tmp_path / "split")
     metrics = train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 4}), full)
     train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 2}), split)
     resumed = train_and_evaluate(train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 4}), split)
-    return full, split, metrics, resumed
+    _check_resume_equals_uninterrupted(full, split, metrics, resumed)
+    _check_workdir_artefacts(full)
+    _check_exported_tokenizer_reproduces_evaluation(full, metrics, tiny_dataset)
 
 
-def test_resume_equals_uninterrupted(runs):
-    full, split, metrics, resumed = runs
+def _check_resume_equals_uninterrupted(full, split, metrics, resumed):
     config = train_helpers.tiny_config("", **{"train.num_steps": 4})
     a, config_json, stats = _restore(full, 4, config)
     b, _, _ = _restore(split, 4, config)
@@ -65,8 +65,7 @@ def test_resume_equals_uninterrupted(runs):
     assert stats["num_episodes"] == train_helpers.NUM_EPISODES - 1  # statistics of the train split only
 
 
-def test_workdir_artefacts(runs):
-    full = runs[0]
+def _check_workdir_artefacts(full):
     for name in ("rate_distortion.png", "reconstructions.png", "metrics.jsonl", "final_metrics.json"):
         assert os.path.getsize(os.path.join(full, name)) > 0, name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(full, "tb")))
@@ -80,8 +79,7 @@ def test_workdir_artefacts(runs):
     assert steps == [2, 4]  # checkpoint.every = 2, keep_last = 2
 
 
-def test_exported_tokenizer_reproduces_evaluation(runs, tiny_dataset):
-    full, _, metrics, _ = runs
+def _check_exported_tokenizer_reproduces_evaluation(full, metrics, tiny_dataset):
     with open(os.path.join(full, "final_metrics.json")) as f:
         assert json.load(f)["val_mse"] == pytest.approx(metrics["val_mse"])
     tok = OATTokenizer.load(full)  # no training code involved

@@ -1,6 +1,4 @@
-"""Optimizer pieces: learning-rate schedules, the weight-decay mask, the EMA schedule, gradient accumulation."""
-
-import functools
+"""Optimizer pieces: learning-rate schedules, the weight-decay mask, the EMA schedule."""
 
 import jax
 import jax.numpy as jnp
@@ -8,10 +6,9 @@ import numpy as np
 import pytest
 
 from experiments.configs import oat as oat_configs
-from oat_jax.model import OATModel, init_params
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.model import init_params
 from oat_jax.training import ema, optim
-from oat_jax.training.train_step import init_train_state, make_train_step, model_config
+from oat_jax.training.train_step import model_config
 
 
 def _optim(**kw):
@@ -72,46 +69,3 @@ def test_ema_schedule_matches_reference():
     new, decay = ema.ema_update({"w": jnp.ones(3)}, {"w": jnp.zeros(3)}, jnp.int32(4))
     np.testing.assert_allclose(new["w"], float(decay) * np.ones(3), rtol=1e-6)
     assert 0 < float(decay) < 1
-
-
-def _run_steps(accum_steps, batches):
-    config = oat_configs.get_config("test,oatx")
-    config.model.update(enc_dropout=0.0, dec_dropout=0.0, dec_attn_dropout=0.0)  # deterministic loss
-    config.optim.accum_steps = accum_steps
-    model = OATModel(model_config(config.model, 3))
-    tx, schedule = optim.make_optimizer(config.optim, 10)
-    state = jax.jit(functools.partial(init_train_state, model, tx, 0))()
-    step = jax.jit(make_train_step(model, tx, schedule, ActionNormalizer.identity(3), config.ema, accum_steps))
-    losses = []
-    for batch in batches:
-        state, metrics = step(state, {"actions": batch})
-        losses.append(float(metrics["loss"]))
-    return losses, state
-
-
-def test_gradient_accumulation_matches_full_batch():
-    rng = np.random.default_rng(0)
-    t = np.linspace(0, 1, 8)[None, :, None]
-    batches = [np.sin(2 * np.pi * (rng.uniform(0.2, 1.0, (16, 1, 3)) * t + rng.uniform(0, 1, (16, 1, 3))))
-               .astype(np.float32) for _ in range(3)]
-    full_losses, full = _run_steps(1, batches)
-    acc_losses, acc = _run_steps(4, batches)
-    np.testing.assert_allclose(acc_losses, full_losses, rtol=1e-5)
-    assert full_losses[2] < full_losses[0]  # the updates do something
-    for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(full.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    assert int(acc.step) == int(full.step) == 3 and int(acc.ema_count) == 3
-
-
-def test_bfloat16_compute_keeps_float32_params():
-    config = oat_configs.get_config("test")
-    config.model.dtype = "bfloat16"
-    model = OATModel(model_config(config.model, 3))
-    tx, schedule = optim.make_optimizer(config.optim, 10)
-    state = jax.jit(functools.partial(init_train_state, model, tx, 0))()
-    step = jax.jit(make_train_step(model, tx, schedule, ActionNormalizer.identity(3), config.ema))
-    actions = np.sin(np.linspace(0, 3, 16 * 8 * 3)).reshape(16, 8, 3).astype(np.float32)
-    state, metrics = step(state, {"actions": actions})
-    assert np.isfinite(float(metrics["loss"]))
-    assert {x.dtype for x in jax.tree.leaves((state.params, state.ema_params))} == {np.dtype(np.float32)}
-    assert {x.dtype for x in jax.tree.leaves(state.opt_state) if x.ndim > 0} == {np.dtype(np.float32)}

@@ -12,6 +12,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from oat_jax.config import OATConfig
+from oat_jax.decoder import sample_keep_lengths
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.training import ema
@@ -59,19 +60,29 @@ def init_train_state(model: OATModel, tx: optax.GradientTransformation, seed: in
                       opt_state=tx.init(params), ema_count=jnp.zeros((), jnp.int32), rng=run_rng)
 
 
-def reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, rng: jax.Array) -> jax.Array:
-    """Training loss: mean squared error in normalized units with dropout and nested dropout on.
+def reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, lengths: jax.Array,
+                        rng: jax.Array) -> jax.Array:
+    """Training loss: mean squared error in normalized units, dropout on, the decoder seeing `lengths` tokens.
 
     Args:
       actions_norm: (B, H, D_a) float32, normalized.
-      rng: PRNG key for the "dropout" and "nested_dropout" streams.
+      lengths: (B,) int32 in 1..N, the kept prefix length of each example (nested dropout).
+      rng: PRNG key of the "dropout" stream.
     Returns:
       float32 scalar.
     """
-    drop_rng, nested_rng = jax.random.split(rng)
-    recon, _ = model.apply({"params": params}, actions_norm, deterministic=False,
-                           rngs={"dropout": drop_rng, "nested_dropout": nested_rng})
+    recon, _ = model.apply({"params": params}, actions_norm, deterministic=False, lengths=lengths,
+                           rngs={"dropout": rng})
     return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm))
+
+
+def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array:
+    """(B, ...) -> (accum_steps, B / accum_steps, ...); micro-batch i takes rows i, i + accum_steps, ... so each
+    one stays spread over every device."""
+    micro = jnp.swapaxes(x.reshape((x.shape[0] // accum_steps, accum_steps) + x.shape[1:]), 0, 1)
+    if mesh is not None:
+        micro = jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, P(None, BATCH_AXES)))
+    return micro
 
 
 def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -80,34 +91,35 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
                     mesh: Mesh | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings outside).
 
-    The global batch {"actions": (B, H, D_a) float32, raw units} is split into `accum_steps` micro-batches of
-    B / accum_steps examples (each still spread over every device); their gradients are averaged before a single
-    optimizer update, so the result matches one step on the whole batch up to dropout randomness. `mesh` (if
-    given) pins the micro-batches to the batch sharding.
+    Nested dropout: one kept prefix length per example of the global batch is drawn from the config's
+    distribution ('none' = always N). The batch {"actions": (B, H, D_a) float32, raw units} is then split into
+    `accum_steps` micro-batches of B / accum_steps examples (each still spread over every device) whose gradients
+    are averaged before a single optimizer update: without ordinary dropout this equals one step on the whole batch.
+    `mesh` (if given) pins the micro-batches to the batch sharding.
     metrics: {"loss", "grad_norm", "lr", "ema_decay"} float32 scalars.
     """
+    c = model.config
 
-    def grads_of(params, micro, rng):
-        return jax.value_and_grad(lambda p: reconstruction_loss(model, p, micro, rng))(params)
+    def grads_of(params, actions, lengths, rng):
+        return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng))(params)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         actions = normalizer.normalize(batch["actions"])
-        step_rng = jax.random.fold_in(state.rng, state.step)
+        drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+        lengths = sample_keep_lengths(nested_rng, actions.shape[0], c.num_tokens, c.nested_dropout,
+                                      c.nested_dropout_power)
         if accum_steps == 1:
-            loss, grads = grads_of(state.params, actions, step_rng)
+            loss, grads = grads_of(state.params, actions, lengths, drop_rng)
         else:
-            b = actions.shape[0]
-            micro = jnp.swapaxes(actions.reshape((b // accum_steps, accum_steps) + actions.shape[1:]), 0, 1)
-            if mesh is not None:
-                micro = jax.lax.with_sharding_constraint(micro, NamedSharding(mesh, P(None, BATCH_AXES)))
-
             def body(carry, xs):
-                i, x = xs
-                loss_i, grads_i = grads_of(state.params, x, jax.random.fold_in(step_rng, i))
+                i, x, k = xs
+                loss_i, grads_i = grads_of(state.params, x, k, jax.random.fold_in(drop_rng, i))
                 return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
-            (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+            xs = (jnp.arange(accum_steps), _split_micro(actions, accum_steps, mesh),
+                  _split_micro(lengths, accum_steps, mesh))
+            (loss, grads), _ = jax.lax.scan(body, zeros, xs)
             loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
