@@ -1,0 +1,33 @@
+"""Acceptance of the default config (minutes: marked slow): `python -m experiments.train` with the default and the
+oatx variants on the embedded Meta-World dataset; held-out MSE at k = 8 <= 0.03, strictly decreasing over
+k in {1, 2, 4, 8}, and a much worse k = 1 error without nested dropout."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import train_helpers
+
+
+def _train(workdir, variant=""):
+    config = f"{train_helpers.REPO}/experiments/configs/oat.py{variant}"
+    cmd = [sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}",
+           "--config.train.progress_bar=False"]
+    env = train_helpers.subprocess_env(1)
+    env["XLA_FLAGS"] = ""  # one CPU device, full optimisation: the configuration users run
+    subprocess.run(cmd, cwd=train_helpers.REPO, env=env, check=True, timeout=1200)
+    with open(os.path.join(workdir, "final_metrics.json")) as f:
+        return json.load(f)
+
+
+@pytest.mark.slow
+def test_default_and_oatx_acceptance(tmp_path):
+    oat = _train(str(tmp_path / "oat"))
+    mse = [oat[f"mse_norm/k{k}"] for k in (1, 2, 4, 8)]
+    assert mse[-1] <= 0.03, mse
+    assert all(a > b for a, b in zip(mse, mse[1:])), mse
+    oatx = _train(str(tmp_path / "oatx"), ":oatx")
+    assert oatx["mse_norm/k1"] > 3 * oat["mse_norm/k1"], (oatx["mse_norm/k1"], oat["mse_norm/k1"])
