@@ -1,4 +1,4 @@
-r"""Trains an OAT tokenizer.
+r"""Trains an OAT tokenizer, or (configs with `kind = "policy"`, experiments/configs/policy.py) a token policy.
 
   python -m experiments.train --config=experiments/configs/oat.py --workdir=runs/oat_metaworld
   python -m experiments.train --config=experiments/configs/oat.py:oatx --workdir=runs/oatx --config.optim.lr=1e-4
@@ -27,6 +27,10 @@ def main(argv):
     from oat_jax.training.progress import quiet_library_logs
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
+    if _CONFIG.value.get("kind", "tokenizer") == "policy":
+        from oat_jax.training.policy_trainer import train_policy
+        train_policy(_CONFIG.value, _WORKDIR.value)
+        return
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

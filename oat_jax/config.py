@@ -7,7 +7,9 @@ import math
 from typing import Any
 
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "power", "none")
+ENCODERS = ("registers", "conv")
 DTYPES = ("float32", "bfloat16")
+DROPOUT_RNGS = ("hash", "threefry")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,13 +25,15 @@ class OATConfig:
     num_tokens: int = 8  # N: registers in the encoder = tokens per chunk = latent slots in the decoder.
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels per latent channel; latent dim d = len(levels).
 
-    # --- encoder (RegisterEncoder) ---
+    # --- encoder (RegisterEncoder, or ConvEncoder with encoder='conv') ---
     enc_width: int = 256  # E of the encoder: width of action and register tokens.
     enc_depth: int = 2  # number of pre-norm transformer blocks in the encoder.
     enc_heads: int = 4  # attention heads in the encoder (head_dim = enc_width // enc_heads).
     enc_mlp_ratio: float = 4.0  # SwiGLU hidden size = int(2 * enc_mlp_ratio * enc_width / 3) (682 for E=256).
     enc_dropout: float = 0.1  # dropout after the attention projection and after the SwiGLU output.
     causal_registers: bool = True  # register i attends registers 0..i only (else all registers); ordering switch 1.
+    encoder: str = "registers"  # 'registers' (OAT RegisterEncoder) | 'conv' (QueST-style: causal temporal-conv
+    #                             downsampling H -> N, then a causal transformer over the N steps; see ConvEncoder).
 
     # --- decoder (OATDecoder) ---
     dec_width: int = 256  # E of the decoder: width of queries and memory slots.
@@ -47,6 +51,7 @@ class OATConfig:
     # --- numerics ---
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (encoder, QK-norm, decoder, heads).
     dtype: str = "float32"  # compute dtype of matmuls: 'float32' | 'bfloat16'; params, FSQ, LayerNorm stay fp32.
+    dropout_rng: str = "hash"  # dropout masks: 'hash' (counter-based integer hash, ~10x cheaper on CPU) | 'threefry'.
 
     def __post_init__(self):
         object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
@@ -89,9 +94,19 @@ class OATConfig:
         for name in ("enc_dropout", "dec_dropout", "dec_attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"OATConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"OATConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}.")
+        if self.encoder == "conv":
+            ratio = self.horizon // self.num_tokens
+            if self.horizon % self.num_tokens or ratio & (ratio - 1):
+                raise ValueError(f"OATConfig.encoder='conv' downsamples by stride-2 convolutions, so horizon "
+                                 f"({self.horizon}) must be num_tokens ({self.num_tokens}) times a power of two "
+                                 f"(e.g. horizon=32, num_tokens=8); change horizon or num_tokens.")
         if self.nested_dropout not in NESTED_DROPOUT_MODES:
             raise ValueError(f"OATConfig.nested_dropout must be one of {NESTED_DROPOUT_MODES}, "
                              f"got {self.nested_dropout!r}.")
+        if self.dropout_rng not in DROPOUT_RNGS:
+            raise ValueError(f"OATConfig.dropout_rng must be one of {DROPOUT_RNGS}, got {self.dropout_rng!r}.")
         if self.dtype not in DTYPES:
             raise ValueError(f"OATConfig.dtype must be one of {DTYPES}, got {self.dtype!r}.")
         if not self.layer_norm_eps > 0:

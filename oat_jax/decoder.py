@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oat_jax.config import NESTED_DROPOUT_MODES, OATConfig
-from oat_jax.layers import DecoderLayer, layer_norm, sincos_table, torch_linear_default
+from oat_jax.layers import Dense, DecoderLayer, layer_norm, sincos_table, torch_linear_default
 
 
 def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -65,14 +65,14 @@ class OATDecoder(nn.Module):
     def setup(self):
         c = self.config
         dtype = jnp.dtype(c.dtype)
-        self.latent_proj = nn.Dense(c.dec_width, dtype=dtype, param_dtype=jnp.float32,
-                                    kernel_init=torch_linear_default)
+        self.latent_proj = Dense(c.dec_width, dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_linear_default)
         self.mask_token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (c.dec_width,))
         self.layers = [DecoderLayer(c.dec_heads, c.dec_ffn_dim, dropout=c.dec_dropout,
-                                    attn_dropout=c.dec_attn_dropout, eps=c.layer_norm_eps, dtype=dtype,
+                                    attn_dropout=c.dec_attn_dropout, dropout_rng=c.dropout_rng,
+                                    eps=c.layer_norm_eps, dtype=dtype,
                                     name=f"layer_{i}") for i in range(c.dec_depth)]
-        self.head = nn.Dense(c.action_dim, dtype=jnp.float32, param_dtype=jnp.float32,
-                             kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
+        self.head = Dense(c.action_dim, dtype=jnp.float32, param_dtype=jnp.float32,
+                          kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
     def memory(self, codes: jax.Array, lengths: jax.Array) -> jax.Array:
         """Latent memory with positions >= length replaced by the mask vector.

@@ -21,6 +21,96 @@ xavier_uniform = nn.initializers.xavier_uniform()
 torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+DROPOUT_RNGS = ("hash", "threefry")
+
+
+def _mix32(x: jax.Array) -> jax.Array:
+    """A bijective avalanche mix of uint32 values (the 'lowbias32' integer hash finaliser)."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hash_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Counter-based pseudo-random bits: hash(element index, key) for every element.
+
+    Much cheaper than threefry on CPU (about 10x for dropout masks) and good enough for dropout; not for
+    anything that needs cryptographic or long-stream statistical quality.
+
+    Args:
+      rng: a PRNG key (typed key array or raw uint32 key data).
+      shape: output shape; at most 2**32 elements.
+    Returns:
+      uint32 array of `shape`, uniformly distributed bits.
+    """
+    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    data = jnp.asarray(data).astype(jnp.uint32).reshape(-1)
+    size = int(np.prod(shape))
+    if size > 2 ** 32:
+        raise ValueError(f"hash_bits supports at most 2**32 elements, got shape {shape}; use dropout_rng='threefry'.")
+    index = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    return _mix32(_mix32(index * jnp.uint32(0x9E3779B9) + data[0]) ^ data[-1])
+
+
+class Dropout(nn.Module):
+    """Inverted dropout on the "dropout" RNG stream: zero with probability `rate`, scale the rest by 1/(1-rate).
+
+    Attributes:
+      rate: drop probability in [0, 1).
+      rng_impl: 'hash' (`hash_bits`, cheap on CPU) or 'threefry' (`jax.random.bernoulli`, as flax's nn.Dropout).
+    """
+
+    rate: float
+    rng_impl: str = "hash"
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        """x: any shape and float dtype -> same shape and dtype."""
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rng_impl not in DROPOUT_RNGS:
+            raise ValueError(f"Dropout.rng_impl must be one of {DROPOUT_RNGS}, got {self.rng_impl!r}.")
+        rng = self.make_rng("dropout")
+        keep_prob = 1.0 - self.rate
+        if self.rng_impl == "hash":
+            threshold = min(int(round(keep_prob * 2.0 ** 32)), 2 ** 32 - 1)
+            keep = hash_bits(rng, x.shape) < jnp.uint32(threshold)
+        else:
+            keep = jax.random.bernoulli(rng, keep_prob, x.shape)
+        return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+
+class Dense(nn.Module):
+    """`flax.linen.Dense` with the same params (`kernel` (in, out), `bias` (out,)) that multiplies a 2-D view.
+
+    Flattening the leading axes before the matmul gives XLA:CPU plain 2-D dots, whose backward pass needs far
+    fewer transposes than the N-D `dot_general` of nn.Dense (about 25% faster training steps on CPU).
+
+    Attributes:
+      features: output size; use_bias: add a bias; dtype: compute dtype; param_dtype: storage dtype;
+      kernel_init / bias_init: initialisers.
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()  # nn.Dense's default
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (..., in) -> (..., features) in `dtype`."""
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+        flat = jnp.asarray(x, self.dtype).reshape(-1, x.shape[-1])  # (prod(...), in)
+        y = jnp.dot(flat, kernel.astype(self.dtype)).reshape(x.shape[:-1] + (self.features,))  # (..., features)
+        if self.use_bias:
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
 def layer_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Parameter-free LayerNorm over the last axis, computed in float32.
 
@@ -58,6 +148,7 @@ class Attention(nn.Module):
       use_bias: biases on q, k, v and out projections.
       qk_norm: parameter-free LayerNorm over head_dim on q and k of each head.
       attn_dropout: dropout rate on the attention probabilities ("dropout" RNG stream).
+      dropout_rng: 'hash' | 'threefry', see `Dropout`.
       eps: LayerNorm epsilon of the QK-norm.
       dtype: compute dtype of the projections.
       kernel_init: init of all four projection kernels (biases are zero).
@@ -67,6 +158,7 @@ class Attention(nn.Module):
     use_bias: bool = True
     qk_norm: bool = False
     attn_dropout: float = 0.0
+    dropout_rng: str = "hash"
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
     kernel_init: Initializer = xavier_uniform
@@ -79,8 +171,8 @@ class Attention(nn.Module):
         Returns (B, Tq, E) in `dtype`."""
         width = x_q.shape[-1]
         head_dim = width // self.num_heads
-        dense = lambda name: nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                                      kernel_init=self.kernel_init, name=name)
+        dense = lambda name: Dense(width, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+                                   kernel_init=self.kernel_init, name=name)
         split = lambda t: t.reshape(t.shape[:-1] + (self.num_heads, head_dim))
         q, k, v = split(dense("query")(x_q)), split(dense("key")(x_kv)), split(dense("value")(x_kv))
         if q.shape[0] != k.shape[0]:  # queries shared by the whole batch (x_q has batch 1): project once
@@ -93,7 +185,7 @@ class Attention(nn.Module):
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1)
         if self.attn_dropout > 0.0:
-            probs = nn.Dropout(self.attn_dropout)(probs, deterministic=deterministic)
+            probs = Dropout(self.attn_dropout, self.dropout_rng)(probs, deterministic=deterministic)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
         return dense("out")(out.reshape(out.shape[:-2] + (width,)))
 
@@ -106,8 +198,8 @@ class SwiGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        dense = lambda features, name: nn.Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                                                kernel_init=xavier_uniform, name=name)
+        dense = lambda features, name: Dense(features, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                                             kernel_init=xavier_uniform, name=name)
         h = nn.silu(dense(self.hidden, "fc1")(x)) * dense(self.hidden, "fc3")(x)
         return dense(x.shape[-1], "fc2")(h)
 
@@ -121,18 +213,25 @@ class EncoderBlock(nn.Module):
     num_heads: int
     mlp_hidden: int
     dropout: float = 0.0
+    dropout_rng: str = "hash"  # 'hash' | 'threefry', see `Dropout`.
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True) -> jax.Array:
-        """x: (B, T, E); mask: bool (T, T). Returns (B, T, E)."""
+    def __call__(self, x: jax.Array, mask: jax.Array, deterministic: bool = True,
+                 num_outputs: int | None = None) -> jax.Array:
+        """x: (B, T, E); mask: bool (T, T). Returns (B, T, E), or only the last `num_outputs` rows
+        (B, num_outputs, E): their queries attend all T rows, and the other rows' attention and MLP are skipped
+        (exactly the same values as slicing the full output)."""
+        drop = lambda t: Dropout(self.dropout, self.dropout_rng)(t, deterministic=deterministic)
         h = layer_norm(x, self.eps)
+        if num_outputs is not None:
+            x, mask = x[:, -num_outputs:], mask[-num_outputs:]  # (B, n, E), (n, T)
         h = Attention(self.num_heads, use_bias=False, qk_norm=True, eps=self.eps, dtype=self.dtype, name="attn")(
-            h, h, mask, deterministic)
-        x = x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+            h[:, -x.shape[1]:], h, mask, deterministic)
+        x = x + drop(h)
         h = SwiGLU(self.mlp_hidden, dtype=self.dtype, name="mlp")(layer_norm(x, self.eps))
-        return x + nn.Dropout(self.dropout)(h, deterministic=deterministic)
+        return x + drop(h)
 
 
 class DecoderLayer(nn.Module):
@@ -146,6 +245,7 @@ class DecoderLayer(nn.Module):
     ffn_dim: int
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    dropout_rng: str = "hash"  # 'hash' | 'threefry', see `Dropout`.
     eps: float = 1e-5
     dtype: Dtype = jnp.float32
 
@@ -154,14 +254,14 @@ class DecoderLayer(nn.Module):
                  deterministic: bool = True) -> jax.Array:
         """x: (B, T, E) queries, or (1, T, E) shared by the batch (the self-attention sub-layer then runs once);
         memory: (B, M, E); self_mask: bool (T, T) or None. Returns (B, T, E)."""
-        drop = lambda t: nn.Dropout(self.dropout)(t, deterministic=deterministic)
+        drop = lambda t: Dropout(self.dropout, self.dropout_rng)(t, deterministic=deterministic)
         norm = lambda name: nn.LayerNorm(epsilon=self.eps, dtype=jnp.float32, param_dtype=jnp.float32, name=name)
-        attn = lambda name: Attention(self.num_heads, use_bias=True, attn_dropout=self.attn_dropout, eps=self.eps,
-                                      dtype=self.dtype, name=name)
+        attn = lambda name: Attention(self.num_heads, use_bias=True, attn_dropout=self.attn_dropout,
+                                      dropout_rng=self.dropout_rng, eps=self.eps, dtype=self.dtype, name=name)
         h = norm("norm1")(x)
         x = x + drop(attn("self_attn")(h, h, self_mask, deterministic))
         x = x + drop(attn("cross_attn")(norm("norm2")(x), memory, None, deterministic))
-        dense = lambda features, name: nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
-                                                kernel_init=torch_linear_default, name=name)
+        dense = lambda features, name: Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
+                                             kernel_init=torch_linear_default, name=name)
         h = drop(nn.gelu(dense(self.ffn_dim, "linear1")(norm("norm3")(x)), approximate=False))
         return x + drop(dense(x.shape[-1], "linear2")(h))

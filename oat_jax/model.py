@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from oat_jax import fsq
 from oat_jax.config import OATConfig
 from oat_jax.decoder import OATDecoder, sample_keep_lengths
-from oat_jax.encoder import RegisterEncoder
+from oat_jax.encoder import ConvEncoder, RegisterEncoder
 
 
 def broadcast_lengths(lengths, batch_size: int, num_tokens: int) -> jax.Array:
@@ -29,13 +29,14 @@ def broadcast_lengths(lengths, batch_size: int, num_tokens: int) -> jax.Array:
 class OATModel(nn.Module):
     """Ordered Action Tokenizer network.
 
-    Params: {"encoder": RegisterEncoder params, "decoder": OATDecoder params}; FSQ has none.
+    Params: {"encoder": RegisterEncoder (or ConvEncoder, config.encoder='conv') params, "decoder": OATDecoder
+    params}; FSQ has none.
     """
 
     config: OATConfig
 
     def setup(self):
-        self.encoder = RegisterEncoder(self.config, name="encoder")
+        self.encoder = (ConvEncoder if self.config.encoder == "conv" else RegisterEncoder)(self.config, name="encoder")
         self.decoder = OATDecoder(self.config, name="decoder")
         self.quantizer = fsq.FSQ(self.config.levels)
 

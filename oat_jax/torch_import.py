@@ -57,7 +57,11 @@ def reference_layout(config: OATConfig) -> Layout:
     """The reference state dict of `config`'s trainable params: key -> (shape, [(oat_jax param path, transform)]).
 
     Fixed sin-cos tables and normalizer entries are not included (see `fixed_tables`, `NORMALIZER_PREFIX`).
+    Only the reference's RegisterEncoder exists there: a config with encoder='conv' raises ValueError.
     """
+    if config.encoder != "registers":
+        raise ValueError(f"The reference PyTorch checkpoints hold OAT's register encoder only; this config has "
+                         f"encoder={config.encoder!r}. Convert with encoder='registers' (the default).")
     c = config
     layout: Layout = {}
 

@@ -26,3 +26,24 @@ def test_core_modules_do_not_import_tensorflow_data_pipelines_or_training():
             f"sys.exit(1 if bad else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"forbidden modules imported: {result.stdout}{result.stderr[-2000:]}"
+
+
+def test_action_tokenizers_import_the_bpe_library_only_when_fast_is_used():
+    """Importing oat_jax.action_tokenizers (every submodule) pulls in neither `tokenizers` nor TensorFlow; fitting
+    FAST does import `tokenizers`."""
+    names = ["oat_jax", "oat_jax.action_tokenizers"] + [
+        m for m in _core_modules() if m.startswith("oat_jax.action_tokenizers.")]
+    assert "oat_jax.action_tokenizers.fast" in names
+    code = (f"import importlib, sys\n"
+            f"import numpy as np\n"
+            f"for name in {names!r}:\n"
+            f"    importlib.import_module(name)\n"
+            f"heavy = lambda: sorted(m for m in sys.modules if m.split('.')[0] in ('tokenizers', 'tensorflow'))\n"
+            f"before = heavy()\n"
+            f"from oat_jax.action_tokenizers import fit_action_tokenizer\n"
+            f"x = np.sin(np.linspace(0, 3, 8 * 2 * 64)).reshape(64, 8, 2)\n"
+            f"fit_action_tokenizer('fast', x, vocab_size=200)\n"
+            f"print(before, 'tokenizers' in sys.modules)\n"
+            f"sys.exit(1 if before or 'tokenizers' not in sys.modules else 0)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"heavy modules imported: {result.stdout}{result.stderr[-2000:]}"

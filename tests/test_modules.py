@@ -11,7 +11,7 @@ from oat_helpers import TINY, initial_params, random_params
 from oat_jax import OATConfig, OATModel, param_count
 from oat_jax.decoder import OATDecoder, keep_length_distribution, prefix_mask, sample_keep_lengths
 from oat_jax.encoder import RegisterEncoder, register_attention_mask
-from oat_jax.layers import sincos_table
+from oat_jax.layers import Dropout, hash_bits, sincos_table
 from oat_jax.model import abstract_params
 
 
@@ -180,3 +180,36 @@ def test_config_dict_round_trip():
     assert OATConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="Unknown OATConfig fields"):
         OATConfig.from_dict(dict(config.to_dict(), bogus=1))
+
+
+def test_registers_only_skips_action_rows_with_identical_register_outputs():
+    """The last block computes the register rows alone; they equal the full computation's register rows."""
+    enc_params = random_params(TINY)["encoder"]
+    encoder, x = RegisterEncoder(TINY), _actions(TINY, batch=3)
+    full = encoder.apply({"params": enc_params}, x, method=RegisterEncoder.hidden)  # (B, H+N, E)
+    regs = encoder.apply({"params": enc_params}, x, True, True, method=RegisterEncoder.hidden)  # (B, N, E)
+    assert regs.shape == (3, TINY.num_tokens, TINY.enc_width)
+    np.testing.assert_allclose(regs, full[:, TINY.horizon:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rng_impl", ["hash", "threefry"])
+def test_dropout_keeps_the_right_fraction_scales_and_depends_on_the_key(rng_impl):
+    layer, x = Dropout(0.25, rng_impl), jnp.ones((64, 32, 128), jnp.float32)
+    out = lambda seed: np.asarray(layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(seed)}))
+    a, b = out(0), out(1)
+    kept = a != 0
+    assert abs(kept.mean() - 0.75) < 0.01  # 262k draws: 4 sigma is ~0.0034
+    np.testing.assert_allclose(a[kept], 1 / 0.75, rtol=1e-6)  # inverted dropout keeps the mean
+    assert 0.5 < (kept == (b != 0)).mean() < 0.7  # independent masks agree on 0.75^2 + 0.25^2 = 62.5%
+    np.testing.assert_array_equal(a, out(0))  # same key, same mask
+    np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+
+
+def test_hash_bits_are_uniform_and_uncorrelated_between_neighbours():
+    bits = np.asarray(hash_bits(jax.random.key(3), (1 << 16,)), np.float64) / 2.0 ** 32  # U[0, 1)
+    assert abs(bits.mean() - 0.5) < 0.01 and abs(bits.var() - 1 / 12) < 0.005
+    hist = np.histogram(bits, bins=16, range=(0, 1))[0]
+    assert hist.min() > 0.9 * len(bits) / 16 and hist.max() < 1.1 * len(bits) / 16
+    assert abs(np.corrcoef(bits[:-1], bits[1:])[0, 1]) < 0.02
+    with pytest.raises(ValueError, match="rng_impl"):
+        Dropout(0.1, "philox").apply({}, jnp.ones(4), deterministic=False, rngs={"dropout": jax.random.key(0)})

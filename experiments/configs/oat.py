@@ -5,6 +5,8 @@ Default (embedded Meta-World dataset, a small fast model; about 6 minutes on 2 i
 
 Variants are chosen by the config argument (comma-separated keywords, combinable):
   --config=experiments/configs/oat.py:oatx        OAT x ablation: no nested dropout (prefixes are not meaningful)
+  --config=experiments/configs/oat.py:quest       QueST-style baseline: causal conv + causal transformer encoder
+      (model.encoder='conv'), FSQ, the same decoder, no nested dropout; same budget as the default
   --config=experiments/configs/oat.py:paper       the paper's model and reference hyperparameters (batch 256 per
       GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); the dataset is a
       placeholder: add --config.data.name=libero_10 --config.data.data_dir=/path/to/tfds (or --config.data.path)
@@ -19,7 +21,7 @@ Several processes (e.g. two CPU hosts): add --config.distributed.coordinator_add
 
 import ml_collections
 
-VARIANTS = ("oatx", "paper", "fsdp", "runlocal", "test")
+VARIANTS = ("oatx", "quest", "paper", "fsdp", "runlocal", "test")
 
 
 def _parse(arg: str) -> set[str]:
@@ -35,9 +37,10 @@ def _model(**overrides) -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict(dict(
         action_dim=-1, horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
         enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
+        encoder="registers",
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
         causal_decoder=True, nested_dropout="pow2", nested_dropout_power=1.0, layer_norm_eps=1e-5,
-        dtype="float32"))
+        dtype="float32", dropout_rng="hash"))
     model.update(overrides)
     return model
 
@@ -146,4 +149,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.sharding.fsdp_min_size = 16
     if "oatx" in variants:
         config.model.nested_dropout = "none"
+    if "quest" in variants:  # QueST-style: causal conv encoder, unordered tokens (no nested dropout)
+        config.model.update(encoder="conv", nested_dropout="none")
     return config

@@ -15,6 +15,7 @@ from oat_jax.config import OATConfig
 from oat_jax.decoder import sample_keep_lengths
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
+from oat_jax.pretrained import config_from_run
 from oat_jax.training import ema
 from oat_jax.training.sharding import BATCH_AXES
 
@@ -41,14 +42,22 @@ class TrainState:
 
 
 def model_config(model_cfg: ml_collections.ConfigDict, action_dim: int) -> OATConfig:
-    """`OATConfig` from `config.model`; action_dim = -1 there means "the dataset's action dimension"."""
-    fields = model_cfg.to_dict()
-    if fields.get("action_dim", -1) in (-1, None):
-        fields["action_dim"] = action_dim
-    elif fields["action_dim"] != action_dim:
-        raise ValueError(f"config.model.action_dim={fields['action_dim']} but the dataset's actions have "
-                         f"{action_dim} dimensions; set it to -1 to follow the dataset.")
-    return OATConfig.from_dict(fields)
+    """`OATConfig` from `config.model`; action_dim = -1 there means "the dataset's action dimension"
+    (the rule `oat_jax.pretrained.config_from_run` applies when a checkpoint is loaded)."""
+    return config_from_run(model_cfg.to_dict(), action_dim, "config.model")
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
+                    ema_cfg: ml_collections.ConfigDict) -> tuple[TrainState, jax.Array]:
+    """One optimizer update and one EMA update; returns (the next state, the EMA decay used (float32 scalar)).
+
+    `grads` has the structure of `state.params`; `ema_cfg` holds `power` and `max_decay` (see `ema.ema_update`).
+    """
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params, decay = ema.ema_update(state.ema_params, params, state.ema_count, ema_cfg.power, ema_cfg.max_decay)
+    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+                         ema_count=state.ema_count + 1), decay
 
 
 def init_train_state(model: OATModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -121,12 +130,7 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
                   _split_micro(lengths, accum_steps, mesh))
             (loss, grads), _ = jax.lax.scan(body, zeros, xs)
             loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema_params, decay = ema.ema_update(state.ema_params, params, state.ema_count, ema_cfg.power,
-                                           ema_cfg.max_decay)
-        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
-                                  ema_count=state.ema_count + 1)
+        new_state, decay = apply_gradients(state, grads, tx, ema_cfg)
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
                    "ema_decay": decay}
         return new_state, metrics

@@ -1,0 +1,135 @@
+r"""Autoregressive token policy configs (spec section 4), trained with the same entry point as the tokenizers:
+
+  python -m experiments.train --config=experiments/configs/policy.py:oat \
+      --config.tokenizer.path=runs/oat_metaworld --config.data.path=/path/to/rlds --workdir=runs/policy_oat
+
+Variants (comma-separated, combinable with runlocal / test):
+  :oat     OAT tokenizer (8 ordered tokens); give its training workdir or exported dir in config.tokenizer.path
+  :oatx    OAT x (no nested dropout) tokenizer: same, config.tokenizer.path = the :oatx tokenizer run
+  :quest   QueST-style tokenizer (causal conv encoder, no ordering): config.tokenizer.path = that tokenizer run
+  :bin     per-dimension binning (256 bins, H * D_a tokens), fitted on the train chunks at start
+           (or a saved Bin directory in config.tokenizer.path)
+  :fast    FAST (DCT + BPE, variable length, EOS), fitted on the train chunks at start (or a saved FAST dir)
+  :runlocal  small model, a few hundred steps (minutes on a CPU)
+  :test      tiny model, 4 steps (unit tests)
+Every variant shares the model, data and training budget; only the tokenizer differs.
+The dataset defaults to the embedded Meta-World MT10 dataset; the recipe uses the paper's four tasks
+(experiments/recipes/metaworld_policy_comparison.sh).
+"""
+
+import ml_collections
+
+TOKENIZERS = ("oat", "oatx", "quest", "bin", "fast")
+VARIANTS = TOKENIZERS + ("runlocal", "test")
+
+
+def _parse(arg: str) -> set[str]:
+    chosen = {a.strip() for a in (arg or "").split(",") if a.strip()}
+    unknown = sorted(chosen - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"Unknown config variant(s) {unknown}; choose from {VARIANTS} (comma-separated).")
+    if len(chosen & set(TOKENIZERS)) > 1:
+        raise ValueError(f"Choose one tokenizer variant among {TOKENIZERS}, got {sorted(chosen & set(TOKENIZERS))}.")
+    return chosen
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    """Policy training config for the variants in `arg` (see the module docstring)."""
+    variants = _parse(arg)
+    config = ml_collections.ConfigDict()
+    config.kind = "policy"  # experiments.train dispatches on this: 'policy' trains a policy, else a tokenizer.
+    config.seed = 0  # PRNG seed of param init, dropout and data order.
+
+    config.tokenizer = ml_collections.ConfigDict()
+    config.tokenizer.name = next(iter(variants & set(TOKENIZERS)), "oat")  # which token type (for logs/tables).
+    config.tokenizer.path = ""  # saved tokenizer dir or OAT/QueST training workdir; '' with fit = fit at start.
+    config.tokenizer.fit = ""  # 'bin' | 'fast': fit this tokenizer on the train chunks when path is ''.
+    config.tokenizer.fit_options = ml_collections.ConfigDict()  # keyword options of the fit (e.g. num_bins).
+
+    config.data = ml_collections.ConfigDict()
+    config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
+    config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    config.data.data_dir = ""  # TFDS data_dir for `name`.
+    config.data.val_fraction = 0.1  # fraction of episodes held out (seeded, by episode; same split as tokenizers).
+    config.data.split_seed = 0  # seed of the episode split.
+    config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
+    config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
+    config.data.horizon = 32  # H of the chunks when a tokenizer is fitted here (a loaded one brings its own).
+    config.data.max_eval_chunks = 4096  # held-out pairs used for the validation loss (evenly spaced).
+
+    config.obs_normalizer = ml_collections.ConfigDict()
+    config.obs_normalizer.mode = "gaussian"  # state normalization fitted on train episodes: 'gaussian' | 'limits'.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.width = 256  # E: transformer width (paper 256).
+    config.model.depth = 4  # decoder blocks (paper 4).
+    config.model.num_heads = 4  # attention heads (paper 4).
+    config.model.mlp_ratio = 4.0  # MLP hidden = mlp_ratio * width.
+    config.model.dropout = 0.1  # dropout after each sub-layer, the embeddings and the memory.
+    config.model.state_hidden = 256  # hidden size of the state MLP encoder.
+    config.model.dtype = "float32"  # matmul dtype: 'float32' | 'bfloat16'.
+
+    config.sampling = ml_collections.ConfigDict()
+    config.sampling.temperature = 1.0  # sampling temperature at evaluation (paper 1.0; 0 = greedy).
+    config.sampling.top_k = 10  # top-k at evaluation (paper 10; 0 = off).
+
+    config.policy = ml_collections.ConfigDict()
+    config.policy.n_action_steps = 16  # actions of each chunk executed before re-planning (paper 16 of 32).
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 3e-4  # peak learning rate.
+    config.optim.warmup_steps = 200  # linear warmup updates.
+    config.optim.schedule = "cosine"  # 'constant' | 'cosine' (to lr * min_lr_ratio at num_steps).
+    config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
+    config.optim.b1 = 0.9  # AdamW beta1.
+    config.optim.b2 = 0.95  # AdamW beta2.
+    config.optim.eps = 1e-8  # AdamW epsilon.
+    config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (>= 2-D weights only).
+    config.optim.clip_norm = 1.0  # global-norm gradient clip (<= 0 disables).
+    config.optim.accum_steps = 1  # kept for the shared optimizer helpers; the policy step does not accumulate.
+
+    config.ema = ml_collections.ConfigDict()
+    config.ema.power = 0.75  # EMA warm-up exponent.
+    config.ema.max_decay = 0.999  # EMA decay clamp.
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 128  # global batch per update.
+    config.train.num_steps = 5000  # total updates (the same for every tokenizer in a comparison).
+    config.train.log_every = 50  # steps between train-metric logs.
+    config.train.eval_every = 500  # steps between held-out token-loss evaluations (and at the end).
+    config.train.eval_batch_size = 256  # batch of the held-out evaluation.
+    config.train.progress_bar = True  # tqdm bar on process 0.
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every = 1000  # steps between checkpoints (plus the last step and on SIGTERM/SIGINT).
+    config.checkpoint.keep_last = 2  # most recent checkpoints kept.
+    config.checkpoint.keep_best = 1  # checkpoints with the lowest validation loss kept in addition.
+    config.checkpoint.async_save = True  # background checkpoint writes.
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the data axis (-1 = all).
+    config.mesh.fsdp = 1  # devices on the fsdp axis.
+
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.rules = ((".*", "replicate"),)  # (regex on the param path, rule); see training/sharding.py.
+    config.sharding.fsdp_min_size = 2 ** 12  # leaves below this size stay replicated under 'fsdp'.
+
+    if "bin" in variants:
+        config.tokenizer.fit = "bin"
+        config.tokenizer.fit_options = ml_collections.ConfigDict({"num_bins": 256})
+    if "fast" in variants:
+        config.tokenizer.fit = "fast"
+    if "runlocal" in variants or "test" in variants:
+        config.model.update(width=64, depth=2, num_heads=2, state_hidden=64)
+        config.optim.update(warmup_steps=10, lr=1e-3)
+        config.train.update(batch_size=32, num_steps=200, log_every=20, eval_every=100, eval_batch_size=64,
+                            progress_bar="runlocal" in variants)
+        config.checkpoint.update(every=100)
+        config.data.max_eval_chunks = 256
+        config.policy.n_action_steps = 4  # the tiny tokenizers of the oat.py runlocal/test configs have H = 8
+    if "test" in variants:
+        config.model.update(width=32, depth=1, num_heads=2, state_hidden=32, dropout=0.0)
+        config.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4, eval_batch_size=32)
+        config.checkpoint.update(every=2, async_save=False)
+        config.data.max_eval_chunks = 64
+    return config

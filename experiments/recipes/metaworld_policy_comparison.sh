@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Meta-World policy comparison (the paper's Table I/II protocol with state observations):
+#   1. scripted demonstrations of the four paper tasks,
+#   2. tokenizers: OAT, OAT x and QueST-style trained with experiments.train; Bin and FAST fitted at policy start,
+#   3. one autoregressive policy per token type, same model, data, steps and seeds,
+#   4. closed-loop evaluation with the same tasks, goals, episodes and seeds for every policy
+#      (OAT is evaluated at k = 1, 2, 4, 8 tokens: OAT_1 .. OAT_8), and one merged table + plot.
+#
+# Usage (from the repository root, the venv active):
+#   bash experiments/recipes/metaworld_policy_comparison.sh                   # full budget
+#   RUNS=runs/pilot DEMOS=20 POLICY_STEPS=1000 EPISODES=10 EVAL_SEEDS=0 TYPES="oat bin" \
+#     POLICY_FLAGS="--config.model.width=128 --config.model.depth=2" bash experiments/recipes/...   # a pilot
+# Every step is skipped when its output exists, so re-running resumes. Logs go to $RUNS/logs/.
+set -euo pipefail
+
+RUNS=${RUNS:-runs/metaworld_policy}                       # output root
+TASKS=${TASKS:-box-close-v3,coffee-pull-v3,disassemble-v3,stick-pull-v3}
+DEMOS=${DEMOS:-50}                                        # scripted demonstrations per task
+TYPES=${TYPES:-"oat oatx quest bin fast"}                 # token types to compare
+TOKENIZER_FLAGS=${TOKENIZER_FLAGS:-}                      # extra flags for every tokenizer run
+POLICY_STEPS=${POLICY_STEPS:-5000}                        # policy updates (same for every token type)
+POLICY_FLAGS=${POLICY_FLAGS:-}                            # extra flags for every policy run (same for all)
+TRAIN_SEEDS=${TRAIN_SEEDS:-0}                             # policy training seeds (space-separated)
+EPISODES=${EPISODES:-50}                                  # evaluation episodes per task and seed
+EVAL_SEEDS=${EVAL_SEEDS:-0,1,2}                           # evaluation seeds (goals and sampling keys)
+OAT_KS=${OAT_KS:-1,2,4,8}                                 # anytime-decoding k evaluated for OAT
+
+DATA="$RUNS/data/metaworld_paper_tasks"
+LOGS="$RUNS/logs"
+mkdir -p "$LOGS"
+stamp() { date +%H:%M:%S; }
+
+if [ ! -f "$DATA/dataset_info.json" ]; then
+  echo "$(stamp) demonstrations -> $DATA"
+  python -m data_pipelines.metaworld --tasks="$TASKS" --episodes_per_task="$DEMOS" --output="$DATA" \
+    > "$LOGS/data.log" 2>&1
+fi
+
+for t in $TYPES; do
+  case $t in
+    oat) variant="" ;;
+    oatx) variant=":oatx" ;;
+    quest) variant=":quest" ;;
+    *) continue ;;                                        # bin / fast are fitted inside the policy run
+  esac
+  if [ ! -f "$RUNS/tok_$t/tokenizer/config.json" ]; then
+    echo "$(stamp) tokenizer $t"
+    # shellcheck disable=SC2086
+    python -m experiments.train --config="experiments/configs/oat.py$variant" --config.data.path="$DATA" \
+      --config.train.progress_bar=False $TOKENIZER_FLAGS --workdir="$RUNS/tok_$t" > "$LOGS/tok_$t.log" 2>&1
+  fi
+done
+
+for t in $TYPES; do
+  for s in $TRAIN_SEEDS; do
+    work="$RUNS/policy_${t}_s$s"
+    if [ ! -f "$work/policy/policy.json" ]; then
+      tok=""
+      case $t in oat|oatx|quest) tok="--config.tokenizer.path=$RUNS/tok_$t" ;; esac
+      echo "$(stamp) policy $t seed $s"
+      # shellcheck disable=SC2086
+      python -m experiments.train --config="experiments/configs/policy.py:$t" $tok --config.data.path="$DATA" \
+        --config.train.num_steps="$POLICY_STEPS" --config.seed="$s" --config.train.progress_bar=False \
+        $POLICY_FLAGS --workdir="$work" > "$LOGS/policy_${t}_s$s.log" 2>&1
+    fi
+  done
+done
+
+results=()
+for t in $TYPES; do
+  works=$(for s in $TRAIN_SEEDS; do printf "%s," "$RUNS/policy_${t}_s$s"; done)
+  ks=""
+  label=$(echo "$t" | sed 's/^oatx$/OATx/; s/^oat$/OAT/; s/^quest$/QueST/; s/^bin$/Bin/; s/^fast$/FAST/')
+  [ "$t" = "oat" ] && ks="--num_tokens=$OAT_KS"
+  out="$RUNS/eval/$t"
+  if [ ! -f "$out/results.json" ]; then
+    echo "$(stamp) evaluate $t"
+    # shellcheck disable=SC2086
+    python -m experiments.eval_policy --workdir="${works%,}" --label="$label" --tasks="$TASKS" \
+      --episodes="$EPISODES" --seeds="$EVAL_SEEDS" $ks --output="$out" > "$LOGS/eval_$t.log" 2>&1
+  fi
+  results+=("$out/results.json")
+done
+
+python -m experiments.eval_policy --merge="$(IFS=,; echo "${results[*]}")" --output="$RUNS/eval/table"
+echo "$(stamp) table: $RUNS/eval/table/table.md, plot: $RUNS/eval/table/success_vs_k.png"

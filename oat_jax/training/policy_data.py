@@ -1,0 +1,97 @@
+"""Policy training data: (observation history, action chunk) pairs in memory, tokenized once by a frozen tokenizer.
+
+Tokenization is deterministic (the tokenizer is frozen and has no dropout at inference), so the token targets of
+every chunk are computed once up front instead of in every step; batches then index the in-memory arrays with
+the same seeded epoch permutations as the tokenizer trainer (`data.InMemoryBatches`), so a resumed run replays
+exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+
+from data_pipelines import loader
+from oat_jax.training import data
+
+_READ_BATCH = 1024
+
+
+def policy_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
+    """`DatasetSpec` of `config.data` reading the observation keys `config.data.obs_keys`."""
+    return dataclasses.replace(data.dataset_spec(data_cfg), obs_keys=tuple(data_cfg.obs_keys))
+
+
+def load_pairs(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, split: str, horizon: int,
+               n_obs_steps: int) -> dict[str, np.ndarray]:
+    """Every (observation history, chunk) pair of `split` in dataset order.
+
+    Returns:
+      {"actions": (M, H, D_a) float32 raw, "<obs name>": (M, K, ...) for each obs key (named by its last path
+       component, e.g. "state": (M, K, 39) float32)}.
+    """
+    ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
+                                   repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
+                                   split_seed=data_cfg.split_seed, process_index=0, process_count=1,
+                                   n_obs_steps=n_obs_steps, drop_remainder=False)
+    parts: dict[str, list] = {}
+    for batch in ds.as_numpy_iterator():
+        parts.setdefault("actions", []).append(np.asarray(batch["actions"], np.float32))
+        for name, value in batch["observation"].items():
+            parts.setdefault(name, []).append(np.asarray(value))
+    if not parts:
+        raise ValueError(f"The {split!r} split of {spec.label} holds no chunks; check config.data.val_fraction.")
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    for name in out:
+        if name != "actions" and out[name].dtype.kind == "f":
+            out[name] = out[name].astype(np.float32)
+    return out
+
+
+def tokenize_all(tokenizer, actions: np.ndarray, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of every chunk: tokens (M, max_tokens) int32 (PAD_ID-padded), lengths (M,) int32."""
+    tokens, lengths = [], []
+    for start in range(0, len(actions), batch):
+        t, n = tokenizer.tokenize(actions[start:start + batch])
+        tokens.append(np.asarray(t, np.int32))
+        lengths.append(np.asarray(n, np.int32))
+    tokens, lengths = np.concatenate(tokens), np.concatenate(lengths)
+    if lengths.min() < 1:
+        raise ValueError(f"The tokenizer produced {int(np.sum(lengths < 1))} empty token sequences; a policy "
+                         f"cannot learn to emit them. Check the tokenizer ({tokenizer.name}).")
+    return tokens, lengths
+
+
+def token_statistics(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> dict[str, float]:
+    """Summary of the targets: mean/max length, distinct ids used, and the per-position entropy (nats) of the first
+    positions (how predictable each position is; evidence when comparing tokenizers)."""
+    valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    stats = {"mean_length": float(lengths.mean()), "max_length": float(lengths.max()),
+             "distinct_ids": float(len(np.unique(tokens[valid]))), "vocab_size": float(vocab_size)}
+    for pos in range(min(tokens.shape[1], 8)):
+        ids = tokens[valid[:, pos], pos]
+        if len(ids):
+            p = np.bincount(ids, minlength=vocab_size) / len(ids)
+            stats[f"entropy_pos{pos}"] = float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+    return stats
+
+
+class PairBatches:
+    """Global batch of step s over in-memory arrays (same order as `data.InMemoryBatches`); this process keeps
+    `rows` of it.
+
+    Args:
+      arrays: {name: (M, ...)} with equal M (tokens, lengths, normalized observations).
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, rows: np.ndarray, seed: int):
+        self.arrays = arrays
+        size = len(next(iter(arrays.values())))
+        self._order = data.InMemoryBatches(np.empty((size, 0), np.float32), global_batch, rows, seed)
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """{name: (b, ...)}: this process's rows of the global batch of `step`."""
+        idx = self._order.global_indices(step)
+        return {k: v[idx] for k, v in self.arrays.items()}

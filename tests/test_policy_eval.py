@@ -1,0 +1,92 @@
+"""Closed-loop evaluation: batched lock-step rollouts (toy environments), tables, and Meta-World end to end."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import eval_policy
+
+
+class PointReach:
+    """1-D point mass: obs = [position, goal]; action moves the point; success within 0.05 of the goal."""
+
+    class _Space:
+        shape = (1,)
+
+    action_space = _Space()
+
+    def __init__(self, goal: float, limit: int = 1000):
+        self.goal, self.limit = goal, limit
+
+    def reset(self):
+        self.x, self.t = 0.0, 0
+        return np.array([self.x, self.goal], np.float32), {}
+
+    def step(self, action):
+        self.x += 0.1 * float(action[0])
+        self.t += 1
+        success = abs(self.x - self.goal) < 0.05
+        return np.array([self.x, self.goal], np.float32), 0.0, False, self.t >= self.limit, {"success": success}
+
+
+def test_batched_rollouts_replan_every_n_action_steps_with_one_call_for_all_envs():
+    envs = [PointReach(0.5), PointReach(-0.3), PointReach(5.0)]  # the last one cannot be reached in time
+    seen = []
+
+    def act(history):  # history (B, K, 2): a proportional controller on the newest frame, as a chunk of 8 steps
+        seen.append(history.copy())
+        direction = np.sign(history[:, -1, 1] - history[:, -1, 0])
+        return np.repeat(direction[:, None, None], 8, axis=1).astype(np.float32), np.ones(len(history), bool)
+
+    out = eval_policy.run_batched_episodes(envs, act, n_obs_steps=2, n_action_steps=4, max_steps=30)
+    assert out["success"].tolist() == [True, True, False]
+    assert out["steps"].tolist() == [5, 3, 30]
+    assert out["calls"] == 8 == len(seen)  # ceil(30 / 4) re-plans, each one batched call over all 3 envs
+    assert all(h.shape == (3, 2, 2) for h in seen)
+    # the first history repeats the first frame; later ones hold the previous and the current observation
+    np.testing.assert_allclose(seen[0][:, 0], seen[0][:, 1])
+    np.testing.assert_allclose(seen[1][2, :, 0], [0.3, 0.4], atol=1e-6)
+    assert out["invalid_rate"] == 0.0
+
+
+def test_invalid_chunks_hold_still():
+    envs = [PointReach(0.5)]
+
+    def act(history):
+        return np.full((1, 8, 1), np.nan, np.float32), np.zeros(1, bool)
+
+    out = eval_policy.run_batched_episodes(envs, act, n_obs_steps=1, n_action_steps=8, max_steps=16)
+    assert not out["success"][0] and envs[0].x == 0.0 and out["invalid_rate"] == 1.0
+
+
+def test_markdown_table_and_plot(tmp_path):
+    def result(label, ks, base):
+        return {"label": label, "tasks": ["a-v3", "b-v3"], "by_k": {str(k): {
+            "per_task": {"a-v3": {"mean": base, "se": 0.01}, "b-v3": {"mean": base + 0.1, "se": 0.02}},
+            "mean": base + 0.05, "se": 0.01, "latency_ms_b1": 3.0 * k, "latency_ms_batch": 5.0 * k,
+            "invalid_rate": 0.0, "mean_tokens": float(k)} for k in ks}}
+
+    results = [result("OAT", [1, 2, 4, 8], 0.4), result("Bin", [128], 0.2)]
+    eval_policy.write_outputs(results, str(tmp_path), "table")
+    text = open(tmp_path / "table.md").read()
+    assert "| OAT_8 | 40.0 ± 1.0 | 50.0 ± 2.0 | **45.0 ± 1.0**" in text and "| Bin |" in text
+    assert os.path.getsize(tmp_path / "success_vs_k.png") > 1000
+    assert len(json.load(open(tmp_path / "table.json"))) == 2
+    assert eval_policy.mean_se([0.2, 0.4]) == pytest.approx((0.3, 0.1))
+
+
+def test_metaworld_evaluation_end_to_end(tmp_path):
+    pytest.importorskip("metaworld")
+    from policy_helpers import save_tiny_oat, tiny_policy
+    policy = tiny_policy(save_tiny_oat(str(tmp_path / "tok")))
+    policy.save(str(tmp_path / "run" / "policy"))
+    res = eval_policy.evaluate([str(tmp_path / "run")], ["reach-v3"], episodes=2, seeds=[0], num_tokens=[1, 4],
+                               max_steps=20, latency_repeats=2, log=lambda s: None)
+    assert set(res["by_k"]) == {"1", "4"}
+    for entry in res["by_k"].values():
+        assert 0.0 <= entry["mean"] <= 1.0 and len(entry["per_task"]["reach-v3"]["per_run"]) == 1
+        assert entry["latency_ms_b1"] > 0 and entry["mean_tokens"] in (1.0, 4.0)
+    eval_policy.write_outputs([res], str(tmp_path / "out"), "results")
+    assert os.path.exists(tmp_path / "out" / "results.md")
