@@ -48,6 +48,40 @@ def resolve_tokenizer_dir(path: str) -> str:
         f"in its {WORKDIR_SUBDIR}/ subdirectory (write one with OATTokenizer.save).")
 
 
+def prepare_directory(path: str, overwrite: bool = False) -> str:
+    """Creates `path` for writing (an empty existing directory is fine); returns its absolute path.
+
+    Raises FileExistsError when it holds files and `overwrite` is False; with `overwrite` its contents are removed.
+    """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.exists(path) and os.listdir(path):
+        if not overwrite:
+            raise FileExistsError(f"{path!r} already exists and is not empty; pass overwrite=True to replace it.")
+        shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def save_params(directory: str, params) -> None:
+    """Writes a param tree (any arrays) as an Orbax StandardCheckpointer checkpoint at `directory`."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory, jax.device_get(params))
+
+
+def restore_params(directory: str, abstract):
+    """Reads a checkpoint written by `save_params` onto the default device.
+
+    Args:
+      abstract: tree of jax.ShapeDtypeStruct giving the expected structure, shapes and dtypes.
+    Returns:
+      the param tree as jax arrays on jax.devices()[0].
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(directory, target)
+
+
 def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, overwrite: bool = False) -> str:
     """Writes a tokenizer directory; returns its absolute path.
 
@@ -56,15 +90,9 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
       config / params / normalizer: the tokenizer's parts; params must match config.
       overwrite: replace an existing directory's contents.
     """
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     check_params(config, params)
-    if os.path.exists(path) and os.listdir(path):
-        if not overwrite:
-            raise FileExistsError(f"{path!r} already exists and is not empty; pass overwrite=True to replace it.")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(path, PARAMS_DIR), jax.device_get(params))
+    path = prepare_directory(path, overwrite)
+    save_params(os.path.join(path, PARAMS_DIR), params)
     for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
         with open(os.path.join(path, name), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=1)
@@ -88,9 +116,5 @@ def load(path: str) -> tuple[OATConfig, dict, ActionNormalizer]:
     params_dir = os.path.join(path, PARAMS_DIR)
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.metadata(params_dir).item_metadata
-        check_params(config, getattr(saved, "tree", saved), source=f"the params saved in {params_dir!r}")
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                              abstract_params(config))
-        params = checkpointer.restore(params_dir, target)
-    return config, params, normalizer
+    check_params(config, getattr(saved, "tree", saved), source=f"the params saved in {params_dir!r}")
+    return config, restore_params(params_dir, abstract_params(config)), normalizer

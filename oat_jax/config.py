@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "power", "none")
 ENCODERS = ("registers", "conv")
 DTYPES = ("float32", "bfloat16")
 DROPOUT_RNGS = ("hash", "threefry")
+
+
+def dataclass_from_dict(cls, d: Mapping[str, Any]):
+    """`cls(**d)` for a dataclass `cls`; keys that are not fields raise ValueError naming them and the known fields
+    (they usually mean a config written by another version). Missing keys take the field defaults."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}.")
+    return cls(**d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +135,4 @@ class OATConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OATConfig":
         """Inverse of `to_dict`. Unknown keys raise ValueError (they usually mean a config from another version)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown OATConfig fields {unknown}; known fields: {sorted(known)}.")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)

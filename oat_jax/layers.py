@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oat_jax.config import DROPOUT_RNGS
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -21,7 +23,6 @@ xavier_uniform = nn.initializers.xavier_uniform()
 torch_linear_default = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-DROPOUT_RNGS = ("hash", "threefry")
 
 
 def _mix32(x: jax.Array) -> jax.Array:

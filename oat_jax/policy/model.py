@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oat_jax.config import dataclass_from_dict
 from oat_jax.policy.layers import PolicyBlock, RMSNorm
 from oat_jax.policy.obs_encoders import ImageEncoder, StateEncoder
 
@@ -113,11 +114,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
         """Inverse of `to_dict`; unknown keys raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown PolicyConfig fields {unknown}; known fields: {sorted(known)}.")
-        return cls(**d)
+        return dataclass_from_dict(cls, d)
 
 
 Observation = Mapping[str, jax.Array]  # {"state": (B, K, obs_dim) f32 normalized, "image": (B, K, cams, h, w, c)}

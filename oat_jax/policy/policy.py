@@ -12,13 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from typing import Any, Mapping
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+from oat_jax.checkpoint import prepare_directory, restore_params, save_params
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
@@ -118,14 +117,8 @@ class TokenPolicy:
 
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path."""
-        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-        if os.path.exists(path) and os.listdir(path):
-            if not overwrite:
-                raise FileExistsError(f"{path!r} exists and is not empty; pass overwrite=True to replace it.")
-            shutil.rmtree(path)
-        os.makedirs(path, exist_ok=True)
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(os.path.join(path, PARAMS_DIR), jax.device_get(self.params))
+        path = prepare_directory(path, overwrite)
+        save_params(os.path.join(path, PARAMS_DIR), self.params)
         self.tokenizer.save(os.path.join(path, TOKENIZER_DIR))
         with open(os.path.join(path, POLICY_FILE), "w", encoding="utf-8") as f:
             json.dump(self.metadata(), f, indent=1)
@@ -142,11 +135,7 @@ class TokenPolicy:
         with open(os.path.join(path, POLICY_FILE), encoding="utf-8") as f:
             meta = json.load(f)
         config = PolicyConfig.from_dict(meta["config"])
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-                              abstract_params(config))
-        with ocp.StandardCheckpointer() as checkpointer:
-            params = checkpointer.restore(os.path.join(path, PARAMS_DIR), target)
+        params = restore_params(os.path.join(path, PARAMS_DIR), abstract_params(config))
         tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
         normalizers = {k: ActionNormalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}
         return cls(config, params, tokenizer, normalizers, sampling or SamplingConfig(**meta["sampling"]),
