@@ -4,7 +4,7 @@ r"""Closed-loop evaluation of token policies on Meta-World v3 (state observation
       --tasks=box-close-v3,coffee-pull-v3,disassemble-v3,stick-pull-v3 --episodes=50 --seeds=0,1,2 \
       --num_tokens=1,2,4,8 --output=runs/eval/oat
   python -m experiments.eval_policy --merge=runs/eval/oat/results.json,runs/eval/bin/results.json \
-      --output=runs/eval/table
+      --output=runs/eval/table [--remeasure_latency]
 
 For each seed s, task and k in --num_tokens ('' = all max_tokens), `--episodes` environments run in lock-step:
 episode e uses goal e mod 50 of `metaworld.MT1(task, seed=10000 + s)` (goals the scripted demonstrations were not
@@ -15,7 +15,7 @@ A chunk that does not decode (FAST) makes that environment hold still (zero acti
 Several --workdir entries (comma-separated; e.g. training seeds) are evaluated with the same seeds; the mean and
 standard error are over all (workdir, seed) runs of the per-seed success rate averaged over tasks.
 Latency: wall time of one policy call (sampling + detokenization, after compilation) at the evaluation batch and
-at batch 1. Outputs in --output: results.json, results.md, success_vs_k.png (merge: table.md, table.json, plot).
+at batch 1 (--remeasure_latency re-times them when merging, once the machine is otherwise idle). Outputs in --output: results.json, results.md, success_vs_k.png (merge: table.md, table.json, plot).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ _MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "Step limit of an episode (M
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for results.json / results.md / success_vs_k.png.")
 _MERGE = flags.DEFINE_string("merge", "", "Comma-separated results.json files to merge into one table.")
 _LATENCY_REPEATS = flags.DEFINE_integer("latency_repeats", 20, "Timed policy calls at batch 1 per k.")
+_REMEASURE = flags.DEFINE_bool("remeasure_latency", False,
+                               "With --merge: time every policy again (batch 1 and the evaluation batch) before "
+                               "writing the table, e.g. once no evaluation runs beside it any more.")
 
 
 # ----- batched closed-loop rollouts (any environments with the gymnasium API) -----
@@ -218,6 +221,30 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
     return results
 
 
+def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str], None] = print) -> None:
+    """Replace latency_ms_b1 / latency_ms_batch of every (policy, k) in `results` (in place) with fresh timings.
+
+    Closed-loop latencies are taken while the environments run (and possibly beside other jobs); this re-times
+    `policy.act` of each result's first workdir on one real observation of its first task, at batch 1 and at the
+    evaluation batch (`episodes`), with the median of `repeats` calls after a warm-up call.
+    """
+    from oat_jax.policy.policy import load_policy
+    for res in results:
+        policy = load_policy(res["workdirs"][0])
+        env = make_metaworld_envs(res["tasks"][0], 1, res["seeds"][0])[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obs = np.asarray(env.reset()[0], np.float32)
+        history = np.repeat(obs[None, None], policy.config.n_obs_steps, axis=1)  # (1, K, obs_dim)
+        batch = np.repeat(history, res["episodes"], axis=0)  # (episodes, K, obs_dim)
+        for key_k, entry in res["by_k"].items():
+            k = int(key_k)
+            entry["latency_ms_b1"] = measure_latency(policy, history, k, repeats)
+            entry["latency_ms_batch"] = measure_latency(policy, batch, k, repeats)
+            log(f"{res['label']} k={k}: {entry['latency_ms_b1']:.2f} ms at batch 1, "
+                f"{entry['latency_ms_batch']:.2f} ms at batch {res['episodes']}")
+
+
 # ----- tables and plots -----
 def table_rows(results: Sequence[dict]) -> list[dict]:
     """One row per (policy, k): name, per-task mean/se, mean/se, latencies, invalid rate, mean tokens."""
@@ -303,6 +330,8 @@ def main(argv):
             with open(path.strip(), encoding="utf-8") as f:
                 loaded = json.load(f)
             results.extend(loaded if isinstance(loaded, list) else [loaded])
+        if _REMEASURE.value:
+            remeasure_latency(results, _LATENCY_REPEATS.value)
         write_outputs(results, _OUTPUT.value, "table")
         print(markdown_table(results))
         return

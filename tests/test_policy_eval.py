@@ -90,3 +90,7 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
         assert entry["latency_ms_b1"] > 0 and entry["mean_tokens"] in (1.0, 4.0)
     eval_policy.write_outputs([res], str(tmp_path / "out"), "results")
     assert os.path.exists(tmp_path / "out" / "results.md")
+    for entry in res["by_k"].values():
+        entry["latency_ms_b1"] = entry["latency_ms_batch"] = -1.0
+    eval_policy.remeasure_latency([res], repeats=2, log=lambda s: None)
+    assert all(e["latency_ms_b1"] > 0 and e["latency_ms_batch"] > 0 for e in res["by_k"].values())

@@ -82,5 +82,9 @@ for t in $TYPES; do
   results+=("$out/results.json")
 done
 
-python -m experiments.eval_policy --merge="$(IFS=,; echo "${results[*]}")" --output="$RUNS/eval/table"
-echo "$(stamp) table: $RUNS/eval/table/table.md, plot: $RUNS/eval/table/success_vs_k.png"
+# Latencies are re-timed here (nothing else of the recipe runs any more), then training curves and target stats.
+python -m experiments.eval_policy --merge="$(IFS=,; echo "${results[*]}")" --output="$RUNS/eval/table" \
+  --remeasure_latency
+python -m experiments.recipes.policy_curves --runs="$RUNS" --output="$RUNS/eval/table"
+echo "$(stamp) table: $RUNS/eval/table/table.md, plot: $RUNS/eval/table/success_vs_k.png," \
+  "training: $RUNS/eval/table/policy_training.md, $RUNS/eval/table/policy_curves.png"
