@@ -290,7 +290,9 @@ def plot_success_vs_k(results: Sequence[dict], path: str) -> None:
         if len(ks) > 1:
             ax.errorbar(ks, means, yerr=ses, marker="o", capsize=3, color=color, label=res["label"])
         else:
-            ax.axhline(means[0], linestyle="--", color=color, label=f"{res['label']} ({ks[0]} tokens)")
+            mean_tokens = res["by_k"][str(ks[0])].get("mean_tokens", ks[0])
+            tokens = f"{ks[0]}" if round(mean_tokens) == ks[0] else f"≤ {ks[0]}, {mean_tokens:.0f} on average"
+            ax.axhline(means[0], linestyle="--", color=color, label=f"{res['label']} ({tokens} tokens)")
             ax.axhspan(means[0] - ses[0], means[0] + ses[0], color=color, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks_all, [str(k) for k in ks_all])

@@ -106,7 +106,7 @@ def plot_curves(by_type: dict[str, list[dict]], path: str) -> None:
             n = min(len(c[0]) for c in curves)  # seeds evaluated at the same steps; truncate to the shortest
             steps = curves[0][0][:n]
             values = np.stack([c[1][:n] for c in curves])  # (seeds, n)
-            (line,) = ax.plot(steps, values.mean(0), marker="o", label=f"{name} ({len(curves)} seeds)")
+            (line,) = ax.plot(steps, values.mean(0), marker="o", label=f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     for ax, key in zip(axes, EVAL_KEYS):
         ax.set_title(titles[key], fontsize=9)
