@@ -15,7 +15,8 @@ A chunk that does not decode (FAST) makes that environment hold still (zero acti
 Several --workdir entries (comma-separated; e.g. training seeds) are evaluated with the same seeds; the mean and
 standard error are over all (workdir, seed) runs of the per-seed success rate averaged over tasks.
 Latency: wall time of one policy call (sampling + detokenization, after compilation) at the evaluation batch and
-at batch 1 (--remeasure_latency re-times them when merging, once the machine is otherwise idle). Outputs in --output: results.json, results.md, success_vs_k.png (merge: table.md, table.json, plot).
+at batch 1 (--remeasure_latency re-times them when merging, once the machine is otherwise idle).
+Outputs in --output: results.json, results.md, success_vs_k.png (merge: table.md, table.json, plot).
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ _REMEASURE = flags.DEFINE_bool("remeasure_latency", False,
 
 
 # ----- batched closed-loop rollouts (any environments with the gymnasium API) -----
+def first_history(obs: np.ndarray, n_obs_steps: int) -> np.ndarray:
+    """First observations (B, obs_dim) -> history (B, K, obs_dim) float32 repeating them (as in training)."""
+    return np.repeat(np.asarray(obs, np.float32)[:, None], n_obs_steps, axis=1)
+
+
 class ChunkExecutor:
     """Observation histories and re-planning for B environments stepped in lock-step.
 
@@ -68,7 +74,7 @@ class ChunkExecutor:
 
     def reset(self, obs: np.ndarray) -> None:
         """obs (B, obs_dim) first observations: the history repeats the first frame (as in training)."""
-        self.history = np.repeat(np.asarray(obs, np.float32)[:, None], self.k, axis=1)
+        self.history = first_history(obs, self.k)
         self.chunk = None
 
     def observe(self, obs: np.ndarray, mask: np.ndarray) -> None:
@@ -201,8 +207,7 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
                     call_ms.extend(1000.0 * np.asarray(out["call_seconds"][1:]))  # first call may compile
                     invalid.append(out["invalid_rate"])
                     if sample_obs is None:
-                        sample_obs = np.repeat(np.asarray(envs[0].reset()[0], np.float32)[None, None],
-                                               policy.config.n_obs_steps, axis=1)
+                        sample_obs = first_history(envs[0].reset()[0][None], policy.config.n_obs_steps)
                     log(f"{label} k={key_k} run={w} seed={seed} {task}: success {rate:.3f} "
                         f"({int(np.sum(out['success']))}/{episodes}), {out['calls']} calls, "
                         f"{time.perf_counter() - start:.0f}s elapsed")
@@ -234,8 +239,7 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
         env = make_metaworld_envs(res["tasks"][0], 1, res["seeds"][0])[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            obs = np.asarray(env.reset()[0], np.float32)
-        history = np.repeat(obs[None, None], policy.config.n_obs_steps, axis=1)  # (1, K, obs_dim)
+            history = first_history(env.reset()[0][None], policy.config.n_obs_steps)  # (1, K, obs_dim)
         batch = np.repeat(history, res["episodes"], axis=0)  # (episodes, K, obs_dim)
         for key_k, entry in res["by_k"].items():
             k = int(key_k)

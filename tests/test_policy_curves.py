@@ -8,9 +8,10 @@ import pytest
 from experiments.recipes import policy_curves
 
 
-def _run(root, name, seed, losses, mean_length, max_length, vocab):
+def _run(root, name, seed, losses, mean_length, max_length, vocab, variable_length=False):
     work = root / f"policy_{name}_s{seed}"
-    work.mkdir(parents=True)
+    (work / "policy").mkdir(parents=True)
+    (work / "policy" / "policy.json").write_text(json.dumps({"config": {"variable_length": variable_length}}))
     with open(work / "metrics.jsonl", "w") as f:
         f.write(json.dumps({"step": 1, "train/loss": 9.0}) + "\n")
         for i, loss in enumerate(losses):
@@ -26,7 +27,7 @@ def _run(root, name, seed, losses, mean_length, max_length, vocab):
 def test_summary_averages_seeds_and_counts_eos_for_variable_length(tmp_path):
     _run(tmp_path, "oat", 0, [2.0, 1.0], 8.0, 8.0, 1000)
     _run(tmp_path, "oat", 1, [2.0, 2.0], 8.0, 8.0, 1000)
-    _run(tmp_path, "fast", 0, [3.0, 0.5], 9.0, 30.0, 1024)
+    _run(tmp_path, "fast", 0, [3.0, 0.5], 9.0, 30.0, 1024, variable_length=True)
     (tmp_path / "policy_bin_s0").mkdir()  # unfinished: no final_metrics.json
     by_type = policy_curves.load_runs(str(tmp_path))
     assert sorted(by_type) == ["fast", "oat"] and len(by_type["oat"]) == 2

@@ -2,8 +2,8 @@ r"""Training curves and target statistics of the policies of one comparison run 
 
   python -m experiments.recipes.policy_curves --runs=runs/metaworld_policy --output=runs/metaworld_policy/eval/table
 
-Reads every `<runs>/policy_<type>_s<seed>/` (metrics.jsonl and final_metrics.json written by the policy trainer)
-and writes, in --output:
+Reads every `<runs>/policy_<type>_s<seed>/` (metrics.jsonl, final_metrics.json and the exported policy/policy.json
+written by the policy trainer) and writes, in --output:
   policy_curves.png  held-out token cross-entropy, held-out token accuracy and first-token accuracy against the
                      training step, one line per token type (mean over training seeds, shaded min..max),
   policy_training.md one row per token type: tokens per chunk, final held-out token CE, the same summed over the
@@ -24,14 +24,17 @@ from collections import defaultdict
 
 import numpy as np
 
+from oat_jax.policy.policy import POLICY_FILE, WORKDIR_SUBDIR
+
 EVAL_KEYS = ("eval/val_loss", "eval/val_token_acc", "eval/val_acc_first")
 RUN_DIR = re.compile(r"policy_(?P<type>[a-z0-9]+)_s(?P<seed>\d+)$")
 
 
 def load_runs(runs: str) -> dict[str, list[dict]]:
-    """{token type: [{"seed", "curve": {key: (steps, values)}, "final": final_metrics}]} for finished runs.
+    """{token type: [{"seed", "curve": {key: (steps, values)}, "final": final_metrics, "variable_length"}]}.
 
-    A run counts once its final_metrics.json exists; unfinished runs are skipped with a message.
+    A run counts once its final_metrics.json exists (written after the policy export); unfinished runs are skipped
+    with a message. variable_length (the policy config's: EOS ends each target) comes from policy/policy.json.
     """
     by_type: dict[str, list[dict]] = defaultdict(list)
     for work in sorted(glob.glob(os.path.join(runs, "policy_*_s*"))):
@@ -50,7 +53,10 @@ def load_runs(runs: str) -> dict[str, list[dict]]:
         curve = {k: tuple(np.array(v).T) for k, v in points.items()}  # key -> (steps (n,), values (n,))
         with open(final_path, encoding="utf-8") as f:
             final = json.load(f)
-        by_type[m["type"]].append({"seed": int(m["seed"]), "curve": curve, "final": final})
+        with open(os.path.join(work, WORKDIR_SUBDIR, POLICY_FILE), encoding="utf-8") as f:
+            variable_length = bool(json.load(f)["config"]["variable_length"])
+        by_type[m["type"]].append({"seed": int(m["seed"]), "curve": curve, "final": final,
+                                   "variable_length": variable_length})
     if not by_type:
         raise FileNotFoundError(f"No finished policy runs (policy_<type>_s<seed>/final_metrics.json) under {runs}; "
                                 f"run experiments/recipes/metaworld_policy_comparison.sh with RUNS={runs} first.")
@@ -64,7 +70,7 @@ def summary_rows(by_type: dict[str, list[dict]]) -> list[dict]:
         fin = [r["final"] for r in runs]
         stats = [f["token_stats"] for f in fin]
         mean_len = float(np.mean([s["mean_length"] for s in stats]))
-        variable = any(s["mean_length"] != s["max_length"] for s in stats) or name == "fast"
+        variable = any(r["variable_length"] for r in runs)
         ce = float(np.mean([f["val_loss"] for f in fin]))
         rows.append({"type": name, "seeds": len(runs), "mean_length": mean_len,
                      "max_length": float(np.max([s["max_length"] for s in stats])),
@@ -106,7 +112,8 @@ def plot_curves(by_type: dict[str, list[dict]], path: str) -> None:
             n = min(len(c[0]) for c in curves)  # seeds evaluated at the same steps; truncate to the shortest
             steps = curves[0][0][:n]
             values = np.stack([c[1][:n] for c in curves])  # (seeds, n)
-            (line,) = ax.plot(steps, values.mean(0), marker="o", label=f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            seeds = f"{len(curves)} seed{'s' if len(curves) > 1 else ''}"
+            (line,) = ax.plot(steps, values.mean(0), marker="o", label=f"{name} ({seeds})")
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     for ax, key in zip(axes, EVAL_KEYS):
         ax.set_title(titles[key], fontsize=9)
