@@ -35,7 +35,9 @@ from oat_jax.policy.tokenizer_io import load_tokenizer
 from oat_jax.training import policy_data
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.data import padded_batches
-from oat_jax.training.faults import NonFiniteLossError, StopRequest
+from oat_jax.training.export import CHECKPOINT_DIR
+from oat_jax.training.faults import NonFiniteLossError
+from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import (init_policy_state, make_policy_eval_step, make_policy_train_step,
@@ -45,7 +47,6 @@ from oat_jax.training.sharding import (batch_sharding, check_batch_divisible, ma
                                        to_global, tree_shardings)
 from oat_jax.training.trainer import host_value
 
-CHECKPOINT_DIR = "checkpoints"
 BEST_METRIC = "val_loss"
 
 
@@ -88,10 +89,6 @@ def frozen_tokenizer(tok_cfg: ml_collections.ConfigDict, train_chunks: np.ndarra
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort())
-
-
 def _policy_config(config: ml_collections.ConfigDict, tokenizer, obs_dim: int) -> PolicyConfig:
     m = config.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
@@ -101,10 +98,10 @@ def _policy_config(config: ml_collections.ConfigDict, tokenizer, obs_dim: int) -
                         dtype=m.dtype)
 
 
-def _arrays(pairs: dict, tokenizer, normalizer: ActionNormalizer) -> tuple[dict, dict]:
+def _arrays(pairs: dict, tokenizer, normalizer: ActionNormalizer) -> dict:
+    """Pairs {"actions", "state"} -> {"tokens" (M, max_tokens), "lengths" (M,), "state" normalized (M, K, obs)}."""
     tokens, lengths = policy_data.tokenize_all(tokenizer, pairs["actions"])
-    arrays = {"tokens": tokens, "lengths": lengths, "state": normalizer.normalize(pairs["state"])}
-    return arrays, policy_data.token_statistics(tokens, lengths, tokenizer.vocab_size)
+    return {"tokens": tokens, "lengths": lengths, "state": normalizer.normalize(pairs["state"])}
 
 
 def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -136,7 +133,7 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
     if latest is not None:
         saved_config, meta = ckpt.restore_json(latest)
         tokenizer = tokenizer_from_archive(meta["tokenizer_archive"])
-        if saved_config != _config_json(config):
+        if saved_config != config_json(config):
             logging.warning("Resuming from %s with a config that differs from the checkpoint's; using the new one.",
                             workdir)
     t0 = time.perf_counter()
@@ -163,12 +160,13 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
         meta = {"tokenizer_name": tokenizer.name, "tokenizer_archive": archive,
                 "obs_normalizers": {"state": normalizer.to_dict()}}
     normalizer = ActionNormalizer.from_dict(meta["obs_normalizers"]["state"])
-    train_arrays, token_stats = _arrays(train_pairs, tokenizer, normalizer)
+    train_arrays = _arrays(train_pairs, tokenizer, normalizer)
+    token_stats = policy_data.token_statistics(train_arrays["tokens"], train_arrays["lengths"], tokenizer.vocab_size)
     limit = int(config.data.max_eval_chunks)
     if 0 < limit < len(val_pairs["actions"]):
         keep = np.linspace(0, len(val_pairs["actions"]) - 1, limit).round().astype(np.int64)
         val_pairs = {name: v[keep] for name, v in val_pairs.items()}
-    val_arrays, _ = _arrays(val_pairs, tokenizer, normalizer)
+    val_arrays = _arrays(val_pairs, tokenizer, normalizer)
     pconfig = _policy_config(config, tokenizer, int(train_pairs["state"].shape[-1]))
     meta.update(policy_config=pconfig.to_dict(), token_stats=token_stats)
     logging.info("Policy data: %d train / %d val pairs, tokenizer %s (%s), targets %s; prepared in %.1f s.",
@@ -186,7 +184,7 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
     else:
         state, _, _ = ckpt.restore(latest, abstract_like(abstract, state_sharding))
         logging.info("Resumed the policy from step %d.", latest)
-    train_step = jax.jit(make_policy_train_step(model, tx, schedule, config.ema),
+    train_step_fn = jax.jit(make_policy_train_step(model, tx, schedule, config.ema),
                          in_shardings=(state_sharding, b_sharding), out_shardings=(state_sharding, replicated(mesh)),
                          donate_argnums=(0,))
     eval_step = jax.jit(make_policy_eval_step(model), in_shardings=(state_sharding.ema_params, b_sharding),
@@ -207,55 +205,38 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
             total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
         return summarize_eval(jax.tree.map(host_value, total))
 
-    log_every, eval_every, ckpt_every = int(config.train.log_every), int(config.train.eval_every), \
-        int(config.checkpoint.every)
-    step = int(host_value(state.step))
-    metrics, metrics_step, pending, last_saved = {}, None, [], latest
+    def train_step(i: int) -> dict:
+        nonlocal state
+        state, step_metrics = train_step_fn(state, to_global(batches.local_batch(i), b_sharding, batch_size))
+        return step_metrics
 
-    def save(at: int) -> None:
-        nonlocal last_saved
-        scored = {BEST_METRIC: metrics[BEST_METRIC]} if metrics_step == at else None
-        ckpt.save(at, state, _config_json(config), meta, scored)
-        last_saved = at
+    def log_train(pending: list, rate: float, bar: Progress) -> None:
+        for s, m in pending:
+            values = {k_: float(host_value(v)) for k_, v in m.items()}
+            if not np.isfinite(values["loss"]):
+                raise NonFiniteLossError(f"Policy loss is {values['loss']} at step {s}; lower "
+                                         f"config.optim.lr (now {config.optim.lr}).")
+            writer.write_scalars(s, {f"train/{k_}": v for k_, v in values.items()})
+        writer.write_scalars(s, {"train/steps_per_sec": rate})
+        bar.update(s, loss=values["loss"], acc=values["token_acc"], steps_per_sec=rate)
+
+    def evaluate_and_log(step: int, bar: Progress) -> dict[str, float]:
+        metrics = evaluate(state.ema_params)
+        writer.write_scalars(step, {f"eval/{k_}": v for k_, v in metrics.items()})
+        bar.write(f"step {step}: val loss {metrics['val_loss']:.4f}, token acc "
+                  f"{metrics['val_token_acc']:.3f}, first-token acc {metrics['val_acc_first']:.3f}")
+        return metrics
+
+    def save(at: int, metrics: dict[str, float] | None) -> None:
+        scored = None if metrics is None else {BEST_METRIC: metrics[BEST_METRIC]}
+        ckpt.save(at, state, config_json(config), meta, scored)
 
     try:
-        with StopRequest() as stop, Progress(num_steps, step, is_main and config.train.progress_bar) as bar:
-            t_last, s_last = time.perf_counter(), step
-            while step < num_steps:
-                state, step_metrics = train_step(state, to_global(batches.local_batch(step), b_sharding, batch_size))
-                step += 1
-                pending.append((step, step_metrics))
-                last = step == num_steps
-                if step % log_every == 0 or last:
-                    now = time.perf_counter()
-                    rate = (step - s_last) / max(now - t_last, 1e-9)
-                    for s, m in pending:
-                        values = {k_: float(host_value(v)) for k_, v in m.items()}
-                        if not np.isfinite(values["loss"]):
-                            raise NonFiniteLossError(f"Policy loss is {values['loss']} at step {s}; lower "
-                                                     f"config.optim.lr (now {config.optim.lr}).")
-                        writer.write_scalars(s, {f"train/{k_}": v for k_, v in values.items()})
-                    writer.write_scalars(step, {"train/steps_per_sec": rate})
-                    bar.update(step, loss=values["loss"], acc=values["token_acc"], steps_per_sec=rate)
-                    t_last, s_last, pending = now, step, []
-                if step % eval_every == 0 or last:
-                    metrics, metrics_step = evaluate(state.ema_params), step
-                    writer.write_scalars(step, {f"eval/{k_}": v for k_, v in metrics.items()})
-                    bar.write(f"step {step}: val loss {metrics['val_loss']:.4f}, token acc "
-                              f"{metrics['val_token_acc']:.3f}, first-token acc {metrics['val_acc_first']:.3f}")
-                if step % ckpt_every == 0 or last:
-                    save(step)
-                if not last and stop.agreed():
-                    if last_saved != step:
-                        save(step)
-                    ckpt.wait()
-                    logging.warning("Stopped by signal at step %d; run the same command to resume.", step)
-                    return {}
-        if metrics_step != step:
-            metrics, metrics_step = evaluate(state.ema_params), step
-        if last_saved != step:
-            save(step)
-        ckpt.wait()
+        metrics = run_steps(config, int(host_value(state.step)), num_steps, latest, train_step=train_step,
+                            log_train=log_train, evaluate_and_log=evaluate_and_log, save=save, wait=ckpt.wait,
+                            show_progress=is_main and config.train.progress_bar)
+        if metrics is None:
+            return {}
         if is_main:
             params = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
             sampling = SamplingConfig(float(config.sampling.temperature), int(config.sampling.top_k))
@@ -263,7 +244,7 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
                                  {"state": config.data.obs_keys[0]}, int(config.policy.n_action_steps))
             policy.save(os.path.join(workdir, WORKDIR_SUBDIR), overwrite=True)
             with open(os.path.join(workdir, "final_metrics.json"), "w", encoding="utf-8") as f:
-                json.dump({"step": step, **metrics, "token_stats": token_stats,
+                json.dump({"step": int(host_value(state.step)), **metrics, "token_stats": token_stats,
                            "train_pairs": len(train_arrays["tokens"])}, f, indent=1)
         return metrics
     finally:

@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import os
-import time
 from typing import Any
 
 import jax
@@ -27,7 +26,8 @@ from oat_jax.tokenizer import OATTokenizer
 from oat_jax.training import data, evaluation, plots
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.export import CHECKPOINT_DIR, TOKENIZER_DIR, export_in_subprocess, save_tokenizer
-from oat_jax.training.faults import NonFiniteLossError, StopRequest, tree_all_finite
+from oat_jax.training.faults import NonFiniteLossError, tree_all_finite
+from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.progress import Progress
@@ -39,10 +39,6 @@ from oat_jax.training.train_step import init_train_state, make_train_step, model
 def host_value(x: jax.Array) -> np.ndarray:
     """numpy copy of a replicated (possibly multi-process) jax.Array."""
     return np.asarray(x.addressable_data(0)) if not x.is_fully_addressable else np.asarray(x)
-
-
-def _config_json(config: ml_collections.ConfigDict) -> dict:
-    return json.loads(config.to_json_best_effort())
 
 
 class _Run:
@@ -60,12 +56,12 @@ class _Run:
                                     config.checkpoint.keep_best, "val_mse", config.checkpoint.async_save)
         self.spec = data.dataset_spec(config.data)
         latest = self.ckpt.latest_step()
-        self.last_saved = latest
+        self.restored_step = latest  # step of the checkpoint this run started from (None: a fresh run)
         if latest is None:
             self.stats = data.train_statistics(self.spec, config.data)
         else:  # the normalizer must stay the one the checkpoint was trained with
             saved_config, self.stats = self.ckpt.restore_json(latest)
-            if saved_config != _config_json(config):
+            if saved_config != config_json(config):
                 logging.warning("Resuming from %s: the config differs from the one saved in the checkpoint; "
                                 "the new one is used.", workdir)
         self.normalizer = ActionNormalizer.from_stats(self.stats["action"], config.normalizer.mode)
@@ -139,9 +135,8 @@ class _Run:
             raise NonFiniteLossError(f"Params are NaN/Inf at step {step}: not writing a checkpoint. The last good "
                                      f"checkpoint is step {self.ckpt.latest_step()}; lower config.optim.lr or check "
                                      f"the data.")
-        self.ckpt.save(step, self.state, _config_json(self.config), self.stats,
+        self.ckpt.save(step, self.state, config_json(self.config), self.stats,
                        None if metrics is None else {"val_mse": float(metrics["val_mse"])})
-        self.last_saved = step
 
     def export(self, metrics: dict[str, float]) -> str:
         """Writes the EMA tokenizer, the plots and `final_metrics.json`; returns the tokenizer directory."""
@@ -192,40 +187,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     run = _Run(config, workdir)
-    log_every, eval_every = int(config.train.log_every), int(config.train.eval_every)
-    ckpt_every = int(config.checkpoint.every)
-    stop_every = 1 if jax.process_count() == 1 else log_every  # multi-process: the stop check is a collective
-    step = int(host_value(run.state.step))
-    metrics, metrics_step, pending = {}, None, []
+
+    def train_step(i: int) -> dict:
+        batch = to_global(run.train_batches.local_batch(i), run.batch_sharding, run.batch_size)
+        run.state, step_metrics = run.train_step(run.state, batch)
+        return step_metrics
+
     try:
-        with StopRequest() as stop, Progress(run.num_steps, step, run.is_main and config.train.progress_bar) as bar:
-            t_last, s_last = time.perf_counter(), step
-            while step < run.num_steps:
-                batch = to_global(run.train_batches.local_batch(step), run.batch_sharding, run.batch_size)
-                run.state, step_metrics = run.train_step(run.state, batch)
-                step += 1
-                pending.append((step, step_metrics))
-                last = step == run.num_steps
-                if step % log_every == 0 or last:
-                    now = time.perf_counter()
-                    run.log_train(pending, (step - s_last) / max(now - t_last, 1e-9), bar)
-                    t_last, s_last, pending = now, step, []
-                if step % eval_every == 0 or last:
-                    metrics, metrics_step = run.evaluate_and_log(step, bar), step
-                if step % ckpt_every == 0 or last:
-                    run.save(step, metrics if metrics_step == step else None)
-                if step % stop_every == 0 and not last and stop.agreed():
-                    if run.last_saved != step:
-                        run.save(step, metrics if metrics_step == step else None)
-                    run.ckpt.wait()
-                    logging.warning("Stopped by signal at step %d; the checkpoint is saved. Run the same command "
-                                    "to resume.", step)
-                    return {}
-        if metrics_step != step:  # resumed a finished run: evaluate again for the export
-            metrics = run.evaluate_and_log(step, bar)
-        if run.last_saved != step:
-            run.save(step, metrics)
-        run.ckpt.wait()
+        metrics = run_steps(config, int(host_value(run.state.step)), run.num_steps, run.restored_step,
+                            train_step=train_step, log_train=run.log_train, evaluate_and_log=run.evaluate_and_log,
+                            save=run.save, wait=run.ckpt.wait, show_progress=run.is_main and config.train.progress_bar)
+        if metrics is None:
+            return {}
         run.export(metrics)
         return metrics
     finally:
