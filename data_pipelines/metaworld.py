@@ -1,5 +1,6 @@
 """Scripted Meta-World demonstrations as RLDS:
 `python -m data_pipelines.metaworld --tasks=reach-v3,push-v3 --episodes_per_task=20 --output=DIR`
+(`--tasks=heldout` = the 40 tasks outside MT10: unseen-task evaluation data for tokenizers trained on MT10)
 
 Each task's goals come from `metaworld.MT1(task, seed)` (50 seeded random goal/object positions per benchmark
 seed); episodes roll out the package's scripted expert (`metaworld.policies`) on distinct goals, actions clipped
@@ -22,6 +23,30 @@ from data_pipelines.rlds_writer import Episode, write_rlds
 
 MT10_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+# The 40 Meta-World v3 tasks outside MT10, i.e. absent from the embedded training dataset (unseen-task evaluation).
+HELDOUT_TASKS = (
+    "assembly-v3", "basketball-v3", "bin-picking-v3", "box-close-v3", "button-press-topdown-wall-v3",
+    "button-press-v3", "button-press-wall-v3", "coffee-button-v3", "coffee-pull-v3", "coffee-push-v3", "dial-turn-v3",
+    "disassemble-v3", "door-close-v3", "door-lock-v3", "door-unlock-v3", "faucet-close-v3", "faucet-open-v3",
+    "hammer-v3", "hand-insert-v3", "handle-press-side-v3", "handle-press-v3", "handle-pull-side-v3",
+    "handle-pull-v3", "lever-pull-v3", "peg-unplug-side-v3", "pick-out-of-hole-v3", "pick-place-wall-v3",
+    "plate-slide-back-side-v3", "plate-slide-back-v3", "plate-slide-side-v3", "plate-slide-v3", "push-back-v3",
+    "push-wall-v3", "reach-wall-v3", "shelf-place-v3", "soccer-v3", "stick-pull-v3", "stick-push-v3",
+    "sweep-into-v3", "sweep-v3")
+TASK_SETS = {"mt10": MT10_TASKS, "heldout": HELDOUT_TASKS}  # keywords accepted by --tasks
+
+
+def parse_tasks(spec: str) -> list[str]:
+    """'reach-v3,push-v3' or a keyword of TASK_SETS ('mt10', 'heldout'), comma-separated and combinable -> task
+    names in order, without repeats."""
+    tasks: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for task in TASK_SETS.get(part, (part,) if part else ()):
+            if task not in tasks:
+                tasks.append(task)
+    if not tasks:
+        raise ValueError(f"--tasks={spec!r} names no task; give task names or one of {sorted(TASK_SETS)}.")
+    return tasks
 
 
 def task_instruction(task: str) -> str:
@@ -114,14 +139,16 @@ def generate(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.metaworld", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", default=",".join(MT10_TASKS), help="comma-separated v3 task names (default MT10)")
+    parser.add_argument("--tasks", default="mt10",
+                        help="comma-separated v3 task names or keywords: 'mt10' (default), 'heldout' (the 40 tasks "
+                             "outside MT10, unseen by the embedded training data)")
     parser.add_argument("--episodes_per_task", type=int, default=20, help="successful episodes per task")
     parser.add_argument("--output", required=True, help="RLDS builder directory to create")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed of the first 50 goals per task")
     parser.add_argument("--max_steps", type=int, default=500, help="step limit of an episode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     args = parser.parse_args(argv)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    tasks = parse_tasks(args.tasks)
     out = generate(tasks, args.episodes_per_task, args.output, seed=args.seed, max_steps=args.max_steps,
                    overwrite=args.overwrite)
     print(f"wrote {out}")

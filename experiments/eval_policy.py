@@ -12,8 +12,9 @@ generated from; those use seeds 0, 1000, ...), the sampling key is derived from 
 history goes through ONE batched policy call, and the first `n_action_steps` actions of each chunk are executed
 before re-planning. An episode succeeds when any step reports success (it then stops); it fails at --max_steps.
 A chunk that does not decode (FAST) makes that environment hold still (zero action) until the next re-plan.
-Several --workdir entries (comma-separated; e.g. training seeds) are evaluated with the same seeds; the mean and
-standard error are over all (workdir, seed) runs of the per-seed success rate averaged over tasks.
+Several --workdir entries (comma-separated: training seeds) are evaluated with the same seeds (or, with --paired,
+workdir i with the i-th seed only); the mean and standard error are then over training seeds (each one's success
+rate averaged over tasks and its evaluation seeds); with one workdir they are over evaluation seeds.
 Latency: wall time of one policy call (sampling + detokenization, after compilation) at the evaluation batch and
 at batch 1 (--remeasure_latency re-times them when merging, once the machine is otherwise idle).
 Outputs in --output: results.json, results.md, success_vs_k.png (merge: table.md, table.json, plot).
@@ -41,6 +42,9 @@ _TASKS = flags.DEFINE_string("tasks", ",".join(PAPER_TASKS), "Comma-separated Me
 _EPISODES = flags.DEFINE_integer("episodes", 50, "Episodes (parallel environments) per task and seed.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated evaluation seeds (goals and sampling keys).")
 _NUM_TOKENS = flags.DEFINE_string("num_tokens", "", "Comma-separated k for anytime decoding ('' = all tokens).")
+_PAIRED = flags.DEFINE_bool("paired", False,
+                            "Evaluate the i-th --workdir on the i-th --seeds entry only (training seed i on evaluation "
+                            "seed i) instead of every workdir on every seed; needs as many seeds as workdirs.")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "Step limit of an episode (Meta-World's 500).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for results.json / results.md / success_vs_k.png.")
 _MERGE = flags.DEFINE_string("merge", "", "Comma-separated results.json files to merge into one table.")
@@ -152,6 +156,14 @@ def mean_se(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
 
 
+def group_means(per_run: Sequence[float], num_policies: int) -> list[float]:
+    """Per-run values ordered (policy, seed) -> one mean per policy (training seed) when there are several policies,
+    else the per-run values (evaluation seeds): the units the standard error is taken over."""
+    if num_policies <= 1:
+        return list(per_run)
+    return [float(v) for v in np.asarray(per_run, np.float64).reshape(num_policies, -1).mean(axis=1)]
+
+
 def measure_latency(policy, obs: np.ndarray, num_tokens, repeats: int, seed: int = 0) -> float:
     """Median wall time (ms) of `policy.act` on obs (B, K, obs_dim) after one warm-up call."""
     import jax
@@ -167,24 +179,29 @@ def measure_latency(policy, obs: np.ndarray, num_tokens, repeats: int, seed: int
 
 def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds: Sequence[int],
              num_tokens: Sequence[int | None], max_steps: int, latency_repeats: int = 20, label: str = "",
-             log: Callable[[str], None] = print) -> dict:
-    """Closed-loop success per (k, task, run) and latency per k; see the module docstring. Returns the JSON dict."""
+             log: Callable[[str], None] = print, paired: bool = False) -> dict:
+    """Closed-loop success per (k, task, run) and latency per k; see the module docstring. Returns the JSON dict.
+
+    paired: workdir i runs on seeds[i] only (len(seeds) == len(workdirs)); otherwise every workdir on every seed.
+    """
     import jax
 
     from oat_jax.policy.policy import load_policy
 
+    if paired and len(seeds) != len(workdirs):
+        raise ValueError(f"--paired needs one evaluation seed per workdir: {len(workdirs)} workdirs, seeds {seeds}.")
     start = time.perf_counter()
     policies = [load_policy(w) for w in workdirs]
     label = label or policies[0].tokenizer.name
     results: dict = {"label": label, "workdirs": list(workdirs), "tasks": list(tasks), "episodes": episodes,
-                     "seeds": list(seeds), "max_steps": max_steps, "by_k": {}}
+                     "seeds": list(seeds), "paired": paired, "max_steps": max_steps, "by_k": {}}
     for k in num_tokens:
         key_k = str(k if k is not None else policies[0].config.max_tokens)
         per_task = {t: [] for t in tasks}
         call_ms, invalid, tokens_used = [], [], []
         sample_obs = None
         for w, policy in enumerate(policies):
-            for seed in seeds:
+            for seed in ([seeds[w]] if paired else seeds):
                 for ti, task in enumerate(tasks):
                     envs = make_metaworld_envs(task, episodes, seed)
                     base = jax.random.fold_in(jax.random.PRNGKey(seed), 1000 * w + ti)
@@ -211,11 +228,13 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
                     log(f"{label} k={key_k} run={w} seed={seed} {task}: success {rate:.3f} "
                         f"({int(np.sum(out['success']))}/{episodes}), {out['calls']} calls, "
                         f"{time.perf_counter() - start:.0f}s elapsed")
-        runs = len(policies) * len(seeds)
+        runs = len(policies) * (1 if paired else len(seeds))
         run_means = [float(np.mean([per_task[t][r] for t in tasks])) for r in range(runs)]
-        mean, se = mean_se(run_means)
-        entry = {"per_task": {t: dict(zip(("mean", "se"), mean_se(v)), per_run=v) for t, v in per_task.items()},
+        mean, se = mean_se(group_means(run_means, len(policies)))
+        entry = {"per_task": {t: dict(zip(("mean", "se"), mean_se(group_means(v, len(policies)))), per_run=v)
+                              for t, v in per_task.items()},
                  "mean": mean, "se": se, "per_run": run_means,
+                 "se_over": "training seeds" if len(policies) > 1 else "evaluation seeds",
                  "latency_ms_batch": float(np.median(call_ms)) if call_ms else float("nan"),
                  "latency_ms_b1": measure_latency(policies[0], sample_obs, k, latency_repeats),
                  "invalid_rate": float(np.mean(invalid)), "mean_tokens": float(np.mean(tokens_used))}
@@ -346,7 +365,7 @@ def main(argv):
     ks = _ints(_NUM_TOKENS.value) or [None]
     res = evaluate([w.strip() for w in _WORKDIR.value.split(",") if w.strip()],
                    [t.strip() for t in _TASKS.value.split(",") if t.strip()], _EPISODES.value, _ints(_SEEDS.value),
-                   ks, _MAX_STEPS.value, _LATENCY_REPEATS.value, _LABEL.value)
+                   ks, _MAX_STEPS.value, _LATENCY_REPEATS.value, _LABEL.value, paired=_PAIRED.value)
     write_outputs([res], _OUTPUT.value, "results")
     print(markdown_table([res]))
     print(f"wall time {res['wall_s']:.0f} s")

@@ -44,6 +44,7 @@ class OATConfig:
     causal_registers: bool = True  # register i attends registers 0..i only (else all registers); ordering switch 1.
     encoder: str = "registers"  # 'registers' (OAT RegisterEncoder) | 'conv' (QueST-style: causal temporal-conv
     #                             downsampling H -> N, then a causal transformer over the N steps; see ConvEncoder).
+    enc_patch: int = 1  # action steps per encoder input token (H / enc_patch tokens); 1 = the reference.
 
     # --- decoder (OATDecoder) ---
     dec_width: int = 256  # E of the decoder: width of queries and memory slots.
@@ -53,10 +54,12 @@ class OATConfig:
     dec_dropout: float = 0.1  # dropout after each decoder sub-layer and inside the FFN.
     dec_attn_dropout: float = 0.1  # dropout on the decoder's attention probabilities.
     causal_decoder: bool = True  # decoder query step t attends query steps 0..t only (causal self-attention).
+    dec_patch: int = 1  # action steps each decoder query outputs (H / dec_patch queries); 1 = the reference.
 
     # --- nested dropout (ordering switch 2) ---
     nested_dropout: str = "pow2"  # kept-prefix sampling in training: 'pow2' | 'uniform' | 'power' | 'none' (= OATx).
     nested_dropout_power: float = 1.0  # exponent p of the 'power' mode: P(k) proportional to k**p, k in 1..N.
+    nested_dropout_full: float = 0.0  # extra mass f on keeping all N: P(k) = (1-f) P_mode(k) + f [k=N]; 0 = reference.
 
     # --- numerics ---
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (encoder, QK-norm, decoder, heads).
@@ -85,7 +88,7 @@ class OATConfig:
     def validate(self) -> None:
         """Raises ValueError naming the first inconsistent field."""
         for name in ("action_dim", "horizon", "num_tokens", "enc_width", "enc_depth", "enc_heads", "dec_width",
-                     "dec_depth", "dec_heads", "dec_ffn_dim"):
+                     "dec_depth", "dec_heads", "dec_ffn_dim", "enc_patch", "dec_patch"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"OATConfig.{name} must be a positive int, got {value!r}.")
@@ -104,17 +107,25 @@ class OATConfig:
         for name in ("enc_dropout", "dec_dropout", "dec_attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"OATConfig.{name} must be in [0, 1), got {getattr(self, name)}.")
+        for name in ("enc_patch", "dec_patch"):
+            if self.horizon % getattr(self, name):
+                raise ValueError(f"OATConfig.{name} ({getattr(self, name)}) must divide horizon ({self.horizon}).")
         if self.encoder not in ENCODERS:
             raise ValueError(f"OATConfig.encoder must be one of {ENCODERS}, got {self.encoder!r}.")
         if self.encoder == "conv":
-            ratio = self.horizon // self.num_tokens
-            if self.horizon % self.num_tokens or ratio & (ratio - 1):
-                raise ValueError(f"OATConfig.encoder='conv' downsamples by stride-2 convolutions, so horizon "
-                                 f"({self.horizon}) must be num_tokens ({self.num_tokens}) times a power of two "
-                                 f"(e.g. horizon=32, num_tokens=8); change horizon or num_tokens.")
+            steps = self.horizon // self.enc_patch
+            ratio = steps // self.num_tokens
+            if steps % self.num_tokens or ratio & (ratio - 1):
+                raise ValueError(f"OATConfig.encoder='conv' downsamples by stride-2 convolutions, so horizon / "
+                                 f"enc_patch ({self.horizon} / {self.enc_patch}) must be num_tokens "
+                                 f"({self.num_tokens}) times a power of two (e.g. horizon=32, num_tokens=8); change "
+                                 f"horizon, enc_patch or num_tokens.")
         if self.nested_dropout not in NESTED_DROPOUT_MODES:
             raise ValueError(f"OATConfig.nested_dropout must be one of {NESTED_DROPOUT_MODES}, "
                              f"got {self.nested_dropout!r}.")
+        if not 0.0 <= self.nested_dropout_full <= 1.0:
+            raise ValueError(f"OATConfig.nested_dropout_full must be a probability in [0, 1], got "
+                             f"{self.nested_dropout_full}.")
         if self.dropout_rng not in DROPOUT_RNGS:
             raise ValueError(f"OATConfig.dropout_rng must be one of {DROPOUT_RNGS}, got {self.dropout_rng!r}.")
         if self.dtype not in DTYPES:

@@ -11,11 +11,13 @@ from oat_jax.config import NESTED_DROPOUT_MODES, OATConfig
 from oat_jax.layers import Dense, DecoderLayer, layer_norm, sincos_table, torch_linear_default
 
 
-def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0,
+                             full: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Support and probabilities of the kept prefix length k used by nested dropout.
 
     Modes: 'pow2' uniform over {1, 2, 4, ...} <= N (plus N itself when N is not a power of two); 'uniform' over
-    1..N; 'power' P(k) proportional to k**power on 1..N; 'none' always N (the OATx ablation).
+    1..N; 'power' P(k) proportional to k**power on 1..N; 'none' always N (the OATx ablation). `full` moves that
+    much probability onto k = N: P(k) = (1 - full) P_mode(k) + full [k = N].
 
     Returns:
       (values int32 (M,), probs float64 (M,)).
@@ -31,17 +33,19 @@ def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0) -> 
     else:
         values = np.arange(1, num_tokens + 1)
     weights = values.astype(np.float64) ** power if mode == "power" else np.ones(len(values))
-    return values.astype(np.int32), weights / weights.sum()
+    probs = (1.0 - full) * weights / weights.sum()
+    probs[values == num_tokens] += full
+    return values.astype(np.int32), probs
 
 
 def sample_keep_lengths(rng: jax.Array, batch_size: int, num_tokens: int, mode: str = "pow2",
-                        power: float = 1.0) -> jax.Array:
-    """Draws one kept prefix length per example (never 0).
+                        power: float = 1.0, full: float = 0.0) -> jax.Array:
+    """Draws one kept prefix length per example (never 0) from `keep_length_distribution`.
 
     Returns:
       (batch_size,) int32 in 1..num_tokens.
     """
-    values, probs = keep_length_distribution(num_tokens, mode, power)
+    values, probs = keep_length_distribution(num_tokens, mode, power, full)
     if len(values) == 1:
         return jnp.full((batch_size,), int(values[0]), jnp.int32)
     idx = jax.random.categorical(rng, jnp.log(jnp.asarray(probs, jnp.float32)), shape=(batch_size,))
@@ -57,7 +61,8 @@ class OATDecoder(nn.Module):
     """Single-pass decoder: fixed sin-cos queries cross-attend to the (prefix-masked) latent memory.
 
     Params: `latent_proj` (d -> E), `mask_token` (E,) trunc-normal std 0.02, `layer_{i}` (DecoderLayer),
-    `head` (E -> D_a, zero-initialised, after a parameter-free LayerNorm).
+    `head` (E -> dec_patch * D_a, zero-initialised, after a parameter-free LayerNorm). With `dec_patch` p > 1 there
+    are H/p queries and each outputs p consecutive action steps.
     """
 
     config: OATConfig
@@ -71,7 +76,7 @@ class OATDecoder(nn.Module):
                                     attn_dropout=c.dec_attn_dropout, dropout_rng=c.dropout_rng,
                                     eps=c.layer_norm_eps, dtype=dtype,
                                     name=f"layer_{i}") for i in range(c.dec_depth)]
-        self.head = Dense(c.action_dim, dtype=jnp.float32, param_dtype=jnp.float32,
+        self.head = Dense(c.dec_patch * c.action_dim, dtype=jnp.float32, param_dtype=jnp.float32,
                           kernel_init=nn.initializers.zeros, bias_init=nn.initializers.zeros)
 
     def memory(self, codes: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -89,13 +94,13 @@ class OATDecoder(nn.Module):
         return jnp.where(keep, mem, self.mask_token.astype(jnp.float32))
 
     def queries(self, batch_size: int) -> jax.Array:
-        """(B, H, E) float32: the fixed sin-cos table over the H action steps."""
+        """(B, H/p, E) float32 (p = dec_patch): the fixed sin-cos table over the H/p query positions."""
         c = self.config
-        table = jnp.asarray(sincos_table(c.horizon, c.dec_width))
+        table = jnp.asarray(sincos_table(c.horizon // c.dec_patch, c.dec_width))
         return jnp.broadcast_to(table, (batch_size,) + table.shape)
 
     def transform(self, queries: jax.Array, memory: jax.Array, deterministic: bool = True) -> jax.Array:
-        """Decoder layers + head. queries: (B, T, E) or (1, T, E); memory: (B, M, E) -> (B, T, D_a) float32."""
+        """Decoder layers + head. queries: (B, T, E) or (1, T, E); memory: (B, M, E) -> (B, T, p * D_a) float32."""
         t = queries.shape[1]
         self_mask = np.tril(np.ones((t, t), bool)) if self.config.causal_decoder else None
         x = queries
@@ -113,4 +118,5 @@ class OATDecoder(nn.Module):
         c = self.config
         shared = deterministic or (c.dec_dropout == 0.0 and c.dec_attn_dropout == 0.0)
         queries = self.queries(1 if shared else codes.shape[0])
-        return self.transform(queries, self.memory(codes, lengths), deterministic)
+        out = self.transform(queries, self.memory(codes, lengths), deterministic)  # (B, H/p, p * D_a)
+        return out.reshape(out.shape[0], c.horizon, c.action_dim)

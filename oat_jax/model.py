@@ -59,10 +59,25 @@ class OATModel(nn.Module):
         codes, tokens = self.quantizer(latents)
         if lengths is None and not deterministic and c.nested_dropout != "none":
             lengths = sample_keep_lengths(self.make_rng("nested_dropout"), batch, c.num_tokens, c.nested_dropout,
-                                          c.nested_dropout_power)
+                                          c.nested_dropout_power, c.nested_dropout_full)
         lengths = broadcast_lengths(lengths, batch, c.num_tokens)
         recon = self.decoder(codes, lengths, deterministic)
         return recon, {"latents": latents, "codes": codes, "tokens": tokens, "lengths": lengths}
+
+    def decode_prefixes(self, actions: jax.Array, lengths: jax.Array, deterministic: bool = True) -> jax.Array:
+        """Encodes each chunk once and decodes it at several prefix lengths (the multi-prefix training loss).
+
+        Args:
+          actions: (B, H, D_a) float, normalized units.
+          lengths: (B, M) int32 in 1..N: M prefix lengths per example.
+          deterministic: False turns on dropout ("dropout" RNG).
+        Returns:
+          (B, M, H, D_a) float32 reconstructions, normalized units.
+        """
+        codes, _ = self.quantizer(self.encoder(actions, deterministic))
+        batch, num = lengths.shape
+        recon = self.decoder(jnp.repeat(codes, num, axis=0), lengths.reshape(-1), deterministic)  # (B*M, H, D_a)
+        return recon.reshape((batch, num) + recon.shape[1:])
 
     def encode(self, actions: jax.Array, deterministic: bool = True) -> jax.Array:
         """(B, H, D_a) normalized actions -> latents (B, N, d) float32 (before quantization)."""

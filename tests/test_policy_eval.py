@@ -75,6 +75,9 @@ def test_markdown_table_and_plot(tmp_path):
     assert os.path.getsize(tmp_path / "success_vs_k.png") > 1000
     assert len(json.load(open(tmp_path / "table.json"))) == 2
     assert eval_policy.mean_se([0.2, 0.4]) == pytest.approx((0.3, 0.1))
+    # runs ordered (policy, evaluation seed): several policies (training seeds) -> one mean per policy
+    assert eval_policy.group_means([0.1, 0.3, 0.5, 0.7], 2) == pytest.approx([0.2, 0.6])
+    assert eval_policy.group_means([0.1, 0.3], 1) == [0.1, 0.3]
 
 
 def test_metaworld_evaluation_end_to_end(tmp_path):
@@ -94,3 +97,12 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
         entry["latency_ms_b1"] = entry["latency_ms_batch"] = -1.0
     eval_policy.remeasure_latency([res], repeats=2, log=lambda s: None)
     assert all(e["latency_ms_b1"] > 0 and e["latency_ms_batch"] > 0 for e in res["by_k"].values())
+    # --paired: training seed i on evaluation seed i only; the mean and s.e. are over the workdirs
+    run = str(tmp_path / "run")
+    paired = eval_policy.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0, 1], num_tokens=[4], max_steps=10,
+                                  latency_repeats=1, log=lambda s: None, paired=True)
+    entry = paired["by_k"]["4"]
+    assert paired["paired"] and entry["se_over"] == "training seeds" and len(entry["per_run"]) == 2
+    with pytest.raises(ValueError, match="one evaluation seed per workdir"):
+        eval_policy.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=10,
+                             paired=True)

@@ -45,7 +45,8 @@ def test_evaluation_cli_end_to_end(quest_workdir, tiny_dataset, tmp_path):
         str(tmp_path / "oat"))
     out = str(tmp_path / "report")
     report = evaluate_tokenizers.main([f"--dataset={tiny_dataset}", f"--oat={oat_dir}", f"--quest={quest_workdir}",
-                                       f"--out={out}", "--max_chunks=20", "--num_random=4", "--fast_vocab=300"])
+                                       f"--out={out}", "--max_chunks=20", "--num_random=4", "--fast_vocab=300",
+                                       f"--unseen=other={tiny_dataset}"])
     for name in ("report.md", "report.json", "rate_distortion.png", "decodability.png", "token_entropy.png",
                  "tokenizers/bin/action_tokenizer.json", "tokenizers/fast/bpe.json"):
         assert os.path.exists(os.path.join(out, name)), name
@@ -68,6 +69,14 @@ def test_evaluation_cli_end_to_end(quest_workdir, tiny_dataset, tmp_path):
                   "Bin error within a bin width of the analytic bound",
                   "FAST round-trips real chunks within its quantization error"):
         assert checks[check], check
-    assert "## Acceptance checks" in open(os.path.join(out, "report.md")).read()
+    text = open(os.path.join(out, "report.md")).read()
+    assert "## Acceptance checks" in text and "## Unseen data 'other' (20 chunks" in text
+    # --unseen: every tokenizer measured on every episode of the extra dataset, prefixes where they decode
+    assert saved["meta"]["unseen"] == {"other": {"num_chunks": 20}}
+    assert [p["tokens"] for p in r["quest"]["unseen"]["other"]["prefix"]] == [1, 2, 3, 4]
+    assert r["quest"]["unseen"]["other"]["prefix"][-1]["mse_norm"] == pytest.approx(
+        r["quest"]["unseen"]["other"]["mse_norm"])
+    assert r["bin"]["unseen"]["other"]["mse_norm"] < 1e-3 and r["fast"]["unseen"]["other"]["prefix"] == []
+    assert any(c.startswith("OAT on unseen data 'other'") for c in checks)
     with pytest.raises(SystemExit, match="experiments.train"):
         evaluate_tokenizers.main([f"--dataset={tiny_dataset}", f"--oatx={tmp_path / 'missing'}", f"--out={out}"])

@@ -37,9 +37,9 @@ def _model(**overrides) -> ml_collections.ConfigDict:
     model = ml_collections.ConfigDict(dict(
         action_dim=-1, horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
         enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
-        encoder="registers",
+        encoder="registers", enc_patch=1,
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        causal_decoder=True, nested_dropout="pow2", nested_dropout_power=1.0, layer_norm_eps=1e-5,
+        causal_decoder=True, dec_patch=1, nested_dropout="pow2", nested_dropout_power=1.0, layer_norm_eps=1e-5,
         dtype="float32", dropout_rng="hash"))
     model.update(overrides)
     return model
@@ -60,6 +60,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.in_memory = True  # load every chunk into host memory (exact resume); False streams with tf.data.
     config.data.shuffle_buffer = 100_000  # tf.data shuffle buffer when streaming (in_memory=False).
     config.data.max_eval_chunks = 4096  # evaluate on at most this many validation chunks (evenly spaced).
+    # Extra held-out datasets evaluated on all episodes (e.g. unseen tasks): comma-separated 'label=DIR', 'DIR' or an
+    # embedded name ('metaworld_heldout'); 'auto' = metaworld_heldout when training on the embedded data, else none.
+    config.data.eval_datasets = "auto"
 
     config.normalizer = ml_collections.ConfigDict()
     config.normalizer.mode = "limits"  # 'limits' (paper) | 'quantile' | 'gaussian'; fitted on train episodes only.
@@ -68,6 +71,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # learns the small Meta-World dataset within a few minutes on a CPU.
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
                           dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0)
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
+    config.loss.full_length_weight = 0.0  # weight of an extra all-N-tokens decode per example (0 = none).
+
+    config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
+    config.augment.flip_prob = 0.0  # P(an example gets random per-dimension sign flips).
+    config.augment.reverse_prob = 0.0  # P(an example is reversed in time).
+    config.augment.splice_prob = 0.0  # P(an example's tail, from a random cut, comes from another chunk).
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 2e-3  # peak learning rate.

@@ -13,13 +13,14 @@ Evaluation always uses an in-memory, evenly spaced subset of the validation chun
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator
 
 import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import EMBEDDED_DATASET_DIR, loader, statistics
+from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, statistics
 
 _READ_BATCH = 1024
 
@@ -59,6 +60,49 @@ def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, h
     if 0 < limit < len(chunks):
         chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
     return chunks
+
+
+def eval_dataset_specs(entries: str, flag: str = "config.data.eval_datasets") -> dict[str, loader.DatasetSpec]:
+    """Parses a comma-separated list of extra evaluation datasets into {label: spec}.
+
+    Each entry is `label=DIR`, `DIR` (label: the directory's base name) or the name of an embedded dataset
+    (`data_pipelines.EMBEDDED_DATASETS`, e.g. 'metaworld_heldout'); DIR is an RLDS builder directory. Raises
+    ValueError naming `flag` for a missing directory or a repeated label.
+    """
+    specs: dict[str, loader.DatasetSpec] = {}
+    for entry in (e.strip() for e in (entries or "").split(",")):
+        if not entry:
+            continue
+        label, _, path = entry.rpartition("=") if "=" in entry else ("", "", entry)
+        path = EMBEDDED_DATASETS.get(path, path)
+        label = label or os.path.basename(os.path.normpath(path))
+        if not os.path.isfile(os.path.join(path, "dataset_info.json")) and "://" not in path:
+            raise ValueError(f"{flag}: {entry!r} is neither an RLDS builder directory (no dataset_info.json in "
+                             f"{os.path.abspath(path)}) nor an embedded dataset ({sorted(EMBEDDED_DATASETS)}).")
+        if label in specs or label == "val":
+            raise ValueError(f"{flag}: the label {label!r} is used twice; name the entries as label=DIR.")
+        specs[label] = loader.DatasetSpec(path=path)
+    return specs
+
+
+def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int) -> dict[str, np.ndarray]:
+    """{label: (M, H, D_a) float32 chunks} of every episode of each `config.data.eval_datasets` entry (at most
+    `max_eval_chunks` per dataset, evenly spaced): data the model never trains on, e.g. unseen tasks.
+
+    'auto' means the embedded unseen-task set ('metaworld_heldout') when training on the embedded Meta-World MT10
+    dataset (config.data.path and name empty), and nothing otherwise.
+    """
+    entries = data_cfg.get("eval_datasets", "")
+    if entries == "auto":
+        entries = "" if (data_cfg.path or data_cfg.name) else "metaworld_heldout"
+    out = {}
+    for label, spec in eval_dataset_specs(entries).items():
+        chunks = load_chunks(spec, data_cfg, "all", horizon)
+        limit = int(data_cfg.max_eval_chunks)
+        if 0 < limit < len(chunks):
+            chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
+        out[label] = chunks
+    return out
 
 
 def padded_batches(chunks: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -78,7 +78,7 @@ def summarize(sums: dict) -> dict[str, float]:
     return out
 
 
-def mse_curves(metrics: dict[str, float], num_tokens: int) -> tuple[list[float], list[float]]:
-    """(normalized MSE, raw MSE) lists for k = 1..N out of `summarize`'s dict."""
-    return ([metrics[f"mse_norm/k{k}"] for k in range(1, num_tokens + 1)],
-            [metrics[f"mse_raw/k{k}"] for k in range(1, num_tokens + 1)])
+def mse_curves(metrics: dict[str, float], num_tokens: int, prefix: str = "") -> tuple[list[float], list[float]]:
+    """(normalized MSE, raw MSE) lists for k = 1..N out of `summarize`'s dict (keys `{prefix}mse_norm/k{k}`)."""
+    return ([metrics[f"{prefix}mse_norm/k{k}"] for k in range(1, num_tokens + 1)],
+            [metrics[f"{prefix}mse_raw/k{k}"] for k in range(1, num_tokens + 1)])

@@ -11,30 +11,36 @@ import matplotlib.pyplot as plt  # noqa: E402  (backend must be chosen first)
 import numpy as np  # noqa: E402
 
 
-def plot_rate_distortion(mse_norm: Sequence[float], mse_raw: Sequence[float], path: str,
+def plot_rate_distortion(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str,
                          trained_ks: Sequence[int] = (), title: str = "") -> None:
-    """Saves MSE vs number of tokens k (log y), normalized and raw units.
+    """Saves MSE vs number of tokens k (log y), normalized and raw units, one line per evaluation set.
 
     Args:
-      mse_norm, mse_raw: MSE for k = 1..N (index 0 is k = 1).
+      curves: label (e.g. 'held-out episodes', an unseen-task dataset) -> (normalized MSE, raw MSE) for
+        k = 1..N (index 0 is k = 1).
       path: output PNG file.
       trained_ks: prefix lengths nested dropout trained on (filled markers; the others are hollow).
     """
-    ks = np.arange(1, len(mse_norm) + 1)
+    num_tokens = len(next(iter(curves.values()))[0])
+    ks = np.arange(1, num_tokens + 1)
     trained = np.isin(ks, np.asarray(trained_ks, dtype=np.int64))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, values, unit in zip(axes, (mse_norm, mse_raw), ("normalized", "raw")):
-        values = np.asarray(values)
-        ax.plot(ks, values, "-", color="tab:blue")
-        ax.plot(ks[trained], values[trained], "o", color="tab:blue", label="trained prefix length")
-        ax.plot(ks[~trained], values[~trained], "o", mfc="white", color="tab:blue", label="other k")
+    for i, unit in enumerate(("normalized", "raw")):
+        ax = axes[i]
+        for color, (label, values) in zip(plt.cm.tab10.colors, curves.items()):
+            values = np.asarray(values[i])
+            ax.plot(ks, values, "-", color=color, label=label)
+            ax.plot(ks[trained], values[trained], "o", color=color)
+            ax.plot(ks[~trained], values[~trained], "o", mfc="white", color=color)
         ax.set_yscale("log")
         ax.set_xticks(ks)
         ax.set_xlabel("tokens kept k")
         ax.set_ylabel(f"MSE ({unit})")
         ax.grid(True, which="both", alpha=0.3)
+    axes[0].plot([], [], "o", color="gray", label="trained prefix length")
+    axes[0].plot([], [], "o", mfc="white", color="gray", label="other k")
     axes[0].legend(fontsize=8)
-    fig.suptitle(title or "Reconstruction error vs prefix length (held-out episodes)")
+    fig.suptitle(title or "Reconstruction error vs prefix length")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

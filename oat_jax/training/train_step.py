@@ -8,15 +8,16 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from oat_jax.config import OATConfig
-from oat_jax.decoder import sample_keep_lengths
+from oat_jax.decoder import keep_length_distribution, sample_keep_lengths
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.pretrained import config_from_run
-from oat_jax.training import ema
+from oat_jax.training import augment, ema
 from oat_jax.training.sharding import BATCH_AXES
 
 
@@ -70,19 +71,110 @@ def init_train_state(model: OATModel, tx: optax.GradientTransformation, seed: in
 
 
 def reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, lengths: jax.Array,
-                        rng: jax.Array) -> jax.Array:
+                        rng: jax.Array, weights: jax.Array | None = None) -> jax.Array:
     """Training loss: mean squared error in normalized units, dropout on, the decoder seeing `lengths` tokens.
 
     Args:
       actions_norm: (B, H, D_a) float32, normalized.
-      lengths: (B,) int32 in 1..N, the kept prefix length of each example (nested dropout).
+      lengths: (B,) int32 in 1..N, the kept prefix length of each example (nested dropout); or (B, M): M prefix
+        lengths per example, each chunk encoded once and decoded M times.
       rng: PRNG key of the "dropout" stream.
+      weights: (M,) float32 weights of the M prefix columns (they sum to 1); None = uniform. Only with (B, M)
+        lengths.
     Returns:
-      float32 scalar.
+      float32 scalar: sum over columns j of weights[j] * (MSE of the decodes with lengths[:, j]).
     """
-    recon, _ = model.apply({"params": params}, actions_norm, deterministic=False, lengths=lengths,
-                           rngs={"dropout": rng})
-    return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm))
+    if lengths.ndim == 1:
+        recon, _ = model.apply({"params": params}, actions_norm, deterministic=False, lengths=lengths,
+                               rngs={"dropout": rng})
+        return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm))
+    recon = model.apply({"params": params}, actions_norm, lengths, deterministic=False,
+                        method=OATModel.decode_prefixes, rngs={"dropout": rng})  # (B, M, H, D_a)
+    per_column = jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm[:, None]), axis=(0, 2, 3))  # (M,)
+    if weights is None:
+        return jnp.mean(per_column)
+    return jnp.sum(per_column * weights)
+
+
+def check_loss_config(loss_cfg: ml_collections.ConfigDict | None, num_tokens: int) -> None:
+    """Raises ValueError naming the `config.loss` field that is out of range."""
+    if loss_cfg is None:
+        return
+    samples = int(loss_cfg.get("prefix_samples", 1))
+    if samples != -1 and not 1 <= samples <= 4 * num_tokens:
+        raise ValueError(f"config.loss.prefix_samples must be -1 (every length 1..N) or in 1..{4 * num_tokens}, "
+                         f"got {samples}.")
+    weight = float(loss_cfg.get("full_length_weight", 0.0))
+    if not 0.0 <= weight < 1.0:
+        raise ValueError(f"config.loss.full_length_weight must be in [0, 1), got {weight}; 0 = no extra full-length "
+                         f"decode (the reference), and the OAT x ablation is model.nested_dropout='none'.")
+    end = float(loss_cfg.get("full_end", -1.0))
+    if end != -1.0 and not 0.0 <= end <= 1.0:
+        raise ValueError(f"config.loss.full_end must be -1 (no schedule) or a probability in [0, 1], got {end}.")
+
+
+def full_mass(config: OATConfig, loss_cfg: ml_collections.ConfigDict | None, progress: jax.Array | float):
+    """Probability of keeping all N tokens at training `progress` in [0, 1]: model.nested_dropout_full, moved
+    linearly to config.loss.full_end over the run when that is set (>= 0). Returns a float (no schedule) or a float32
+    scalar array."""
+    end = -1.0 if loss_cfg is None else float(loss_cfg.get("full_end", -1.0))
+    if end < 0.0:
+        return float(config.nested_dropout_full)
+    start = float(config.nested_dropout_full)
+    return start + (end - start) * jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+
+
+def _sample_lengths(rng: jax.Array, shape: tuple[int, ...], config: OATConfig, full) -> jax.Array:
+    """Kept prefix lengths (int32 in 1..N) of `shape` from the nested-dropout distribution with full-length mass
+    `full` (a float: `sample_keep_lengths`; a traced scalar: the same distribution built in jnp)."""
+    n = config.num_tokens
+    if isinstance(full, float):
+        size = int(np.prod(shape))
+        return sample_keep_lengths(rng, size, n, config.nested_dropout, config.nested_dropout_power,
+                                   full).reshape(shape)
+    values, probs = keep_length_distribution(n, config.nested_dropout, config.nested_dropout_power, 0.0)
+    base = np.zeros(n)
+    base[values - 1] = probs
+    dist = (1.0 - full) * jnp.asarray(base, jnp.float32) + full * jax.nn.one_hot(n - 1, n, dtype=jnp.float32)
+    return (1 + jax.random.categorical(rng, jnp.log(dist), shape=shape)).astype(jnp.int32)
+
+
+def prefix_lengths_and_weights(rng: jax.Array, batch_size: int, config: OATConfig,
+                               loss_cfg: ml_collections.ConfigDict | None,
+                               progress: jax.Array | float = 0.0) -> tuple[jax.Array, jax.Array | None]:
+    """Prefix lengths each example is decoded at in one training step, and the loss weight of each column.
+
+    - Reference (`loss_cfg` None or prefix_samples=1, full_length_weight=0): one length per example from the
+      nested-dropout distribution: lengths (B,), weights None.
+    - prefix_samples=M > 1: M lengths per example, each drawn independently from that distribution;
+      prefix_samples=-1: every length 1..N. Columns weigh equally.
+    - full_length_weight=a > 0: one more column of length N (the encoder is paid once); the prefix columns then
+      share weight 1 - a and the full-length column has weight a.
+    - full_end >= 0: the distribution's full-length mass moves linearly from model.nested_dropout_full at
+      progress 0 to full_end at progress 1 (`progress` = step / num_steps).
+    With nested_dropout='none' (OAT x) every example keeps all N tokens: lengths (B,) = N.
+
+    Returns:
+      (lengths (B,) or (B, M) int32 in 1..N, weights (M,) float32 summing to 1, or None with (B,) lengths).
+    """
+    n = config.num_tokens
+    samples = 1 if loss_cfg is None else int(loss_cfg.get("prefix_samples", 1))
+    weight = 0.0 if loss_cfg is None else float(loss_cfg.get("full_length_weight", 0.0))
+    if config.nested_dropout == "none":
+        return jnp.full((batch_size,), n, jnp.int32), None
+    full = full_mass(config, loss_cfg, progress)
+    if samples == 1 and weight == 0.0:
+        return _sample_lengths(rng, (batch_size,), config, full), None
+    if samples == -1:
+        lengths = jnp.broadcast_to(jnp.arange(1, n + 1, dtype=jnp.int32), (batch_size, n))
+    else:
+        lengths = _sample_lengths(rng, (batch_size, samples), config, full)
+    columns = lengths.shape[1]
+    weights = jnp.full((columns,), 1.0 / columns, jnp.float32)
+    if weight > 0.0:
+        lengths = jnp.concatenate([lengths, jnp.full((batch_size, 1), n, jnp.int32)], axis=1)
+        weights = jnp.append(weights * (1.0 - weight), weight).astype(jnp.float32)
+    return lengths, weights
 
 
 def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array:
@@ -97,32 +189,47 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array
 def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     normalizer: ActionNormalizer, ema_cfg: ml_collections.ConfigDict,
                     accum_steps: int = 1,
-                    mesh: Mesh | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    mesh: Mesh | None = None,
+                    loss_cfg: ml_collections.ConfigDict | None = None,
+                    augment_cfg: ml_collections.ConfigDict | None = None,
+                    num_steps: int | None = None,
+                    ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings outside).
 
-    Nested dropout: one kept prefix length per example of the global batch is drawn from the config's
-    distribution ('none' = always N). The batch {"actions": (B, H, D_a) float32, raw units} is then split into
+    The batch {"actions": (B, H, D_a) float32, raw units} is normalized, then augmented (`augment_cfg`, see
+    `augment.augment_chunks`; None or all probabilities 0 = none). Nested dropout: the prefix lengths each example
+    is decoded at are drawn from the config's distribution, one per example in the reference, or several plus an
+    optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`). The batch
+    is then split into
     `accum_steps` micro-batches of B / accum_steps examples (each still spread over every device) whose gradients
     are averaged before a single optimizer update: without ordinary dropout this equals one step on the whole batch.
     `mesh` (if given) pins the micro-batches to the batch sharding.
     metrics: {"loss", "grad_norm", "lr", "ema_decay"} float32 scalars.
     """
     c = model.config
+    check_loss_config(loss_cfg, c.num_tokens)
+    if loss_cfg is not None and float(loss_cfg.get("full_end", -1.0)) >= 0.0 and not num_steps:
+        raise ValueError("config.loss.full_end schedules over the run: make_train_step needs num_steps.")
+    augmenting = augment.is_active(augment_cfg)
+    if augmenting:
+        augment.check_config(augment_cfg)
 
-    def grads_of(params, actions, lengths, rng):
-        return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng))(params)
+    def grads_of(params, actions, lengths, rng, weights):
+        return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng, weights))(params)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         actions = normalizer.normalize(batch["actions"])
         drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        lengths = sample_keep_lengths(nested_rng, actions.shape[0], c.num_tokens, c.nested_dropout,
-                                      c.nested_dropout_power)
+        if augmenting:
+            actions = augment.augment_chunks(actions, jax.random.fold_in(nested_rng, 1), augment_cfg)
+        progress = state.step / num_steps if num_steps else 0.0
+        lengths, weights = prefix_lengths_and_weights(nested_rng, actions.shape[0], c, loss_cfg, progress)
         if accum_steps == 1:
-            loss, grads = grads_of(state.params, actions, lengths, drop_rng)
+            loss, grads = grads_of(state.params, actions, lengths, drop_rng, weights)
         else:
             def body(carry, xs):
                 i, x, k = xs
-                loss_i, grads_i = grads_of(state.params, x, k, jax.random.fold_in(drop_rng, i))
+                loss_i, grads_i = grads_of(state.params, x, k, jax.random.fold_in(drop_rng, i), weights)
                 return jax.tree.map(jnp.add, carry, (loss_i, grads_i)), None
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))

@@ -79,7 +79,8 @@ class _Run:
             logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
         self.train_step = jax.jit(
             make_train_step(self.model, self.tx, self.schedule, self.normalizer, config.ema,
-                            int(config.optim.accum_steps), self.mesh),
+                            int(config.optim.accum_steps), self.mesh, loss_cfg=config.get("loss"),
+                            augment_cfg=config.get("augment"), num_steps=self.num_steps),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=(0,))
         self.eval_step = jax.jit(evaluation.make_eval_step(self.model, self.normalizer),
@@ -91,19 +92,28 @@ class _Run:
                                                      process_rows(self.batch_sharding, self.batch_size),
                                                      int(config.seed), int(host_value(self.state.step)))
         self.eval_chunks = data.eval_chunks(self.spec, config.data, horizon)
+        self.extra_eval_chunks = data.extra_eval_chunks(config.data, horizon)  # {label: chunks}, e.g. unseen tasks
         self.writer = MetricWriter(workdir, enabled=self.is_main)
 
-    def evaluate(self, params: Any) -> dict[str, float]:
-        """Held-out metrics (see `evaluation.summarize`) of `params` over the evaluation chunks."""
+    def _eval_sums(self, params: Any, chunks: np.ndarray) -> dict:
         batch = int(self.config.train.eval_batch_size)
         rows = process_rows(self.batch_sharding, batch)
         total = None
-        for chunk, weights in data.padded_batches(self.eval_chunks, batch):
+        for chunk, weights in data.padded_batches(chunks, batch):
             local = {"actions": chunk[rows], "weights": weights[rows]}
             g = to_global(local, self.batch_sharding, batch)
             sums = self.eval_step(params, g["actions"], g["weights"])
             total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
-        return evaluation.summarize(jax.tree.map(host_value, total))
+        return jax.tree.map(host_value, total)
+
+    def evaluate(self, params: Any) -> dict[str, float]:
+        """Held-out metrics of `params`: `evaluation.summarize` over the validation chunks, plus
+        `<label>/mse_norm/k{k}` and `<label>/mse_raw/k{k}` for each dataset of config.data.eval_datasets."""
+        metrics = evaluation.summarize(self._eval_sums(params, self.eval_chunks))
+        for label, chunks in self.extra_eval_chunks.items():
+            extra = evaluation.summarize(self._eval_sums(params, chunks))
+            metrics.update({f"{label}/{k}": v for k, v in extra.items() if k.startswith("mse_")})
+        return metrics
 
     def log_train(self, pending: list[tuple[int, dict]], rate: float, bar: Progress) -> None:
         """Writes the train metrics of the steps in `pending`; raises NonFiniteLossError on a NaN/Inf loss."""
@@ -125,8 +135,11 @@ class _Run:
         """Evaluates the EMA params, logs the metrics at `step` and returns them."""
         metrics = self.evaluate(self.state.ema_params)
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-        bar.write(f"step {step}: held-out MSE k=1 {metrics['mse_norm/k1']:.4f}, "
-                  f"k={self.model_config.num_tokens} {metrics['val_mse']:.4f}")
+        n = self.model_config.num_tokens
+        extra = "".join(f"; {label} k=1 {metrics[f'{label}/mse_norm/k1']:.4f}, k={n} "
+                        f"{metrics[f'{label}/mse_norm/k{n}']:.4f}" for label in self.extra_eval_chunks)
+        bar.write(f"step {step}: held-out MSE k=1 {metrics['mse_norm/k1']:.4f}, k={n} {metrics['val_mse']:.4f}"
+                  f"{extra}")
         return metrics
 
     def save(self, step: int, metrics: dict[str, float] | None) -> None:
@@ -158,10 +171,13 @@ class _Run:
 
     def plot(self, tok: OATTokenizer, metrics: dict[str, float]) -> None:
         """rate_distortion.png and reconstructions.png (a few evenly spaced validation chunks) in the workdir."""
-        mse_norm, mse_raw = evaluation.mse_curves(metrics, self.model_config.num_tokens)
         c = self.model_config
-        trained_ks, _ = keep_length_distribution(c.num_tokens, c.nested_dropout, c.nested_dropout_power)
-        plots.plot_rate_distortion(mse_norm, mse_raw, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
+        curves = {"held-out episodes": evaluation.mse_curves(metrics, c.num_tokens)}
+        curves.update({label: evaluation.mse_curves(metrics, c.num_tokens, prefix=f"{label}/")
+                       for label in self.extra_eval_chunks})
+        trained_ks, _ = keep_length_distribution(c.num_tokens, c.nested_dropout, c.nested_dropout_power,
+                                                 c.nested_dropout_full)
+        plots.plot_rate_distortion(curves, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
         num = int(self.config.plots.num_chunks)
         chunks = self.eval_chunks[np.linspace(0, len(self.eval_chunks) - 1, num).round().astype(np.int64)]
         tokens = tok.tokenize(chunks)

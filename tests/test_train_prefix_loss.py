@@ -1,0 +1,165 @@
+"""Training options beyond the paper: several prefix lengths per example per step (encoder paid once), the extra
+full-length decode, the sampled prefix-length distribution, and chunk augmentation."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from oat_jax.config import OATConfig
+from oat_jax.decoder import keep_length_distribution
+from oat_jax.model import OATModel, init_params
+from oat_jax.training import augment
+from oat_jax.training.train_step import check_loss_config, prefix_lengths_and_weights, reconstruction_loss
+
+TINY = OATConfig(action_dim=3, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
+                 enc_dropout=0.0, dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32, dec_dropout=0.0,
+                 dec_attn_dropout=0.0, nested_dropout="uniform")
+
+
+def _loss_cfg(prefix_samples=1, full_length_weight=0.0):
+    return ml_collections.ConfigDict(dict(prefix_samples=prefix_samples, full_length_weight=full_length_weight))
+
+
+def _batch(config, batch=6, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, (batch, config.horizon, config.action_dim)),
+                       jnp.float32)
+
+
+def _trained_like(config):
+    """Params with non-zero heads (freshly initialised heads are zero, so every decode would be equal)."""
+    params = init_params(config, jax.random.key(0))
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def trained_like_params():
+    return _trained_like(TINY)
+
+
+@pytest.mark.parametrize("dec_patch", [1, 4])
+def test_multi_prefix_loss_is_the_mean_of_single_prefix_losses(dec_patch):
+    config = TINY.replace(dec_patch=dec_patch)
+    params = _trained_like(config)
+    model, x, rng = OATModel(config), _batch(config), jax.random.key(2)
+    lengths = jnp.asarray(np.random.default_rng(1).integers(1, config.num_tokens + 1, (6, 3)), jnp.int32)
+    singles = [float(reconstruction_loss(model, params, x, lengths[:, j], rng)) for j in range(3)]
+    assert len(set(np.round(singles, 6))) > 1  # the prefix columns really differ
+    multi = float(reconstruction_loss(model, params, x, lengths, rng))
+    np.testing.assert_allclose(multi, np.mean(singles), rtol=1e-5)
+    weights = jnp.asarray([0.2, 0.3, 0.5])
+    np.testing.assert_allclose(float(reconstruction_loss(model, params, x, lengths, rng, weights)),
+                               np.dot([0.2, 0.3, 0.5], singles), rtol=1e-5)
+
+
+def test_decode_prefixes_matches_the_single_pass_forward(trained_like_params):
+    model, x = OATModel(TINY), _batch(TINY)
+    lengths = jnp.asarray([[1, 4], [2, 4], [3, 1], [4, 2], [1, 1], [2, 3]], jnp.int32)
+    multi = model.apply({"params": trained_like_params}, x, lengths, method=OATModel.decode_prefixes)
+    assert multi.shape == (6, 2, TINY.horizon, TINY.action_dim)
+    for j in range(2):
+        single, _ = model.apply({"params": trained_like_params}, x, lengths=lengths[:, j])
+        np.testing.assert_allclose(multi[:, j], single, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode, power", [("uniform", 1.0), ("pow2", 1.0), ("power", -1.0), ("power", 2.0)])
+def test_sampled_prefix_lengths_follow_the_configured_distribution(mode, power):
+    config = TINY.replace(num_tokens=8, horizon=16, nested_dropout=mode, nested_dropout_power=power)
+    lengths, weights = prefix_lengths_and_weights(jax.random.key(0), 4000, config, _loss_cfg(prefix_samples=3))
+    assert lengths.shape == (4000, 3) and weights.shape == (3,)
+    np.testing.assert_allclose(weights, 1 / 3)
+    values, probs = keep_length_distribution(8, mode, power)
+    expected = np.zeros(9)
+    expected[values] = probs
+    counts = np.bincount(np.asarray(lengths).ravel(), minlength=9)
+    total = counts.sum()
+    # Pearson chi-square over the support, and nothing outside it (9 cells at most: the 0.999 quantile is < 28).
+    support = expected > 0
+    chi2 = np.sum((counts[support] - total * expected[support]) ** 2 / (total * expected[support]))
+    assert counts[~support].sum() == 0
+    assert chi2 < 28.0, (counts, expected)
+    # the columns are independent draws, not copies
+    assert np.mean(np.asarray(lengths[:, 0]) == np.asarray(lengths[:, 1])) < 0.9
+
+
+def test_full_length_column_and_weights():
+    lengths, weights = prefix_lengths_and_weights(jax.random.key(0), 50, TINY, _loss_cfg(1, 0.4))
+    assert lengths.shape == (50, 2)
+    np.testing.assert_array_equal(lengths[:, 1], TINY.num_tokens)
+    np.testing.assert_allclose(weights, [0.6, 0.4], rtol=1e-6)
+    lengths, weights = prefix_lengths_and_weights(jax.random.key(0), 5, TINY, _loss_cfg(-1, 0.5))
+    np.testing.assert_array_equal(lengths[0], [1, 2, 3, 4, 4])
+    np.testing.assert_allclose(weights, [0.125, 0.125, 0.125, 0.125, 0.5])
+
+
+def test_reference_and_oatx_keep_one_length_per_example():
+    lengths, weights = prefix_lengths_and_weights(jax.random.key(0), 10, TINY, _loss_cfg())
+    assert lengths.shape == (10,) and weights is None
+    lengths, weights = prefix_lengths_and_weights(jax.random.key(0), 10, TINY.replace(nested_dropout="none"),
+                                                  _loss_cfg(3, 0.5))
+    assert weights is None
+    np.testing.assert_array_equal(lengths, TINY.num_tokens)
+
+
+@pytest.mark.parametrize("field, value", [("prefix_samples", 0), ("prefix_samples", -2), ("full_length_weight", 1.0),
+                                          ("full_length_weight", -0.1), ("full_end", 1.5)])
+def test_bad_loss_config_names_the_field(field, value):
+    cfg = _loss_cfg()
+    cfg[field] = value
+    with pytest.raises(ValueError, match=f"config.loss.{field}"):
+        check_loss_config(cfg, 8)
+
+
+def _aug(flip=0.0, reverse=0.0, splice=0.0):
+    return ml_collections.ConfigDict(dict(flip_prob=flip, reverse_prob=reverse, splice_prob=splice))
+
+
+def test_augmentations_do_what_they_say():
+    x = _batch(TINY, batch=400, seed=5)
+    assert augment.augment_chunks(x, jax.random.key(0), _aug()) is x
+    flipped = np.asarray(augment.augment_chunks(x, jax.random.key(0), _aug(flip=1.0)))
+    ratio = flipped / np.asarray(x)  # every dimension of every chunk is multiplied by +1 or -1 as a whole
+    np.testing.assert_allclose(np.abs(ratio), 1.0, rtol=1e-6)
+    assert np.all(ratio.std(axis=1) < 1e-6)
+    assert 0.4 < np.mean(ratio[:, 0] < 0) < 0.6
+    reversed_ = np.asarray(augment.augment_chunks(x, jax.random.key(0), _aug(reverse=1.0)))
+    np.testing.assert_array_equal(reversed_, np.asarray(x)[:, ::-1])
+    half = np.asarray(augment.augment_chunks(x, jax.random.key(0), _aug(reverse=0.5)))
+    changed = np.any(half != np.asarray(x), axis=(1, 2))
+    assert 0.4 < changed.mean() < 0.6
+    spliced = np.asarray(augment.augment_chunks(x, jax.random.key(1), _aug(splice=1.0)))
+    src = np.asarray(x)
+    for i in range(20):
+        same = np.all(spliced[i] == src[i], axis=1)  # (H,) steps kept from the chunk itself
+        cut = int(np.argmin(same)) if not same.all() else TINY.horizon
+        assert same[:cut].all() and cut >= 1  # a prefix of at least one step is kept
+        tail = spliced[i, cut:]
+        if len(tail):  # the rest is the tail of one other chunk of the batch
+            assert any(np.array_equal(tail, src[j, cut:]) for j in range(len(src)) if j != i)
+
+
+def test_bad_augment_probability_names_the_field():
+    with pytest.raises(ValueError, match="config.augment.flip_prob"):
+        augment.check_config(_aug(flip=1.5))
+
+
+def test_full_length_mass_moves_the_distribution_and_its_schedule():
+    config = TINY.replace(num_tokens=8, horizon=16, nested_dropout="power", nested_dropout_power=-1.0,
+                          nested_dropout_full=0.5)
+    values, probs = keep_length_distribution(8, "power", -1.0, 0.5)
+    base = np.arange(1, 9, dtype=np.float64) ** -1.0
+    np.testing.assert_allclose(probs, 0.5 * base / base.sum() + 0.5 * (values == 8))
+    ramp = _loss_cfg()
+    ramp.full_end = 0.9
+    for progress, full in ((0.0, 0.5), (0.5, 0.7), (1.0, 0.9)):
+        lengths, _ = prefix_lengths_and_weights(jax.random.key(1), 20000, config, ramp, jnp.float32(progress))
+        expected = (1 - full) * base / base.sum()
+        expected[-1] += full
+        counts = np.bincount(np.asarray(lengths), minlength=9)[1:]
+        np.testing.assert_allclose(counts / counts.sum(), expected, atol=0.012)
+    # without a schedule the mass is the model's, whatever the progress
+    fixed, _ = prefix_lengths_and_weights(jax.random.key(1), 20000, config, _loss_cfg(), 1.0)
+    assert abs(np.mean(np.asarray(fixed) == 8) - probs[-1]) < 0.012
