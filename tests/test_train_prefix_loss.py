@@ -163,3 +163,27 @@ def test_full_length_mass_moves_the_distribution_and_its_schedule():
     # without a schedule the mass is the model's, whatever the progress
     fixed, _ = prefix_lengths_and_weights(jax.random.key(1), 20000, config, _loss_cfg(), 1.0)
     assert abs(np.mean(np.asarray(fixed) == 8) - probs[-1]) < 0.012
+
+
+def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
+    from experiments.configs import oat as oat_configs
+    from oat_jax.config import OATConfig as Config
+
+    paper = oat_configs.get_config("paper")
+    reference = Config()  # the paper's tokenizer
+    for field in ("nested_dropout", "nested_dropout_power", "nested_dropout_full", "enc_patch", "dec_patch",
+                  "enc_width", "dec_depth"):
+        assert paper.model[field] == getattr(reference, field), field
+    assert not augment.is_active(paper.augment)
+    loss_cfg = paper.loss
+    lengths, weights = prefix_lengths_and_weights(jax.random.PRNGKey(0), 64, reference, loss_cfg)
+    assert lengths.shape == (64,) and weights is None  # one sampled length per example, as in the reference
+
+    default = oat_configs.get_config("")
+    cfg = Config(**{k: v for k, v in default.model.to_dict().items() if k != "action_dim"}, action_dim=4)
+    values, probs = keep_length_distribution(cfg.num_tokens, cfg.nested_dropout, cfg.nested_dropout_power,
+                                             cfg.nested_dropout_full)
+    assert list(values) == list(range(1, cfg.num_tokens + 1)) and np.all(probs > 0)  # every k is trained
+    assert probs[-1] == probs.max() and augment.is_active(default.augment)
+    oatx = oat_configs.get_config("oatx")
+    assert oatx.model.nested_dropout == "none" and oatx.augment.to_dict() == default.augment.to_dict()

@@ -39,7 +39,8 @@ def _model(**overrides) -> ml_collections.ConfigDict:
         enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
         encoder="registers", enc_patch=1,
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        causal_decoder=True, dec_patch=1, nested_dropout="pow2", nested_dropout_power=1.0, layer_norm_eps=1e-5,
+        causal_decoder=True, dec_patch=1, nested_dropout="pow2", nested_dropout_power=1.0, nested_dropout_full=0.0,
+        layer_norm_eps=1e-5,
         dtype="float32", dropout_rng="hash"))
     model.update(overrides)
     return model
@@ -67,19 +68,23 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.normalizer = ml_collections.ConfigDict()
     config.normalizer.mode = "limits"  # 'limits' (paper) | 'quantile' | 'gaussian'; fitted on train episodes only.
 
-    # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout: 0.52M params) that
-    # learns the small Meta-World dataset within a few minutes on a CPU.
+    # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
+    # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input
+    # patches and 4-step output patches (2.2x cheaper steps), nested dropout that keeps all N tokens 75% of the time
+    # and otherwise samples every k < N (P(k) ~ 1/k), and chunk augmentation.
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
-                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0)
+                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
+                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.0, nested_dropout_full=0.75)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
     config.loss.full_length_weight = 0.0  # weight of an extra all-N-tokens decode per example (0 = none).
+    config.loss.full_end = -1.0  # >= 0: model.nested_dropout_full moves linearly to this over the run (-1 = fixed).
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
-    config.augment.flip_prob = 0.0  # P(an example gets random per-dimension sign flips).
+    config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
     config.augment.reverse_prob = 0.0  # P(an example is reversed in time).
-    config.augment.splice_prob = 0.0  # P(an example's tail, from a random cut, comes from another chunk).
+    config.augment.splice_prob = 0.5  # P(an example's tail, from a random cut, comes from another chunk).
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 2e-3  # peak learning rate.
@@ -99,15 +104,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch (all devices and processes together) per update.
-    config.train.num_steps = 1200  # total updates.
+    config.train.num_steps = 4000  # total updates.
     config.train.log_every = 50  # steps between training-metric logs (also the NaN check and, multi-process,
     #                              the stop-signal check).
-    config.train.eval_every = 300  # steps between held-out evaluations (and a final one at the end).
+    config.train.eval_every = 500  # steps between held-out evaluations (and a final one at the end).
     config.train.eval_batch_size = 512  # global batch of the evaluation.
     config.train.progress_bar = True  # tqdm bar with loss and steps/s on process 0.
 
     config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every = 300  # steps between checkpoints (plus the final step and on SIGTERM/SIGINT).
+    config.checkpoint.every = 500  # steps between checkpoints (plus the final step and on SIGTERM/SIGINT).
     config.checkpoint.keep_last = 2  # most recent checkpoints kept.
     config.checkpoint.keep_best = 1  # checkpoints with the lowest validation MSE kept in addition.
     config.checkpoint.async_save = True  # write checkpoints in the background.
@@ -133,7 +138,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     if "paper" in variants:
         config.data.path = "/path/to/rlds_dataset"  # placeholder: set path, or name + data_dir.
-        config.model = _model(dtype="bfloat16")
+        config.model = _model(dtype="bfloat16")  # reference model and pow2 nested dropout
+        config.loss.update(prefix_samples=1, full_length_weight=0.0, full_end=-1.0)
+        config.augment.update(flip_prob=0.0, reverse_prob=0.0, splice_prob=0.0)
         config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
                             eps=1e-8, weight_decay=0.0, clip_norm=1.0)
         config.ema.max_decay = 0.9999
@@ -160,7 +167,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
     if "oatx" in variants:
-        config.model.nested_dropout = "none"
-    if "quest" in variants:  # QueST-style: causal conv encoder, unordered tokens (no nested dropout)
-        config.model.update(encoder="conv", nested_dropout="none")
+        config.model.update(nested_dropout="none", nested_dropout_full=0.0)
+    if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens (no nested dropout)
+        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0)
     return config

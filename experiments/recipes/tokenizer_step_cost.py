@@ -1,0 +1,74 @@
+"""Training-step cost of tokenizer shapes, timed interleaved in one process (compare the ratio, not the ms).
+
+  python -m experiments.recipes.tokenizer_step_cost
+
+The default small model (width 96, 2 + 2 layers), batch 128, H = 32, D_a = 4: loss + gradient + AdamW update of the
+reference shape (enc_patch 1, dec_patch 1, pow2 nested dropout) and of the default config (enc_patch 2, dec_patch 4,
+its nested dropout), 5 rounds of 20 steps each, alternating. Prints the median ms per step and the ratio.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from oat_jax.config import OATConfig
+from oat_jax.model import OATModel, init_params
+from oat_jax.training.train_step import prefix_lengths_and_weights, reconstruction_loss
+
+BASE = dict(action_dim=4, horizon=32, num_tokens=8, levels=(8, 5, 5, 5), enc_width=96, enc_depth=2, enc_heads=4,
+            enc_dropout=0.0, dec_width=96, dec_depth=2, dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0,
+            dec_attn_dropout=0.0)
+SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": dict(nested_dropout="pow2"),
+          "default (enc_patch 2, dec_patch 4)": dict(enc_patch=2, dec_patch=4, nested_dropout="power",
+                                                     nested_dropout_power=-1.0, nested_dropout_full=0.75)}
+BATCH, ROUNDS, STEPS = 128, 5, 20
+
+
+def make_step(config: OATConfig, actions: jax.Array):
+    """-> (jitted step(params, opt_state, key) -> (params, opt_state, loss), params, opt_state)."""
+    model = OATModel(config)
+    tx = optax.adamw(1e-3)
+    params = init_params(config, jax.random.PRNGKey(0))
+    loss_cfg = ml_collections.ConfigDict(dict(prefix_samples=1, full_length_weight=0.0, full_end=-1.0))
+
+    def step(p, o, key):
+        k_len, k_drop = jax.random.split(key)
+        lengths, weights = prefix_lengths_and_weights(k_len, actions.shape[0], config, loss_cfg)
+        loss, grads = jax.value_and_grad(lambda q: reconstruction_loss(model, q, actions, lengths, k_drop,
+                                                                       weights))(p)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, loss
+
+    return jax.jit(step), params, tx.init(params)
+
+
+def main():
+    actions = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (BATCH, 32, 4)).astype(np.float32))
+    state = {}
+    for name, overrides in SHAPES.items():
+        f, p, o = make_step(OATConfig(**BASE, **overrides), actions)
+        p, o, _ = f(p, o, jax.random.PRNGKey(1))  # compile
+        jax.block_until_ready(p)
+        state[name] = [f, p, o]
+    times: dict[str, list[float]] = {name: [] for name in SHAPES}
+    for _ in range(ROUNDS):
+        for name, (f, p, o) in state.items():
+            start = time.perf_counter()
+            for i in range(STEPS):
+                p, o, loss = f(p, o, jax.random.PRNGKey(i))
+            jax.block_until_ready(loss)
+            times[name].append((time.perf_counter() - start) / STEPS)
+            state[name][1:] = [p, o]
+    for name, ts in times.items():
+        print(f"{name}: median {1000 * np.median(ts):.1f} ms/step (rounds: "
+              f"{', '.join(f'{1000 * t:.0f}' for t in ts)})")
+    ref, new = (float(np.median(times[name])) for name in SHAPES)
+    print(f"reference / default step time: {ref / new:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
