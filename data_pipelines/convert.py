@@ -23,7 +23,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from data_pipelines.rlds_writer import Episode, EpisodeError, write_rlds
+from data_pipelines.rlds_writer import Episode, EpisodeError, check_output_apart, write_rlds
 
 ACTION_KEYS = ("action", "actions")
 REWARD_KEYS = ("reward", "rewards")
@@ -156,8 +156,9 @@ def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str]
         raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input={input_path} does not exist.")
+    check_output_apart(output, [input_path])  # before reading: never write over the input
     episodes = READERS[fmt](input_path, action_key=action_key, language=language)
-    return write_rlds(episodes, output, name=name, overwrite=overwrite,
+    return write_rlds(episodes, output, name=name, overwrite=overwrite, inputs=[input_path],
                       description=f"Converted from {fmt} {os.path.abspath(input_path)} by data_pipelines.convert.")
 
 
@@ -175,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = convert(args.format, args.input, args.output, action_key=args.action_key, language=args.language,
                       name=args.name, overwrite=args.overwrite)
-    except (EpisodeError, FileExistsError, FileNotFoundError) as e:
+    except (EpisodeError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

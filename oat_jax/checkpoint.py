@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
+from oat_jax.atomic_dir import atomic_directory, recover
 from oat_jax.config import OATConfig
 from oat_jax.model import abstract_params, check_params
 from oat_jax.normalizer import ActionNormalizer
@@ -39,6 +39,8 @@ def resolve_tokenizer_dir(path: str) -> str:
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.exists(path):
+        recover(path, is_tokenizer_dir)  # a save killed mid-swap (non-Linux fallback) left its copy beside path
+    if not os.path.exists(path):
         raise FileNotFoundError(f"No tokenizer at {path!r}: the path does not exist.")
     for candidate in (path, os.path.join(path, WORKDIR_SUBDIR)):
         if is_tokenizer_dir(candidate):
@@ -46,20 +48,6 @@ def resolve_tokenizer_dir(path: str) -> str:
     raise FileNotFoundError(
         f"{path!r} holds no saved tokenizer: expected {CONFIG_FILE}, {NORMALIZER_FILE} and {PARAMS_DIR}/ there or "
         f"in its {WORKDIR_SUBDIR}/ subdirectory (write one with OATTokenizer.save).")
-
-
-def prepare_directory(path: str, overwrite: bool = False) -> str:
-    """Creates `path` for writing (an empty existing directory is fine); returns its absolute path.
-
-    Raises FileExistsError when it holds files and `overwrite` is False; with `overwrite` its contents are removed.
-    """
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if os.path.exists(path) and os.listdir(path):
-        if not overwrite:
-            raise FileExistsError(f"{path!r} already exists and is not empty; pass overwrite=True to replace it.")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def save_params(directory: str, params) -> None:
@@ -88,14 +76,17 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
     Args:
       path: directory to create (must not exist unless `overwrite`; an empty directory is fine).
       config / params / normalizer: the tokenizer's parts; params must match config.
-      overwrite: replace an existing directory's contents.
+      overwrite: replace an existing saved tokenizer (any other non-empty directory is refused, never deleted).
+    The directory is written beside `path` and swapped in at the end (`oat_jax.atomic_dir`): a crash at any point
+    leaves the old tokenizer or the new one, never a partial directory.
     """
     check_params(config, params)
-    path = prepare_directory(path, overwrite)
-    save_params(os.path.join(path, PARAMS_DIR), params)
-    for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
-        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=1)
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    with atomic_directory(path, overwrite, recognise=is_tokenizer_dir, what="tokenizer") as tmp:
+        save_params(os.path.join(tmp, PARAMS_DIR), params)
+        for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=1)
     return path
 
 

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from oat_jax.checkpoint import prepare_directory, restore_params, save_params
+from oat_jax.atomic_dir import atomic_directory
+from oat_jax.checkpoint import restore_params, save_params
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
@@ -116,12 +117,18 @@ class TokenPolicy:
                 "tokenizer_name": self.tokenizer.name}
 
     def save(self, path: str, overwrite: bool = False) -> str:
-        """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path."""
-        path = prepare_directory(path, overwrite)
-        save_params(os.path.join(path, PARAMS_DIR), self.params)
-        self.tokenizer.save(os.path.join(path, TOKENIZER_DIR))
-        with open(os.path.join(path, POLICY_FILE), "w", encoding="utf-8") as f:
-            json.dump(self.metadata(), f, indent=1)
+        """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path.
+
+        overwrite replaces an existing saved policy only; the new directory is swapped in when complete
+        (`oat_jax.atomic_dir`), so a crash leaves the old policy or the new one.
+        """
+        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        recognise = lambda d: os.path.isfile(os.path.join(d, POLICY_FILE))  # noqa: E731
+        with atomic_directory(path, overwrite, recognise=recognise, what="policy") as tmp:
+            save_params(os.path.join(tmp, PARAMS_DIR), self.params)
+            self.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+            with open(os.path.join(tmp, POLICY_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.metadata(), f, indent=1)
         return path
 
     @classmethod
