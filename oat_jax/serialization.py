@@ -164,7 +164,8 @@ class ExportedTokenizer:
         Validated like `OATTokenizer.tokenize` (ValueError for a bad shape, dtype or non-finite values)."""
         x, unbatched = input_checks.check_actions(actions, self.horizon, self.action_dim)
         if unbatched:
-            raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got {np.shape(actions)}.")
+            raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got "
+                             f"{np.shape(actions)}.")
         return self._function("tokenize", x.shape[0]).call(self.params, jnp.asarray(x))
 
     def detokenize(self, tokens, lengths=None) -> jax.Array:

@@ -132,9 +132,16 @@ class _Run:
         bar.update(step, loss=logged[-1][1]["loss"], steps_per_sec=rate)
 
     def evaluate_and_log(self, step: int, bar: Progress) -> dict[str, float]:
-        """Evaluates the EMA params, logs the metrics at `step` and returns them."""
+        """Evaluates the EMA params, logs the metrics at `step` and returns them; raises NonFiniteLossError when a
+        held-out MSE is NaN/Inf (such a step is never checkpointed, so never 'best')."""
         metrics = self.evaluate(self.state.ema_params)
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        bad = sorted(k for k, v in metrics.items() if "mse" in k and not np.isfinite(v))
+        if bad:
+            self.writer.flush()
+            raise NonFiniteLossError(f"Held-out metrics {bad[:4]} are NaN/Inf at step {step}: stopping without a "
+                                     f"checkpoint of this step. Check the evaluation data (config.data.path / "
+                                     f"config.data.eval_datasets) for non-finite actions.")
         n = self.model_config.num_tokens
         extra = "".join(f"; {label} k=1 {metrics[f'{label}/mse_norm/k1']:.4f}, k={n} "
                         f"{metrics[f'{label}/mse_norm/k{n}']:.4f}" for label in self.extra_eval_chunks)
