@@ -15,6 +15,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from oat_jax import integrity
 from oat_jax.atomic_dir import atomic_directory, recover
 from oat_jax.config import OATConfig
 from oat_jax.model import abstract_params, check_params
@@ -87,19 +88,26 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
         for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=1)
+        integrity.write_manifest(tmp)
     return path
 
 
-def load(path: str) -> tuple[OATConfig, dict, ActionNormalizer]:
+def load(path: str, verify: bool = True) -> tuple[OATConfig, dict, ActionNormalizer]:
     """Reads a tokenizer directory (or a workdir holding `tokenizer/`).
 
+    Args:
+      verify: check every file against the SHA-256 recorded at save time (`integrity.json`; directories saved
+        before it existed load unverified). False skips the hashing (very large artifacts, trusted storage).
     Returns:
       (config, params as float32 jax arrays on the default device, normalizer).
     Raises:
       FileNotFoundError: missing path or no tokenizer there.
+      integrity.IntegrityError (a ValueError): a file is missing, truncated, damaged or edited since the save.
       ValueError: the saved config does not match the saved params (tree or shapes).
     """
     path = resolve_tokenizer_dir(path)
+    if verify:
+        integrity.verify(path, "tokenizer")
     with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
         config = OATConfig.from_dict(json.load(f))
     with open(os.path.join(path, NORMALIZER_FILE), encoding="utf-8") as f:

@@ -220,12 +220,14 @@ class OATTokenizer:
         return checkpoint.save(path, self.config, self.params, self.normalizer, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str) -> "OATTokenizer":
+    def load(cls, path: str, verify: bool = True) -> "OATTokenizer":
         """Loads a tokenizer saved with `save`; `path` may also be a training workdir holding `tokenizer/`.
 
-        Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (config does not match params).
+        verify: check the files against the hashes recorded at save time (False skips it for very large artifacts).
+        Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (a damaged or edited file, named
+        in the message; config does not match params).
         """
-        return cls(*checkpoint.load(path))
+        return cls(*checkpoint.load(path, verify=verify))
 
     def __repr__(self) -> str:
         return (f"OATTokenizer(H={self.horizon}, D_a={self.action_dim}, N={self.num_tokens}, "

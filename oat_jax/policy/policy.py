@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from oat_jax import integrity
 from oat_jax.atomic_dir import atomic_directory
 from oat_jax.checkpoint import restore_params, save_params
 from oat_jax.normalizer import ActionNormalizer
@@ -129,16 +130,20 @@ class TokenPolicy:
             self.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
             with open(os.path.join(tmp, POLICY_FILE), "w", encoding="utf-8") as f:
                 json.dump(self.metadata(), f, indent=1)
+            integrity.write_manifest(tmp)
         return path
 
     @classmethod
-    def load(cls, path: str, sampling: SamplingConfig | None = None) -> "TokenPolicy":
+    def load(cls, path: str, sampling: SamplingConfig | None = None, verify: bool = True) -> "TokenPolicy":
         """Loads a saved policy (a policy directory or a training workdir holding `policy/`).
 
         sampling: overrides the saved sampling settings (None keeps them).
+        verify: check every file (tokenizer included) against the hashes recorded at save time.
         Raises FileNotFoundError when no saved policy is there.
         """
         path = resolve_policy_dir(path)
+        if verify:
+            integrity.verify(path, "policy")
         with open(os.path.join(path, POLICY_FILE), encoding="utf-8") as f:
             meta = json.load(f)
         config = PolicyConfig.from_dict(meta["config"])
