@@ -26,7 +26,7 @@ from oat_jax.tokenizer import OATTokenizer
 from oat_jax.training import data, evaluation, plots
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.export import CHECKPOINT_DIR, TOKENIZER_DIR, export_in_subprocess, save_tokenizer
-from oat_jax.training.faults import NonFiniteLossError, tree_all_finite
+from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, tree_all_finite
 from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
@@ -225,5 +225,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run.export(metrics)
         return metrics
     finally:
-        run.ckpt.close()
-        run.writer.close()
+        close_quietly_on_error(run.ckpt.close, "checkpoint manager")
+        close_quietly_on_error(run.writer.close, "metric writer")
