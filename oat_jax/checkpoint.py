@@ -92,6 +92,17 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
     return path
 
 
+def _read_json(file: str, build):
+    """build(json content of `file`); ValueError naming the file when it is not valid JSON or not valid content."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return build(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is damaged or not a tokenizer file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); save the tokenizer again or restore the file "
+                         f"from a copy.") from e
+
+
 def load(path: str, verify: bool = True) -> tuple[OATConfig, dict, ActionNormalizer]:
     """Reads a tokenizer directory (or a workdir holding `tokenizer/`).
 
@@ -108,10 +119,8 @@ def load(path: str, verify: bool = True) -> tuple[OATConfig, dict, ActionNormali
     path = resolve_tokenizer_dir(path)
     if verify:
         integrity.verify(path, "tokenizer")
-    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-        config = OATConfig.from_dict(json.load(f))
-    with open(os.path.join(path, NORMALIZER_FILE), encoding="utf-8") as f:
-        normalizer = ActionNormalizer.from_dict(json.load(f))
+    config = _read_json(os.path.join(path, CONFIG_FILE), OATConfig.from_dict)
+    normalizer = _read_json(os.path.join(path, NORMALIZER_FILE), ActionNormalizer.from_dict)
     params_dir = os.path.join(path, PARAMS_DIR)
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.metadata(params_dir).item_metadata

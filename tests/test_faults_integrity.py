@@ -109,3 +109,15 @@ def test_a_damaged_policy_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(integrity.IntegrityError, match="policy.json"):
         TokenPolicy.load(saved)
     assert TokenPolicy.load(saved, verify=False).n_action_steps == 3
+
+
+@pytest.mark.parametrize("name,content", [("config.json", '{"horizon": 8, "levels": [4, 3'),
+                                          ("normalizer.json", '{"mode": "limits", "scale": ["a", "b"], '
+                                                              '"offset": [0, 0], "stats": {}}')])
+def test_damaged_json_without_verification_is_an_error_naming_the_file(saved, tmp_path, name, content):
+    copy = _copy(saved, tmp_path)
+    with open(os.path.join(copy, name), "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=f"{name} is damaged") as e:
+        OATTokenizer.load(copy, verify=False)
+    assert os.path.join(copy, name) in str(e.value)

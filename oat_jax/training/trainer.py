@@ -75,7 +75,15 @@ class _Run:
         if latest is None:
             self.state = jax.jit(init_fn, out_shardings=self.state_sharding)()
         else:
-            self.state, _, _ = self.ckpt.restore(latest, abstract_like(abstract, self.state_sharding))
+            try:
+                self.state, _, _ = self.ckpt.restore(latest, abstract_like(abstract, self.state_sharding))
+            except (ValueError, TypeError, KeyError) as e:
+                changed = config_changes(saved_config, config_json(config))
+                raise ValueError(
+                    f"Cannot resume from the checkpoint of step {latest} in {self.ckpt.manager.directory}: it does not "
+                    f"fit the current config" + (f" (changed since it was saved: {changed})" if changed else "") +
+                    f". Resume with the saved values, or start a new run with another --workdir. "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
             logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
         self.train_step = jax.jit(
             make_train_step(self.model, self.tx, self.schedule, self.normalizer, config.ema,
@@ -191,6 +199,22 @@ class _Run:
         ks = [k for k in self.config.plots.prefix_lengths if k <= self.model_config.num_tokens]
         decodes = {k: np.asarray(tok.detokenize(tokens, lengths=k)) for k in ks}
         plots.plot_reconstructions(chunks, decodes, os.path.join(self.workdir, "reconstructions.png"))
+
+
+def config_changes(saved: dict, current: dict, limit: int = 8) -> str:
+    """'model.enc_width: 96 -> 128, ...' for the leaves that differ between two config JSON dicts ('' if none)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+    a, b = flat(saved), flat(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return text + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
