@@ -15,15 +15,17 @@ every other per-step array is an observation. The output is written atomically (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
+import zipfile
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from data_pipelines.rlds_writer import Episode, EpisodeError, write_rlds
+from data_pipelines.rlds_writer import Episode, EpisodeError, check_output_apart, write_rlds
 
 ACTION_KEYS = ("action", "actions")
 REWARD_KEYS = ("reward", "rewards")
@@ -67,18 +69,42 @@ def _episode_from_arrays(arrays: Mapping[str, np.ndarray], source: str, action_k
                    extras=extras)
 
 
+@contextlib.contextmanager
+def _reading(file: str, what: str) -> Iterator[None]:
+    """Turns a library error while reading `file` (truncated, corrupt or of another format) into an EpisodeError
+    that names the file."""
+    try:
+        yield
+    except EpisodeError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in detail:
+            detail = "it holds pickled objects, which are never loaded"
+        raise EpisodeError(f"{file}: cannot read it as {what} ({detail}); check that the file is complete and has "
+                           f"this format (--format).") from e
+
+
 def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
     """Episodes of a robomimic/LIBERO HDF5 file, in demo-number order."""
     import h5py  # optional dependency: pip install -e .[convert]
 
-    with h5py.File(path, "r") as f:
+    with _reading(path, "an HDF5 file"):
+        f = h5py.File(path, "r")
+    with f, _reading(path, "a robomimic/LIBERO HDF5 file"):
         if "data" not in f:
             raise EpisodeError(f"{path}: no 'data' group; expected the robomimic/LIBERO layout data/demo_*/actions.")
         data = f["data"]
         file_language = _as_text(data.attrs.get("language_instruction", language))
         if "problem_info" in data.attrs:  # LIBERO
-            file_language = json.loads(_as_text(data.attrs["problem_info"])).get("language_instruction",
-                                                                                 file_language)
+            try:
+                info = json.loads(_as_text(data.attrs["problem_info"]))
+            except ValueError as e:
+                raise EpisodeError(f"{path}: data.attrs['problem_info'] is not valid JSON ({e}); fix or remove the "
+                                   f"attribute, or pass --language.") from e
+            if not isinstance(info, dict):
+                raise EpisodeError(f"{path}: data.attrs['problem_info'] is not a JSON object.")
+            file_language = info.get("language_instruction", file_language)
         for demo in sorted(data.keys(), key=_natural_key):
             group = data[demo]
             arrays = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
@@ -109,7 +135,8 @@ def read_zarr(path: str, action_key: Optional[str] = None, language: str = "") -
     """Episodes of a diffusion-policy replay-buffer zarr store (data/<key>, meta/episode_ends)."""
     import zarr  # optional dependency: pip install -e .[convert]
 
-    root = zarr.open_group(path, mode="r")
+    with _reading(path, "a zarr replay buffer"):
+        root = zarr.open_group(path, mode="r")
     if "data" not in root or "meta" not in root or EPISODE_ENDS_KEY not in root["meta"]:
         raise EpisodeError(f"{path}: expected a replay buffer with data/<key> arrays and meta/episode_ends.")
     data = root["data"]
@@ -129,11 +156,11 @@ def read_npz(path: str, action_key: Optional[str] = None, language: str = "") ->
             raise EpisodeError(f"{path}: no .npz files; expected one .npz file per episode.")
         for name in files:
             file = os.path.join(path, name)
-            with np.load(file, allow_pickle=False) as npz:
+            with _reading(file, "an .npz archive"), np.load(file, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
             yield _episode_from_arrays(arrays, f"{file} episode {os.path.splitext(name)[0]}", action_key, language)
         return
-    with np.load(path, allow_pickle=False) as npz:
+    with _reading(path, "an .npz archive"), np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     if EPISODE_ENDS_KEY not in arrays:
         raise EpisodeError(f"{path}: a single .npz file needs an '{EPISODE_ENDS_KEY}' array (exclusive end of each "
@@ -156,8 +183,9 @@ def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str]
         raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input={input_path} does not exist.")
+    check_output_apart(output, [input_path])  # before reading: never write over the input
     episodes = READERS[fmt](input_path, action_key=action_key, language=language)
-    return write_rlds(episodes, output, name=name, overwrite=overwrite,
+    return write_rlds(episodes, output, name=name, overwrite=overwrite, inputs=[input_path],
                       description=f"Converted from {fmt} {os.path.abspath(input_path)} by data_pipelines.convert.")
 
 
@@ -175,7 +203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         out = convert(args.format, args.input, args.output, action_key=args.action_key, language=args.language,
                       name=args.name, overwrite=args.overwrite)
-    except (EpisodeError, FileExistsError, FileNotFoundError) as e:
+    except (EpisodeError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -166,19 +166,61 @@ def dataset_name(output: str) -> str:
     return name if name and name[0].isalpha() else f"dataset_{name}"
 
 
+def is_builder_dir(path: str) -> bool:
+    """True if `path` is an RLDS/TFDS builder directory (what `write_rlds` writes): dataset_info.json and
+    features.json directly inside."""
+    return all(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "features.json"))
+
+
+def check_output_apart(output: str, inputs: Sequence[str], flag: str = "--input") -> None:
+    """Raises ValueError when `output` is, contains, or lies inside one of `inputs` (symlinks resolved): writing
+    there could replace or delete the data being converted."""
+    out = os.path.realpath(output)
+    for item in inputs:
+        src = os.path.realpath(item)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep) or src.startswith(out.rstrip(os.sep) + os.sep):
+            relation = "is" if out == src else ("lies inside" if len(out) > len(src) else "contains")
+            raise ValueError(f"--output={output} {relation} {flag}={item}: converting would overwrite or delete the "
+                             f"input. Choose an --output outside the input.")
+
+
+def _remove_stale_tmp(output: str) -> None:
+    """Deletes `.NAME.tmp-<pid>-*` directories beside `output` whose writer process is gone (killed conversions)."""
+    parent, base = os.path.split(output)
+    prefix = f".{base}.tmp-"
+    for entry in os.listdir(parent) if os.path.isdir(parent) else ():
+        pid = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = None, overwrite: bool = False,
-               description: str = "Converted by data_pipelines.") -> str:
+               description: str = "Converted by data_pipelines.", inputs: Sequence[str] = ()) -> str:
     """Validate `episodes` and write them, in order, as an RLDS builder directory at `output`.
 
     Everything is written to a temporary sibling directory and moved to `output` only when all episodes were
-    written; on any error nothing is left behind. Returns `output`.
+    written; on any error nothing is left behind (temporary directories of killed runs are removed by the next
+    write to the same output). `overwrite` replaces only a previous dataset (`is_builder_dir`) or an empty
+    directory; `output` may not be, contain or lie inside any of `inputs`. Returns `output`.
     """
     if "://" in output:
         raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
     output = os.path.abspath(output)
-    if os.path.exists(output):
+    check_output_apart(output, inputs)
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
         if not overwrite:
             raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
+        if not is_builder_dir(output):
+            raise FileExistsError(f"--output={output} exists and is not a dataset written by data_pipelines (no "
+                                  f"dataset_info.json + features.json), so --overwrite will not delete it; choose "
+                                  f"another --output.")
     name = name or dataset_name(output)
     iterator: Iterator[Episode] = iter(episodes)
     first = next(iterator, None)
@@ -195,13 +237,14 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
 
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    _remove_stale_tmp(output)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-{os.getpid()}-", dir=parent)
     try:
         builder = tfds.dataset_builders.store_as_tfds_dataset(
             name=name, version=VERSION, features=features, split_datasets={"train": examples()}, data_dir=tmp,
             description=description, disable_shuffling=True)
-        if os.path.exists(output):  # --overwrite: move the old copy aside; it is deleted with tmp
-            os.replace(output, os.path.join(tmp, "previous"))
+        if os.path.exists(output):  # an empty directory, or a previous dataset (checked above): moved aside and
+            os.replace(output, os.path.join(tmp, "previous"))  # deleted with tmp
         os.replace(str(builder.data_dir), output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

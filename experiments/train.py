@@ -8,6 +8,7 @@ written to <workdir>/tokenizer and loads with `oat_jax.OATTokenizer.load(<workdi
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported (through the data pipeline)
 
@@ -27,11 +28,20 @@ def main(argv):
     from oat_jax.training.progress import quiet_library_logs
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    if _CONFIG.value.get("kind", "tokenizer") == "policy":
-        from oat_jax.training.policy_trainer import train_policy
-        train_policy(_CONFIG.value, _WORKDIR.value)
-        return
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    from oat_jax.training.faults import disk_full
+    try:
+        if _CONFIG.value.get("kind", "tokenizer") == "policy":
+            from oat_jax.training.policy_trainer import train_policy
+            train_policy(_CONFIG.value, _WORKDIR.value)
+            return
+        train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except Exception as e:  # noqa: BLE001  (a full disk gets one clear line; everything else its traceback)
+        if not disk_full(e):
+            raise
+        logging.error("Training stopped: no space left on the disk of --workdir=%s (%s). Checkpoints are written "
+                      "to a temporary directory and renamed when complete, so the newest complete one is intact: "
+                      "free disk space and run the same command to resume.", _WORKDIR.value, e)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

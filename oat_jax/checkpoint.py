@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 
+from oat_jax import integrity
+from oat_jax.atomic_dir import atomic_directory, recover
 from oat_jax.config import OATConfig
 from oat_jax.model import abstract_params, check_params
 from oat_jax.normalizer import ActionNormalizer
@@ -39,6 +40,8 @@ def resolve_tokenizer_dir(path: str) -> str:
     """
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.exists(path):
+        recover(path, is_tokenizer_dir)  # a save killed mid-swap (non-Linux fallback) left its copy beside path
+    if not os.path.exists(path):
         raise FileNotFoundError(f"No tokenizer at {path!r}: the path does not exist.")
     for candidate in (path, os.path.join(path, WORKDIR_SUBDIR)):
         if is_tokenizer_dir(candidate):
@@ -46,20 +49,6 @@ def resolve_tokenizer_dir(path: str) -> str:
     raise FileNotFoundError(
         f"{path!r} holds no saved tokenizer: expected {CONFIG_FILE}, {NORMALIZER_FILE} and {PARAMS_DIR}/ there or "
         f"in its {WORKDIR_SUBDIR}/ subdirectory (write one with OATTokenizer.save).")
-
-
-def prepare_directory(path: str, overwrite: bool = False) -> str:
-    """Creates `path` for writing (an empty existing directory is fine); returns its absolute path.
-
-    Raises FileExistsError when it holds files and `overwrite` is False; with `overwrite` its contents are removed.
-    """
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    if os.path.exists(path) and os.listdir(path):
-        if not overwrite:
-            raise FileExistsError(f"{path!r} already exists and is not empty; pass overwrite=True to replace it.")
-        shutil.rmtree(path)
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def save_params(directory: str, params) -> None:
@@ -88,31 +77,50 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
     Args:
       path: directory to create (must not exist unless `overwrite`; an empty directory is fine).
       config / params / normalizer: the tokenizer's parts; params must match config.
-      overwrite: replace an existing directory's contents.
+      overwrite: replace an existing saved tokenizer (any other non-empty directory is refused, never deleted).
+    The directory is written beside `path` and swapped in at the end (`oat_jax.atomic_dir`): a crash at any point
+    leaves the old tokenizer or the new one, never a partial directory.
     """
     check_params(config, params)
-    path = prepare_directory(path, overwrite)
-    save_params(os.path.join(path, PARAMS_DIR), params)
-    for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
-        with open(os.path.join(path, name), "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=1)
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    with atomic_directory(path, overwrite, recognise=is_tokenizer_dir, what="tokenizer") as tmp:
+        save_params(os.path.join(tmp, PARAMS_DIR), params)
+        for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=1)
+        integrity.write_manifest(tmp)
     return path
 
 
-def load(path: str) -> tuple[OATConfig, dict, ActionNormalizer]:
+def _read_json(file: str, build):
+    """build(json content of `file`); ValueError naming the file when it is not valid JSON or not valid content."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            return build(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{file} is damaged or not a tokenizer file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}); save the tokenizer again or restore the file "
+                         f"from a copy.") from e
+
+
+def load(path: str, verify: bool = True) -> tuple[OATConfig, dict, ActionNormalizer]:
     """Reads a tokenizer directory (or a workdir holding `tokenizer/`).
 
+    Args:
+      verify: check every file against the SHA-256 recorded at save time (`integrity.json`; directories saved
+        before it existed load unverified). False skips the hashing (very large artifacts, trusted storage).
     Returns:
       (config, params as float32 jax arrays on the default device, normalizer).
     Raises:
       FileNotFoundError: missing path or no tokenizer there.
+      integrity.IntegrityError (a ValueError): a file is missing, truncated, damaged or edited since the save.
       ValueError: the saved config does not match the saved params (tree or shapes).
     """
     path = resolve_tokenizer_dir(path)
-    with open(os.path.join(path, CONFIG_FILE), encoding="utf-8") as f:
-        config = OATConfig.from_dict(json.load(f))
-    with open(os.path.join(path, NORMALIZER_FILE), encoding="utf-8") as f:
-        normalizer = ActionNormalizer.from_dict(json.load(f))
+    if verify:
+        integrity.verify(path, "tokenizer")
+    config = _read_json(os.path.join(path, CONFIG_FILE), OATConfig.from_dict)
+    normalizer = _read_json(os.path.join(path, NORMALIZER_FILE), ActionNormalizer.from_dict)
     params_dir = os.path.join(path, PARAMS_DIR)
     with ocp.StandardCheckpointer() as checkpointer:
         saved = checkpointer.metadata(params_dir).item_metadata

@@ -17,6 +17,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PALIGEMMA_VOCAB_SIZE = 257_152  # PaliGemma / Gemma SentencePiece vocabulary size used by openpi.
 OPENPI_SKIP_TOKENS = 128  # openpi leaves the last 128 ids of the vocabulary (special tokens) unused.
@@ -76,6 +77,24 @@ class ActionVocab:
                              f"build the ActionVocab with size >= {num_tokens}.")
 
 
+def _int32_ids(ids, name: str) -> jax.Array:
+    """Integer ids -> int32 array; ValueError for non-integer dtypes (floats would be truncated) and for concrete
+    ids outside int32 (they would wrap around into other ids, possibly action ids)."""
+    dtype = getattr(ids, "dtype", None)
+    if dtype is None:
+        ids = np.asarray(ids)
+        dtype = ids.dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise ValueError(f"{name} must be integer ids, got dtype {dtype}.")
+    if not isinstance(ids, jax.core.Tracer) and np.size(ids):
+        concrete = np.asarray(ids)
+        info = np.iinfo(np.int32)
+        if concrete.min() < info.min or concrete.max() > info.max:
+            raise ValueError(f"{name} holds ids outside int32 ([{int(concrete.min())}, {int(concrete.max())}]); LM ids "
+                             f"are int32.")
+    return jnp.asarray(ids, jnp.int32)
+
+
 def to_lm_ids(tokens: jax.Array, vocab: ActionVocab) -> jax.Array:
     """Action token ids -> LM ids.
 
@@ -99,7 +118,7 @@ def from_lm_ids(lm_ids: jax.Array, vocab: ActionVocab, fill: int = 0) -> tuple[j
       tokens: (...) int32 in [0, vocab.size) where valid, else `fill`.
       valid: (...) bool, True where the id is an action id.
     """
-    tokens = vocab.step * (jnp.asarray(lm_ids, jnp.int32) - vocab.first_id)
+    tokens = vocab.step * (_int32_ids(lm_ids, "lm_ids") - vocab.first_id)
     valid = (tokens >= 0) & (tokens < vocab.size)
     return jnp.where(valid, tokens, fill).astype(jnp.int32), valid
 
@@ -147,10 +166,14 @@ def extract_action_tokens(lm_ids: jax.Array, vocab: ActionVocab, num_tokens: int
                          f"must be an id the LM never uses for actions.")
     if num_tokens < 1:
         raise ValueError(f"num_tokens must be >= 1, got {num_tokens}.")
-    lm_ids = jnp.asarray(lm_ids, jnp.int32)
+    lm_ids = _int32_ids(lm_ids, "lm_ids")
     if lm_ids.ndim != 2:
         raise ValueError(f"lm_ids must have shape (B, T), got {lm_ids.shape}.")
     batch, length = lm_ids.shape
+    if length == 0:  # nothing generated: every row is an empty (invalid) span
+        zeros = jnp.zeros((batch,), jnp.int32)
+        return ActionSpan(tokens=jnp.zeros((batch, num_tokens), jnp.int32), lengths=zeros + 1,
+                          valid=zeros.astype(bool), span_lengths=zeros, ended=zeros.astype(bool))
     start = jnp.clip(jnp.broadcast_to(jnp.asarray(start, jnp.int32), (batch,)), 0, length)
     tokens, is_action = from_lm_ids(lm_ids, vocab)
     positions = jnp.arange(length, dtype=jnp.int32)[None, :]

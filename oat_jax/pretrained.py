@@ -22,7 +22,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from oat_jax import checkpoint
+from oat_jax import checkpoint, integrity
 from oat_jax.config import OATConfig
 from oat_jax.model import abstract_params, check_params
 from oat_jax.normalizer import ActionNormalizer
@@ -99,7 +99,14 @@ def _restore_params(directory: epath.Path, config: OATConfig, sharding: Sharding
     return restored if key is None else restored[key]
 
 
+def _verify(path: epath.Path, what: str) -> None:
+    """Checks a local directory against its integrity manifest (`oat_jax.integrity`; remote paths are not hashed)."""
+    if "://" not in str(path):
+        integrity.verify(str(path), what)
+
+
 def _load_tokenizer_dir(path: epath.Path, sharding: ShardingLike) -> OATTokenizer:
+    _verify(path, "tokenizer")
     config = OATConfig.from_dict(_read_json(path / checkpoint.CONFIG_FILE))
     normalizer = ActionNormalizer.from_dict(_read_json(path / checkpoint.NORMALIZER_FILE))
     return OATTokenizer(config, _restore_params(path / checkpoint.PARAMS_DIR, config, sharding), normalizer)
@@ -197,6 +204,7 @@ def load_checkpoint(workdir, step: Step = "latest", sharding: ShardingLike = Non
     manager = _checkpoint_manager(workdir)
     try:
         chosen = _choose_step(manager, workdir, step)
+        _verify(workdir / CHECKPOINTS_DIR / str(chosen), f"checkpoint of step {chosen}")
         saved = manager.restore(chosen, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
                                                                  dataset_stats=ocp.args.JsonRestore()))
     finally:

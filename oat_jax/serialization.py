@@ -10,7 +10,8 @@ include the normalizer, so they work in raw action units:
     detokenize(params, tokens (B, N) int32, lengths (B,) int32 in 1..N) -> actions (B, H, D_a) float32
 
 `ExportedTokenizer(directory)` loads them with jax and numpy alone: this module imports nothing else (not flax,
-not the rest of oat_jax), so a serving process can load this file on its own.
+not the rest of oat_jax) but its sibling `input_checks.py` (numpy only; the same input validation as
+`OATTokenizer`), so a serving process can load these two files on their own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
+
+if __package__:  # imported as oat_jax.serialization
+    from oat_jax import input_checks
+else:  # loaded as a standalone file (the jax + numpy runtime): its sibling input_checks.py, also numpy only
+    import importlib.util as _importlib_util
+
+    _spec = _importlib_util.spec_from_file_location(
+        "standalone_input_checks", os.path.join(os.path.dirname(os.path.abspath(__file__)), "input_checks.py"))
+    input_checks = _importlib_util.module_from_spec(_spec)
+    _spec.loader.exec_module(input_checks)
 
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
@@ -148,21 +159,20 @@ class ExportedTokenizer:
         return self._exported[key]
 
     def tokenize(self, actions) -> jax.Array:
-        """Raw actions (B, H, D_a) float -> token ids (B, N) int32."""
-        actions = jnp.asarray(actions, jnp.float32)
-        if actions.ndim != 3 or actions.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got {actions.shape}.")
-        return self._function("tokenize", actions.shape[0]).call(self.params, actions)
+        """Raw actions (B, H, D_a) (any real dtype, finite in float32) -> token ids (B, N) int32.
+
+        Validated like `OATTokenizer.tokenize` (ValueError for a bad shape, dtype or non-finite values)."""
+        x, unbatched = input_checks.check_actions(actions, self.horizon, self.action_dim)
+        if unbatched:
+            raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got "
+                             f"{np.shape(actions)}.")
+        return self._function("tokenize", x.shape[0]).call(self.params, jnp.asarray(x))
 
     def detokenize(self, tokens, lengths=None) -> jax.Array:
-        """Token ids (B, N) int + prefix lengths (None = N, int, or (B,) int in 1..N) -> raw actions (B, H, D_a).
-
-        Positions >= length are ignored. Ids are not range-checked (any integer decodes, see OATTokenizer)."""
-        tokens = jnp.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[1] != self.num_tokens or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be an integer array of shape (B, {self.num_tokens}) (pad prefixes to N "
-                             f"and pass lengths), got {tokens.dtype} {tokens.shape}.")
-        batch = tokens.shape[0]
-        lengths = self.num_tokens if lengths is None else lengths
-        lengths = jnp.broadcast_to(jnp.asarray(lengths, jnp.int32), (batch,))
-        return self._function("detokenize", batch).call(self.params, tokens.astype(jnp.int32), lengths)
+        """Token ids (B, k) int, 1 <= k <= N, + prefix lengths (None = k, int, or (B,) int in 1..k) -> raw actions
+        (B, H, D_a) float32. Validated like `OATTokenizer.detokenize`: ids in [0, vocab_size) for the kept
+        positions, integer lengths in range (ValueError otherwise); positions >= length are ignored."""
+        if np.ndim(tokens) != 2:
+            raise ValueError(f"tokens must have shape (B, k) with 1 <= k <= {self.num_tokens}, got {np.shape(tokens)}.")
+        t, lens, _ = input_checks.check_tokens(tokens, lengths, self.num_tokens, self.vocab_size)
+        return self._function("detokenize", t.shape[0]).call(self.params, jnp.asarray(t), jnp.asarray(lens))

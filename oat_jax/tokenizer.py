@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oat_jax import checkpoint, fsq
+from oat_jax import checkpoint, fsq, input_checks
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, check_params, init_params
 from oat_jax.normalizer import ActionNormalizer
@@ -157,64 +157,13 @@ class OATTokenizer:
 
     # ----- validated Python API -----
     def _check_actions(self, actions) -> tuple[np.ndarray, bool]:
-        x = np.asarray(actions)
-        if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-            raise ValueError(f"actions must be a real-valued numeric array, got dtype {x.dtype}.")
-        if x.ndim not in (2, 3):
-            raise ValueError(f"actions must have shape (B, H, D_a) or (H, D_a) = (..., {self.horizon}, "
-                             f"{self.action_dim}), got {x.shape}.")
-        if x.shape[-1] != self.action_dim:
-            raise ValueError(f"actions have action dim {x.shape[-1]} (last axis of shape {x.shape}) but the "
-                             f"tokenizer expects action_dim={self.action_dim}.")
-        if x.shape[-2] != self.horizon:
-            raise ValueError(f"actions have horizon {x.shape[-2]} (axis -2 of shape {x.shape}) but the tokenizer "
-                             f"expects horizon={self.horizon}; cut or pad the chunk to {self.horizon} steps.")
-        n_nan, n_inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
-        if n_nan or n_inf:
-            raise ValueError(f"actions contain {n_nan} NaN and {n_inf} Inf values; tokenize finite actions only.")
-        unbatched = x.ndim == 2
-        return (x[None] if unbatched else x).astype(np.float32), unbatched
+        return input_checks.check_actions(actions, self.horizon, self.action_dim)
 
     def _check_lengths(self, lengths: Lengths, batch: int, max_len: int) -> np.ndarray:
-        """-> (B,) int32 in 1..max_len, or ValueError."""
-        if lengths is None:
-            return np.full((batch,), max_len, np.int32)
-        arr = np.asarray(lengths)
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"prefix lengths must be integers, got dtype {arr.dtype}.")
-        if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != batch):
-            raise ValueError(f"prefix lengths must be an int or a ({batch},) array, got shape {arr.shape}.")
-        arr = np.broadcast_to(arr, (batch,))
-        if batch and (arr.min() < 1 or arr.max() > max_len):
-            bad = int(arr.min()) if arr.min() < 1 else int(arr.max())
-            limit = (f"the number of tokens given ({max_len})" if max_len < self.num_tokens
-                     else f"N = num_tokens ({self.num_tokens})")
-            raise ValueError(f"prefix length {bad} is out of range: every prefix length must be >= 1 and <= "
-                             f"{limit}.")
-        return arr.astype(np.int32)
+        return input_checks.check_lengths(lengths, batch, max_len, self.num_tokens)
 
     def _check_tokens(self, tokens, lengths: Lengths) -> tuple[np.ndarray, np.ndarray, bool]:
-        """-> (tokens (B, N) int32 padded with 0, lengths (B,) int32, unbatched)."""
-        t = np.asarray(tokens)
-        if not np.issubdtype(t.dtype, np.integer):
-            raise ValueError(f"tokens must be an integer array of token ids, got dtype {t.dtype}.")
-        if t.ndim not in (1, 2):
-            raise ValueError(f"tokens must have shape (B, k) or (k,) with 1 <= k <= {self.num_tokens}, got {t.shape}.")
-        unbatched = t.ndim == 1
-        t = t[None] if unbatched else t
-        k = t.shape[1]
-        if not 1 <= k <= self.num_tokens:
-            raise ValueError(f"prefix length {k} (tokens of shape {np.shape(tokens)}) is out of range: pass between "
-                             f"1 and N = {self.num_tokens} tokens per chunk.")
-        lens = self._check_lengths(lengths, t.shape[0], k)
-        kept = np.arange(k)[None, :] < lens[:, None]
-        bad = kept & ((t < 0) | (t >= self.vocab_size))
-        if bad.any():
-            raise ValueError(f"token ids must be in [0, vocab_size={self.vocab_size}); got {int(bad.sum())} id(s) "
-                             f"outside, e.g. {int(t[bad][0])}.")
-        padded = np.zeros((t.shape[0], self.num_tokens), np.int32)
-        padded[:, :k] = np.where(kept, t, 0)
-        return padded, lens, unbatched
+        return input_checks.check_tokens(tokens, lengths, self.num_tokens, self.vocab_size)
 
     def _check_codes(self, codes) -> tuple[np.ndarray, bool]:
         c = np.asarray(codes)
@@ -271,12 +220,14 @@ class OATTokenizer:
         return checkpoint.save(path, self.config, self.params, self.normalizer, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str) -> "OATTokenizer":
+    def load(cls, path: str, verify: bool = True) -> "OATTokenizer":
         """Loads a tokenizer saved with `save`; `path` may also be a training workdir holding `tokenizer/`.
 
-        Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (config does not match params).
+        verify: check the files against the hashes recorded at save time (False skips it for very large artifacts).
+        Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (a damaged or edited file, named
+        in the message; config does not match params).
         """
-        return cls(*checkpoint.load(path))
+        return cls(*checkpoint.load(path, verify=verify))
 
     def __repr__(self) -> str:
         return (f"OATTokenizer(H={self.horizon}, D_a={self.action_dim}, N={self.num_tokens}, "

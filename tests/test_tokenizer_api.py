@@ -89,7 +89,7 @@ def test_pure_functions_inside_a_user_jit():
 def test_save_load_round_trip_is_bit_identical(tmp_path):
     tok, x = _tok(), _raw_actions(4, seed=3)
     path = tok.save(str(tmp_path / "tok"))
-    assert sorted(os.listdir(path)) == ["config.json", "normalizer.json", "params"]
+    assert sorted(os.listdir(path)) == ["config.json", "integrity.json", "normalizer.json", "params"]
     loaded = OATTokenizer.load(path)
     assert loaded.config == tok.config and loaded.normalizer.to_dict() == tok.normalizer.to_dict()
     for a, b in zip(jax.tree.leaves(tok.params), jax.tree.leaves(loaded.params)):
@@ -127,8 +127,10 @@ def test_load_errors_name_the_problem(tmp_path):
     config["dec_ffn_dim"] = 48
     with open(config_file, "w") as f:
         json.dump(config, f)
-    with pytest.raises(ValueError, match="config does not match.*linear1.*kernel.*shape"):
+    with pytest.raises(ValueError, match="config.json .*truncated or replaced"):  # the integrity check sees it
         OATTokenizer.load(path)
+    with pytest.raises(ValueError, match="config does not match.*linear1.*kernel.*shape"):  # and so does the
+        OATTokenizer.load(path, verify=False)  # check of the config against the params
 
 
 def test_constructor_rejects_mismatched_parts():

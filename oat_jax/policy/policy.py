@@ -17,7 +17,9 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from oat_jax.checkpoint import prepare_directory, restore_params, save_params
+from oat_jax import integrity
+from oat_jax.atomic_dir import atomic_directory
+from oat_jax.checkpoint import restore_params, save_params
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
@@ -116,22 +118,32 @@ class TokenPolicy:
                 "tokenizer_name": self.tokenizer.name}
 
     def save(self, path: str, overwrite: bool = False) -> str:
-        """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path."""
-        path = prepare_directory(path, overwrite)
-        save_params(os.path.join(path, PARAMS_DIR), self.params)
-        self.tokenizer.save(os.path.join(path, TOKENIZER_DIR))
-        with open(os.path.join(path, POLICY_FILE), "w", encoding="utf-8") as f:
-            json.dump(self.metadata(), f, indent=1)
+        """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path.
+
+        overwrite replaces an existing saved policy only; the new directory is swapped in when complete
+        (`oat_jax.atomic_dir`), so a crash leaves the old policy or the new one.
+        """
+        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+        recognise = lambda d: os.path.isfile(os.path.join(d, POLICY_FILE))  # noqa: E731
+        with atomic_directory(path, overwrite, recognise=recognise, what="policy") as tmp:
+            save_params(os.path.join(tmp, PARAMS_DIR), self.params)
+            self.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
+            with open(os.path.join(tmp, POLICY_FILE), "w", encoding="utf-8") as f:
+                json.dump(self.metadata(), f, indent=1)
+            integrity.write_manifest(tmp)
         return path
 
     @classmethod
-    def load(cls, path: str, sampling: SamplingConfig | None = None) -> "TokenPolicy":
+    def load(cls, path: str, sampling: SamplingConfig | None = None, verify: bool = True) -> "TokenPolicy":
         """Loads a saved policy (a policy directory or a training workdir holding `policy/`).
 
         sampling: overrides the saved sampling settings (None keeps them).
+        verify: check every file (tokenizer included) against the hashes recorded at save time.
         Raises FileNotFoundError when no saved policy is there.
         """
         path = resolve_policy_dir(path)
+        if verify:
+            integrity.verify(path, "policy")
         with open(os.path.join(path, POLICY_FILE), encoding="utf-8") as f:
             meta = json.load(f)
         config = PolicyConfig.from_dict(meta["config"])

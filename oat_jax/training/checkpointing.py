@@ -4,7 +4,9 @@
 EMA counter and PRNG key, `config` the run's ConfigDict as JSON and `dataset_stats` the statistics the normalizer was
 fitted on, so a checkpoint is self-describing. Retention: the last `keep_last` checkpoints plus the `keep_best`
 ones with the lowest validation MSE. Incomplete (temporary) step directories left by a killed run are ignored by
-`latest_step` and removed when the manager starts.
+`latest_step` and removed when the manager starts. Once a step is committed, process 0 records the SHA-256 of each
+of its files in `<step>/integrity.json` (`oat_jax.integrity`); `restore` verifies them (a damaged checkpoint is an
+error naming the file, never silently wrong params).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_policy
 
+from oat_jax import integrity
 from oat_jax.pretrained import CHECKPOINT_ITEMS
 
 ITEMS = CHECKPOINT_ITEMS  # ("params", "train_state", "config", "dataset_stats"), read by oat_jax.pretrained too
@@ -48,6 +51,28 @@ class CheckpointStore:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
             read_only=read_only)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+        self._unhashed: list[int] = []  # committed (or committing) steps whose integrity manifest is not written
+
+    def step_dir(self, step: int) -> str:
+        """Directory of the checkpoint of `step`."""
+        return os.path.join(str(self.manager.directory), str(step))
+
+    def _hash_committed(self) -> None:
+        """Writes the integrity manifest of every step saved since the last call (call after the writes finished)."""
+        pending, self._unhashed = self._unhashed, []
+        if jax.process_index() != 0 or "://" in str(self.manager.directory):
+            return
+        for step in pending:
+            path = self.step_dir(step)
+            if os.path.isdir(path) and not integrity.has_manifest(path):
+                integrity.write_manifest(path)
+
+    def verify(self, step: int) -> bool:
+        """Checks the checkpoint of `step` against its integrity manifest (False: it has none, e.g. the run was
+        killed before the manifest was written). Raises integrity.IntegrityError naming a damaged file."""
+        if "://" in str(self.manager.directory):
+            return False
+        return integrity.verify(self.step_dir(step), f"checkpoint of step {step}")
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -79,7 +104,11 @@ class CheckpointStore:
         args = ocp.args.Composite(params=ocp.args.StandardSave(params), train_state=ocp.args.StandardSave(rest),
                                   config=ocp.args.JsonSave(config_json),
                                   dataset_stats=ocp.args.JsonSave(dataset_stats))
+        if self._unhashed:
+            self.manager.wait_until_finished()
+            self._hash_committed()
         self.manager.save(step, args=args, metrics=metrics, force=True)
+        self._unhashed.append(step)
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         """Restores the checkpoint at `step` into the shapes/dtypes/shardings of `abstract_state`.
@@ -89,6 +118,7 @@ class CheckpointStore:
         Returns:
           (TrainState of jax.Arrays, config JSON dict, dataset statistics dict).
         """
+        self.verify(step)
         params = {"params": abstract_state.params, "ema_params": abstract_state.ema_params}
         rest = {"step": abstract_state.step, "opt_state": abstract_state.opt_state,
                 "ema_count": abstract_state.ema_count, "rng": abstract_state.rng}
@@ -100,18 +130,21 @@ class CheckpointStore:
         return state, out.config, out.dataset_stats
 
     def restore_json(self, step: int) -> tuple[dict, dict]:
-        """(config JSON, dataset statistics) of the checkpoint at `step`, without touching any array."""
+        """(config JSON, dataset statistics) of the checkpoint at `step` (verified), without touching any array."""
+        self.verify(step)
         out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
                                                                  dataset_stats=ocp.args.JsonRestore()))
         return out.config, out.dataset_stats
 
     def wait(self) -> None:
-        """Blocks until the pending asynchronous save (if any) is committed."""
+        """Blocks until the pending asynchronous save (if any) is committed, then records its integrity manifest."""
         self.manager.wait_until_finished()
+        self._hash_committed()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's resources."""
+        """Waits for pending saves, records their integrity manifests and releases the manager's resources."""
         self.manager.wait_until_finished()
+        self._hash_committed()
         self.manager.close()
 
 

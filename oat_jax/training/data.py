@@ -42,15 +42,28 @@ def train_statistics(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDi
 
 def load_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, split: str,
                 horizon: int) -> np.ndarray:
-    """Every chunk of `split` in dataset order: (M, H, D_a) float32, raw units (all episodes, any process)."""
+    """Every chunk of `split` in dataset order: (M, H, D_a) float32, raw units (all episodes, any process).
+
+    Raises ValueError naming the dataset, split and episodes when an action is NaN/Inf (held-out episodes are
+    validated like training episodes: a NaN there would make every held-out metric NaN)."""
     ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
                                    repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
                                    split_seed=data_cfg.split_seed, process_index=0, process_count=1,
-                                   drop_remainder=False)
-    parts = [np.asarray(b["actions"], np.float32) for b in ds.as_numpy_iterator()]
+                                   drop_remainder=False, with_episode_ids=True)
+    parts, episodes = [], []
+    for b in ds.as_numpy_iterator():
+        parts.append(np.asarray(b["actions"], np.float32))
+        episodes.append(np.asarray(b["episode_id"]))
     if not parts:
         raise ValueError(f"The {split!r} split of {spec.label} holds no chunks; check config.data.val_fraction.")
-    return np.concatenate(parts)
+    chunks = np.concatenate(parts)
+    bad = ~np.all(np.isfinite(chunks), axis=(1, 2))
+    if bad.any():
+        ids = np.unique(np.concatenate(episodes)[bad])
+        raise ValueError(f"{spec.label} ({spec.path or spec.name}): {len(ids)} episode(s) of the {split!r} split "
+                         f"have NaN/Inf actions (episode ids {ids[:10].tolist()}); fix the source data and re-convert "
+                         f"it, or choose another split with config.data.split_seed / val_fraction.")
+    return chunks
 
 
 def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int) -> np.ndarray:

@@ -62,3 +62,31 @@ def tree_all_finite(tree: Any) -> jax.Array:
     """bool scalar: every floating leaf of `tree` is finite."""
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def close_quietly_on_error(close, what: str) -> None:
+    """Calls `close()`; when an exception is already propagating (`sys.exc_info()`), a failure of `close` is logged
+    as one warning instead of replacing that exception (e.g. a checkpoint that cannot be finalized on a full disk)."""
+    import sys
+    if sys.exc_info()[0] is None:
+        close()
+        return
+    try:
+        close()
+    except Exception as e:  # noqa: BLE001  (the original error is the one to report)
+        logging.warning("Closing the %s failed as well: %s", what, str(e).splitlines()[0] if str(e) else repr(e))
+
+
+def disk_full(exc: BaseException) -> bool:
+    """True if `exc` or an exception in its cause/context chain is a full disk (ENOSPC, or TensorStore's
+    RESOURCE_EXHAUSTED write errors)."""
+    import errno
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(exc) or "RESOURCE_EXHAUSTED: Error writing" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

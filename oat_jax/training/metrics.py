@@ -5,12 +5,17 @@ Only process 0 writes; the others get a writer that does nothing, so callers nee
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 from typing import Any, Mapping
 
 import numpy as np
+
+
+class MetricWriteError(OSError):
+    """Metrics could not be written (disk full, directory gone): the run stops instead of hanging."""
 
 
 def _to_float(value: Any) -> float:
@@ -38,28 +43,49 @@ class MetricWriter:
         self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        """Logs `scalars` (name -> number or 0-d array) at `step`; non-finite values are written as null/NaN."""
+        """Logs `scalars` (name -> number or 0-d array) at `step`; non-finite values are written as null/NaN.
+
+        Raises MetricWriteError (an OSError) when either file cannot be written (e.g. the disk is full), instead of
+        blocking: TensorBoard events go through a background thread, which is checked before each write."""
         if not self.enabled:
             return
         values = {k: _to_float(v) for k, v in scalars.items()}
         record = {"step": int(step)}
         record.update({k: (v if math.isfinite(v) else None) for k, v in values.items()})
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            raise MetricWriteError(e.errno, f"cannot write {self.path} ({e.strerror}); free disk space or choose "
+                                            f"another --workdir, then rerun to resume") from e
+        self._check_tensorboard()
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
 
+    def _check_tensorboard(self) -> None:
+        """Raises MetricWriteError if the TensorBoard writer thread has died (its queue would block forever)."""
+        worker = getattr(getattr(getattr(self._tb, "file_writer", None), "event_writer", None), "_worker", None)
+        if worker is not None and not worker.is_alive():
+            raise MetricWriteError(errno.EIO, f"the TensorBoard writer of {self._tb.logdir} stopped (a write failed, "
+                                              f"e.g. the disk is full); free disk space, then rerun to resume")
+
     def flush(self) -> None:
-        """Pushes buffered TensorBoard events to disk."""
+        """Pushes buffered TensorBoard events to disk (MetricWriteError if the TensorBoard writer has died)."""
         if self.enabled:
+            self._check_tensorboard()
             self._tb.flush()
 
     def close(self) -> None:
         """Flushes and closes both files."""
         if self.enabled:
-            self._tb.close()
-            self._jsonl.close()
             self.enabled = False
+            try:
+                self._check_tensorboard()
+                self._tb.close()
+            except MetricWriteError:  # its thread is gone: closing would wait on it forever; events are lost
+                pass
+            finally:
+                self._jsonl.close()
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -36,7 +36,7 @@ from oat_jax.training import policy_data
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.data import padded_batches
 from oat_jax.training.export import CHECKPOINT_DIR
-from oat_jax.training.faults import NonFiniteLossError
+from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error
 from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
@@ -248,5 +248,5 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
                            "train_pairs": len(train_arrays["tokens"])}, f, indent=1)
         return metrics
     finally:
-        ckpt.close()
-        writer.close()
+        close_quietly_on_error(ckpt.close, "checkpoint manager")
+        close_quietly_on_error(writer.close, "metric writer")

@@ -26,7 +26,7 @@ from oat_jax.tokenizer import OATTokenizer
 from oat_jax.training import data, evaluation, plots
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.export import CHECKPOINT_DIR, TOKENIZER_DIR, export_in_subprocess, save_tokenizer
-from oat_jax.training.faults import NonFiniteLossError, tree_all_finite
+from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, tree_all_finite
 from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
@@ -75,7 +75,15 @@ class _Run:
         if latest is None:
             self.state = jax.jit(init_fn, out_shardings=self.state_sharding)()
         else:
-            self.state, _, _ = self.ckpt.restore(latest, abstract_like(abstract, self.state_sharding))
+            try:
+                self.state, _, _ = self.ckpt.restore(latest, abstract_like(abstract, self.state_sharding))
+            except (ValueError, TypeError, KeyError) as e:
+                changed = config_changes(saved_config, config_json(config))
+                raise ValueError(
+                    f"Cannot resume from the checkpoint of step {latest} in {self.ckpt.manager.directory}: it does not "
+                    f"fit the current config" + (f" (changed since it was saved: {changed})" if changed else "") +
+                    f". Resume with the saved values, or start a new run with another --workdir. "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
             logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
         self.train_step = jax.jit(
             make_train_step(self.model, self.tx, self.schedule, self.normalizer, config.ema,
@@ -132,9 +140,16 @@ class _Run:
         bar.update(step, loss=logged[-1][1]["loss"], steps_per_sec=rate)
 
     def evaluate_and_log(self, step: int, bar: Progress) -> dict[str, float]:
-        """Evaluates the EMA params, logs the metrics at `step` and returns them."""
+        """Evaluates the EMA params, logs the metrics at `step` and returns them; raises NonFiniteLossError when a
+        held-out MSE is NaN/Inf (such a step is never checkpointed, so never 'best')."""
         metrics = self.evaluate(self.state.ema_params)
         self.writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        bad = sorted(k for k, v in metrics.items() if "mse" in k and not np.isfinite(v))
+        if bad:
+            self.writer.flush()
+            raise NonFiniteLossError(f"Held-out metrics {bad[:4]} are NaN/Inf at step {step}: stopping without a "
+                                     f"checkpoint of this step. Check the evaluation data (config.data.path / "
+                                     f"config.data.eval_datasets) for non-finite actions.")
         n = self.model_config.num_tokens
         extra = "".join(f"; {label} k=1 {metrics[f'{label}/mse_norm/k1']:.4f}, k={n} "
                         f"{metrics[f'{label}/mse_norm/k{n}']:.4f}" for label in self.extra_eval_chunks)
@@ -186,6 +201,22 @@ class _Run:
         plots.plot_reconstructions(chunks, decodes, os.path.join(self.workdir, "reconstructions.png"))
 
 
+def config_changes(saved: dict, current: dict, limit: int = 8) -> str:
+    """'model.enc_width: 96 -> 128, ...' for the leaves that differ between two config JSON dicts ('' if none)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+    a, b = flat(saved), flat(current)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    text = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return text + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains an OAT tokenizer following `config` in `workdir` (resuming from its latest complete checkpoint).
 
@@ -218,5 +249,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run.export(metrics)
         return metrics
     finally:
-        run.ckpt.close()
-        run.writer.close()
+        close_quietly_on_error(run.ckpt.close, "checkpoint manager")
+        close_quietly_on_error(run.writer.close, "metric writer")

@@ -1,0 +1,39 @@
+"""Fault injection, training checkpoints: every committed step carries an integrity manifest; a flipped bit in a
+step's files stops a resume (and load_pretrained) with an error naming the file."""
+
+import os
+
+import pytest
+
+import train_helpers
+from oat_jax import integrity, load_pretrained
+from oat_jax.training import trainer
+from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
+
+
+def _data_files(step_dir):
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
+                  if f != integrity.MANIFEST_FILE and os.sep + "params" + os.sep in os.path.join(d, f))
+
+
+def test_damaged_checkpoint_stops_resume_and_load_naming_the_file(tmp_path, tiny_dataset,  # noqa: F811
+                                                                 compilation_cache):  # noqa: F811
+    workdir = str(tmp_path / "run")
+    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)  # steps 2 and 4
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert steps == [2, 4]
+    for step in steps:  # committed steps carry a manifest that still matches after the run closed
+        step_dir = os.path.join(workdir, "checkpoints", str(step))
+        assert integrity.verify(step_dir)
+    load_pretrained(workdir, step=4)
+    target = max(_data_files(os.path.join(workdir, "checkpoints", "4")), key=os.path.getsize)
+    data = bytearray(open(target, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(target, "wb").write(bytes(data))
+    with pytest.raises(integrity.IntegrityError) as e:
+        load_pretrained(workdir, step=4)
+    assert target in str(e.value)
+    more = train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 8})
+    with pytest.raises(integrity.IntegrityError) as e:
+        trainer.train_and_evaluate(more, workdir)
+    assert target in str(e.value)

@@ -1,0 +1,65 @@
+"""Fault injection, inputs: values that are not finite in float32 are refused after the cast, bfloat16 works, and
+exported artifacts validate their inputs like OATTokenizer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from oat_jax import OATTokenizer
+from oat_jax.config import OATConfig
+from oat_jax.serialization import ExportedTokenizer, export_tokenizer
+
+CONFIG = OATConfig(action_dim=2, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
+                   dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return OATTokenizer.init(CONFIG, jax.random.PRNGKey(0))
+
+
+@pytest.fixture(scope="module")
+def exported(tok, tmp_path_factory):
+    return ExportedTokenizer(export_tokenizer(tok, str(tmp_path_factory.mktemp("exp")), batch_sizes=(2,)))
+
+
+def _actions(dtype=np.float64):
+    return np.random.default_rng(0).uniform(-1, 1, (2, 8, 2)).astype(dtype)
+
+
+def test_float64_beyond_float32_range_is_refused_not_zeroed(tok, exported):
+    x = _actions()
+    x[1, 3, 0] = 1e300
+    for t in (tok, exported):
+        with pytest.raises(ValueError, match=r"1 of them finite float64 values beyond float32's range"):
+            t.tokenize(x)
+
+
+def test_bfloat16_actions_tokenize_like_their_float32_values(tok, exported):
+    x = jnp.asarray(_actions(np.float32), jnp.bfloat16)
+    expected = tok.tokenize(np.asarray(x.astype(jnp.float32)))
+    np.testing.assert_array_equal(tok.tokenize(x), expected)
+    np.testing.assert_array_equal(exported.tokenize(x), expected)
+
+
+@pytest.mark.parametrize("lengths,match", [(0, "out of range"), (-1, "out of range"), (9, "out of range"),
+                                           (np.array([2.7, 1.0]), "must be integers")])
+def test_exported_detokenize_rejects_bad_lengths(exported, lengths, match):
+    tokens = np.zeros((2, 4), np.int32)
+    with pytest.raises(ValueError, match=match):
+        exported.detokenize(tokens, lengths)
+
+
+def test_exported_rejects_nan_chunks_and_bad_ids_like_the_tokenizer(tok, exported):
+    x = _actions(np.float32)
+    x[0, 0, 0] = np.nan
+    for t in (tok, exported):
+        with pytest.raises(ValueError, match="1 NaN"):
+            t.tokenize(x)
+    bad = np.array([[0, 1, 2, tok.vocab_size], [0, 0, 0, 0]], np.int32)
+    for t in (tok, exported):
+        with pytest.raises(ValueError, match="token ids must be in"):
+            t.detokenize(bad)
+    good = np.array([[5, 1, 2, 3], [0, 0, 0, 0]], np.int32)
+    np.testing.assert_allclose(exported.detokenize(good[:, :2]), tok.detokenize(good[:, :2]), atol=1e-5)

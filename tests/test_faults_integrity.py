@@ -1,0 +1,123 @@
+"""Fault injection, saved artifacts: a flipped bit in any saved file, an edited config.json or a truncated file is a
+clear error naming the file; verify=False and artifacts saved before manifests still load."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from oat_jax import OATTokenizer, integrity
+from oat_jax.config import OATConfig
+from oat_jax.normalizer import ActionNormalizer
+
+CONFIG = OATConfig(action_dim=2, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
+                   dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tok") / "tok")
+    OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), ActionNormalizer.identity(2)).save(path)
+    return path
+
+
+def _copy(saved, tmp_path):
+    dst = str(tmp_path / "copy")
+    shutil.copytree(saved, dst)
+    return dst
+
+
+def _saved_files(path):
+    return sorted(os.path.relpath(os.path.join(d, f), path) for d, _, fs in os.walk(path) for f in fs
+                  if f != integrity.MANIFEST_FILE)
+
+
+def test_every_saved_file_is_covered(saved):
+    with open(os.path.join(saved, integrity.MANIFEST_FILE)) as f:
+        listed = set(json.load(f)["sha256"])
+    files = _saved_files(saved)
+    assert set(f.replace(os.sep, "/") for f in files) == listed
+    assert any(f.startswith("params") for f in files) and "config.json" in files and "normalizer.json" in files
+
+
+def test_a_flipped_bit_in_any_file_is_an_error_naming_it(saved, tmp_path):
+    for i, rel in enumerate(_saved_files(saved)):
+        copy = _copy(saved, tmp_path / str(i))
+        file = os.path.join(copy, rel)
+        data = bytearray(open(file, "rb").read())
+        data[len(data) // 2] ^= 0x01
+        open(file, "wb").write(bytes(data))
+        with pytest.raises(integrity.IntegrityError, match="does not match the SHA-256") as e:
+            OATTokenizer.load(copy)
+        assert file in str(e.value), rel
+
+
+@pytest.mark.parametrize("field,value", [("horizon", 16), ("levels", [4, 3, 4]), ("causal_registers", False),
+                                         ("dtype", "bfloat16")])
+def test_an_edited_config_field_is_an_error_naming_config_json(saved, tmp_path, field, value):
+    copy = _copy(saved, tmp_path)
+    path = os.path.join(copy, "config.json")
+    config = json.load(open(path))
+    config[field] = value
+    json.dump(config, open(path, "w"), indent=1)
+    with pytest.raises(integrity.IntegrityError, match="config.json"):
+        OATTokenizer.load(copy)
+
+
+def test_a_truncated_or_missing_file_is_an_error_naming_it(saved, tmp_path):
+    copy = _copy(saved, tmp_path / "t")
+    biggest = max(_saved_files(copy), key=lambda r: os.path.getsize(os.path.join(copy, r)))
+    file = os.path.join(copy, biggest)
+    size = os.path.getsize(file)
+    with open(file, "r+b") as f:
+        f.truncate(size // 2)
+    with pytest.raises(integrity.IntegrityError, match="truncated") as e:
+        OATTokenizer.load(copy)
+    assert file in str(e.value)
+    copy = _copy(saved, tmp_path / "m")
+    os.remove(os.path.join(copy, "normalizer.json"))
+    with pytest.raises(FileNotFoundError, match="normalizer.json"):
+        OATTokenizer.load(copy)
+
+
+def test_verify_false_and_artifacts_without_a_manifest_still_load(saved, tmp_path):
+    reference = OATTokenizer.load(saved)
+    copy = _copy(saved, tmp_path)
+    path = os.path.join(copy, "config.json")
+    json.dump(json.load(open(path)), open(path, "w"), indent=4)  # same content, other bytes
+    with pytest.raises(integrity.IntegrityError):
+        OATTokenizer.load(copy)
+    x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 2)).astype(np.float32)
+    np.testing.assert_array_equal(OATTokenizer.load(copy, verify=False).tokenize(x), reference.tokenize(x))
+    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))  # as saved by an older version
+    np.testing.assert_array_equal(OATTokenizer.load(copy).tokenize(x), reference.tokenize(x))
+
+
+def test_a_damaged_policy_file_is_an_error_naming_it(tmp_path):
+    from oat_jax.policy.policy import TokenPolicy
+    from policy_helpers import save_tiny_oat, tiny_policy
+
+    saved = tiny_policy(save_tiny_oat(str(tmp_path / "tok"))).save(str(tmp_path / "policy"))
+    TokenPolicy.load(saved)
+    file = os.path.join(saved, "policy.json")
+    meta = json.load(open(file))
+    meta["n_action_steps"] = 3
+    json.dump(meta, open(file, "w"), indent=1)
+    with pytest.raises(integrity.IntegrityError, match="policy.json"):
+        TokenPolicy.load(saved)
+    assert TokenPolicy.load(saved, verify=False).n_action_steps == 3
+
+
+@pytest.mark.parametrize("name,content", [("config.json", '{"horizon": 8, "levels": [4, 3'),
+                                          ("normalizer.json", '{"mode": "limits", "scale": ["a", "b"], '
+                                                              '"offset": [0, 0], "stats": {}}')])
+def test_damaged_json_without_verification_is_an_error_naming_the_file(saved, tmp_path, name, content):
+    copy = _copy(saved, tmp_path)
+    with open(os.path.join(copy, name), "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=f"{name} is damaged") as e:
+        OATTokenizer.load(copy, verify=False)
+    assert os.path.join(copy, name) in str(e.value)

@@ -1,0 +1,66 @@
+"""Fault injection, evaluation data: a NaN action in a held-out episode is a clear error before training, and a
+non-finite held-out metric stops the run without a checkpoint of that step (so it is never the 'best')."""
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+
+import train_helpers
+from data_pipelines import rlds_writer, splits
+from oat_jax.training import trainer
+from oat_jax.training.faults import NonFiniteLossError
+from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
+
+
+def _dataset_with_nan_in_a_val_episode(directory, monkeypatch):
+    val_ids = splits.split_episode_ids(train_helpers.NUM_EPISODES, "val", 0.1, 0)
+    rng = np.random.default_rng(1)
+    episodes = []
+    for i in range(train_helpers.NUM_EPISODES):
+        action = rng.uniform(-1, 1, (train_helpers.EPISODE_LEN, 3)).astype(np.float32)
+        if i == int(val_ids[0]):
+            action[5, 1] = np.nan  # a dataset written elsewhere can carry one
+        episodes.append(rlds_writer.Episode(source=f"episode {i}", action=action,
+                                            observation={"state": np.zeros_like(action)}, language="", extras={},
+                                            metadata={}))
+    real = rlds_writer.validate_episode  # the writer refuses NaN: validate a NaN-free copy instead
+    monkeypatch.setattr(rlds_writer, "validate_episode", lambda episode, reference=None: real(
+        dataclasses.replace(episode, action=np.nan_to_num(episode.action)), reference))
+    path = rlds_writer.write_rlds(episodes, os.path.join(directory, "nan_val"), name="nan_val")
+    monkeypatch.undo()
+    return path, int(val_ids[0])
+
+
+def test_nan_in_a_validation_episode_is_an_error_naming_it(tmp_path, monkeypatch, compilation_cache):  # noqa: F811
+    path, episode = _dataset_with_nan_in_a_val_episode(str(tmp_path), monkeypatch)
+    config = train_helpers.tiny_config(path, **{"data.val_fraction": 0.1, "data.split_seed": 0})
+    workdir = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=rf"'val' split have NaN/Inf actions \(episode ids \[{episode}\]\)"):
+        trainer.train_and_evaluate(config, workdir)
+    assert not os.path.exists(os.path.join(workdir, "checkpoints")) or not any(
+        d.isdigit() for d in os.listdir(os.path.join(workdir, "checkpoints")))
+
+
+def test_non_finite_held_out_metric_stops_without_a_best_checkpoint(tmp_path, monkeypatch, tiny_dataset,  # noqa: F811
+                                                                    compilation_cache):  # noqa: F811
+    real = trainer._Run.evaluate
+    calls = []
+
+    def evaluate(self, params):
+        metrics = real(self, params)
+        calls.append(1)
+        if len(calls) >= 2:  # the second evaluation goes NaN
+            metrics = {k: (float("nan") if "mse" in k else v) for k, v in metrics.items()}
+        return metrics
+
+    monkeypatch.setattr(trainer._Run, "evaluate", evaluate)
+    config = train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 8, "train.eval_every": 2,
+                                                        "checkpoint.every": 2})
+    workdir = str(tmp_path / "run")
+    with pytest.raises(NonFiniteLossError, match="NaN/Inf at step 4"):
+        trainer.train_and_evaluate(config, workdir)
+    steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+    assert 4 not in steps and max(steps) <= 2
+    assert not os.path.exists(os.path.join(workdir, "final_metrics.json"))
