@@ -126,10 +126,12 @@ def validate_episode(episode: Episode, reference: dict | None = None) -> dict:
 
 def episode_features(episode: Episode) -> tfds.features.FeaturesDict:
     """RLDS features of a dataset whose episodes look like `episode`."""
+    # An empty `observation` FeaturesDict cannot be decoded by TFDS: action-only sources have no such feature.
+    observation = ({"observation": tfds.features.FeaturesDict(
+        {k: _step_feature(np.asarray(v)) for k, v in episode.observation.items()})} if episode.observation else {})
     steps = {
         "action": tfds.features.Tensor(shape=episode.action.shape[1:], dtype=np.float32),
-        "observation": tfds.features.FeaturesDict(
-            {k: _step_feature(np.asarray(v)) for k, v in episode.observation.items()}),
+        **observation,
         "is_first": tfds.features.Scalar(dtype=np.bool_),
         "is_last": tfds.features.Scalar(dtype=np.bool_),
         "is_terminal": tfds.features.Scalar(dtype=np.bool_),
@@ -148,7 +150,9 @@ def _example(episode: Episode) -> dict:
     action = cast(episode.action)
     observation = {k: np.asarray(v) if _is_image(np.asarray(v)) else cast(v) for k, v in episode.observation.items()}
     extras = {k: np.asarray(v) if _is_image(np.asarray(v)) else cast(v) for k, v in episode.extras.items()}
-    steps = [{"action": action[t], "observation": {k: v[t] for k, v in observation.items()},
+    obs_steps = [{"observation": {k: v[t] for k, v in observation.items()}} if observation else {}
+                 for t in range(num_steps)]
+    steps = [{"action": action[t], **obs_steps[t],
               "is_first": t == 0, "is_last": t == num_steps - 1, "is_terminal": t == num_steps - 1,
               "language_instruction": episode.language, **{k: v[t] for k, v in extras.items()}}
              for t in range(num_steps)]

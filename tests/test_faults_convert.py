@@ -78,3 +78,24 @@ def test_temporary_directories_of_killed_conversions_are_cleaned(tmp_path):
     convert.convert("npz", source, str(tmp_path / "rlds"))
     assert not stale.exists() and live.exists()
     assert np.isin(["rlds", "demos"], os.listdir(tmp_path)).all()
+
+
+@pytest.mark.parametrize("layout", ["npz_dir", "npz_file"])
+def test_action_only_sources_read_back_with_plain_tfds_and_the_loader(tmp_path, layout):
+    from data_pipelines import loader
+
+    episodes = [{"action": e["action"], "state": e["state"]} for e in make_episodes(seed=6)]
+    only_actions = [{"action": e["action"]} for e in episodes]
+    if layout == "npz_dir":
+        source = write_npz_dir(str(tmp_path / "demos"), only_actions)
+    else:
+        source = str(tmp_path / "demos.npz")
+        np.savez(source, episode_ends=np.cumsum([len(e["action"]) for e in episodes]),
+                 action=np.concatenate([e["action"] for e in episodes]))
+    out = convert.convert("npz", source, str(tmp_path / "rlds"))
+    builder = tfds.builder_from_directory(out)
+    steps = [len(list(ep["steps"])) for ep in builder.as_dataset(split="train")]
+    assert steps == [len(e["action"]) for e in episodes]
+    ds = loader.make_chunk_dataset(loader.DatasetSpec(path=out), split="all", horizon=4, batch_size=4,
+                                   shuffle=False, repeat=False, drop_remainder=False)
+    assert sum(b["actions"].shape[0] for b in ds.as_numpy_iterator()) == sum(steps)
