@@ -10,8 +10,9 @@ include the normalizer, so they work in raw action units:
     detokenize(params, tokens (B, N) int32, lengths (B,) int32 in 1..N) -> actions (B, H, D_a) float32
 
 `ExportedTokenizer(directory)` loads them with jax and numpy alone: this module imports nothing else (not flax,
-not the rest of oat_jax) but its sibling `input_checks.py` (numpy only; the same input validation as
-`OATTokenizer`), so a serving process can load these two files on their own.
+not the rest of oat_jax) but its siblings `input_checks.py` (numpy only; the same input validation as
+`OATTokenizer`) and `integrity.py` (standard library; the export's file hashes), so a serving process can load
+these three files on their own.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ import numpy as np
 from jax import export as jax_export
 
 if __package__:  # imported as oat_jax.serialization
-    from oat_jax import input_checks
-else:  # loaded as a standalone file (the jax + numpy runtime): its sibling input_checks.py, also numpy only
+    from oat_jax import input_checks, integrity
+else:  # loaded as a standalone file (the jax + numpy runtime): its siblings, numpy / standard library only
     import importlib.util as _importlib_util
 
-    _spec = _importlib_util.spec_from_file_location(
-        "standalone_input_checks", os.path.join(os.path.dirname(os.path.abspath(__file__)), "input_checks.py"))
-    input_checks = _importlib_util.module_from_spec(_spec)
-    _spec.loader.exec_module(input_checks)
+    def _sibling(name: str):
+        spec = _importlib_util.spec_from_file_location(
+            f"standalone_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
+        module = _importlib_util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    input_checks, integrity = _sibling("input_checks"), _sibling("integrity")
 
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
@@ -77,18 +82,26 @@ def export_tokenizer(tokenizer, directory: str, batch_sizes: Sequence[int] = (1,
       batch_sizes: the batch sizes B to export (one pair of artifacts each).
       platforms: lowering platforms, e.g. ("cpu", "cuda") for one artifact that runs on both; None = the
         current default backend.
-      overwrite: replace files in an existing non-empty directory.
+      overwrite: replace an existing export (any other non-empty directory is refused, never deleted).
     Returns:
-      The directory's absolute path.
+      The directory's absolute path. The directory is written beside its target and swapped in when complete, with
+      an integrity manifest (`integrity.json`) that `ExportedTokenizer` verifies.
     """
     batch_sizes = sorted({int(b) for b in batch_sizes})
     if not batch_sizes or batch_sizes[0] < 1:
         raise ValueError(f"batch_sizes must be positive ints, got {batch_sizes}.")
     platforms = tuple(platforms) if platforms else (jax.default_backend(),)
     directory = os.path.abspath(os.path.expanduser(directory))
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory!r} is not empty; pass overwrite=True to replace its artifacts.")
-    os.makedirs(directory, exist_ok=True)
+    from oat_jax.atomic_dir import atomic_directory  # package-only (writing needs the library anyway)
+    recognise = lambda d: os.path.isfile(os.path.join(d, MANIFEST_FILE))  # noqa: E731
+    with atomic_directory(directory, overwrite, recognise=recognise, what="exported tokenizer") as tmp:
+        _write_artifacts(tokenizer, tmp, batch_sizes, platforms)
+        integrity.write_manifest(tmp)
+    return directory
+
+
+def _write_artifacts(tokenizer, directory: str, batch_sizes: list[int], platforms: tuple[str, ...]) -> None:
+    """Writes the artifacts, params and manifest of `export_tokenizer` into the (empty) `directory`."""
     c = tokenizer.config
     params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), tokenizer.params)
     params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
@@ -112,7 +125,6 @@ def export_tokenizer(tokenizer, directory: str, batch_sizes: Sequence[int] = (1,
                 "config": c.to_dict(), "normalizer": tokenizer.normalizer.to_dict()}
     with open(os.path.join(directory, MANIFEST_FILE), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
-    return directory
 
 
 class ExportedTokenizer:
@@ -128,12 +140,14 @@ class ExportedTokenizer:
       manifest: the parsed manifest.json.
     """
 
-    def __init__(self, directory: str, device: Any = None):
+    def __init__(self, directory: str, device: Any = None, verify: bool = True):
         self.directory = os.path.abspath(os.path.expanduser(directory))
         path = os.path.join(self.directory, MANIFEST_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(f"No {MANIFEST_FILE} in {self.directory!r}; write artifacts with "
                                     f"oat_jax.serialization.export_tokenizer.")
+        if verify:  # every file against the hashes recorded at export (exports made before them: unverified)
+            integrity.verify(self.directory, "exported tokenizer")
         with open(path, encoding="utf-8") as f:
             self.manifest = json.load(f)
         if self.manifest.get("format_version") != FORMAT_VERSION:

@@ -121,3 +121,28 @@ def test_damaged_json_without_verification_is_an_error_naming_the_file(saved, tm
     with pytest.raises(ValueError, match=f"{name} is damaged") as e:
         OATTokenizer.load(copy, verify=False)
     assert os.path.join(copy, name) in str(e.value)
+
+
+def test_damaged_exported_and_bin_artifacts_are_errors_naming_the_file(tmp_path):
+    from oat_jax.action_tokenizers.registry import fit_action_tokenizer, load_action_tokenizer
+    from oat_jax.serialization import ExportedTokenizer, export_tokenizer
+
+    tok = OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), ActionNormalizer.identity(2))
+    exported = export_tokenizer(tok, str(tmp_path / "export"), batch_sizes=(1,))
+    ExportedTokenizer(exported)
+    params = os.path.join(exported, "params.npz")
+    data = bytearray(open(params, "rb").read())
+    data[len(data) // 2] ^= 0x04
+    open(params, "wb").write(bytes(data))
+    with pytest.raises(integrity.IntegrityError) as e:
+        ExportedTokenizer(exported)
+    assert params in str(e.value)
+    chunks = np.random.default_rng(0).uniform(-1, 1, (64, 8, 2)).astype(np.float32)
+    path = fit_action_tokenizer("bin", chunks).save(str(tmp_path / "bin"))
+    load_action_tokenizer(path)
+    file = os.path.join(path, "action_tokenizer.json")
+    content = json.load(open(file))
+    content["num_bins"] = 128
+    json.dump(content, open(file, "w"))
+    with pytest.raises(integrity.IntegrityError, match="action_tokenizer.json"):
+        load_action_tokenizer(path)

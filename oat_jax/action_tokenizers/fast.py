@@ -217,10 +217,7 @@ class FASTActionTokenizer:
 
     def save(self, path: str) -> str:
         """Writes `path/action_tokenizer.json` and `path/bpe.json`; returns the absolute directory path."""
-        path = write_tokenizer_json(path, self.to_dict())
-        with open(os.path.join(path, BPE_FILE), "w") as f:
-            f.write(self.bpe.to_str())
-        return path
+        return write_tokenizer_json(path, self.to_dict(), files={BPE_FILE: self.bpe.to_str()})
 
     @classmethod
     def load(cls, path: str) -> "FASTActionTokenizer":

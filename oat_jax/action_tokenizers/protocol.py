@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+
+from oat_jax import integrity
 
 PAD_ID = -1  # fill value of `tokens` past each example's length.
 TOKENIZER_FILE = "action_tokenizer.json"  # {"type": "oat" | "bin" | "fast", ...} in every saved tokenizer dir.
@@ -145,21 +147,27 @@ def nan_chunks(batch: int, horizon: int, action_dim: int) -> np.ndarray:
     return np.full((batch, horizon, action_dim), np.nan, np.float32)
 
 
-def write_tokenizer_json(path: str, description: dict[str, Any]) -> str:
-    """Writes `description` (with a "type" key) to `path/action_tokenizer.json`, creating `path`; returns the
+def write_tokenizer_json(path: str, description: dict[str, Any], files: Mapping[str, str] | None = None) -> str:
+    """Writes `description` (with a "type" key) to `path/action_tokenizer.json` and the text `files` (name ->
+    content) beside it, creating `path`, then the directory's integrity manifest (`oat_jax.integrity`); returns the
     absolute directory path."""
     path = os.path.abspath(os.fspath(path))
     os.makedirs(path, exist_ok=True)
+    for name, text in (files or {}).items():
+        with open(os.path.join(path, name), "w") as f:
+            f.write(text)
     with open(os.path.join(path, TOKENIZER_FILE), "w") as f:
         json.dump(description, f, indent=1)
+    integrity.write_manifest(path)
     return path
 
 
 def read_tokenizer_json(path: str, expected_type: str | None = None) -> dict[str, Any] | None:
     """The dict in `path/action_tokenizer.json`, or None when `path` has no such file.
 
-    Raises (only when `expected_type` is given): FileNotFoundError if the file is missing, ValueError if it names
-    another type.
+    The directory's files are first checked against its integrity manifest (integrity.IntegrityError, a
+    ValueError naming a damaged file). Raises (only when `expected_type` is given): FileNotFoundError if the file is
+    missing, ValueError if it names another type.
     """
     file = os.path.join(os.fspath(path), TOKENIZER_FILE)
     if not os.path.exists(file):
@@ -167,8 +175,12 @@ def read_tokenizer_json(path: str, expected_type: str | None = None) -> dict[str
             raise FileNotFoundError(f"No {TOKENIZER_FILE} in {path}: not a saved {expected_type!r} tokenizer; write "
                                     f"one with .save(path).")
         return None
-    with open(file) as f:
-        description = json.load(f)
+    integrity.verify(os.fspath(path), "action tokenizer")
+    try:
+        with open(file) as f:
+            description = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); save the tokenizer again.") from e
     if expected_type is not None and description.get("type") != expected_type:
         raise ValueError(f"{file} describes a {description.get('type')!r} tokenizer, not {expected_type!r}; load it "
                          f"with oat_jax.action_tokenizers.load_action_tokenizer.")
