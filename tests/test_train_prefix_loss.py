@@ -187,3 +187,18 @@ def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
     assert probs[-1] == probs.max() and augment.is_active(default.augment)
     oatx = oat_configs.get_config("oatx")
     assert oatx.model.nested_dropout == "none" and oatx.augment.to_dict() == default.augment.to_dict()
+
+
+def test_paper_variant_needs_a_dataset_and_accepts_either_documented_form():
+    from experiments.configs import oat as oat_configs
+    from oat_jax.training.data import dataset_spec
+
+    paper = oat_configs.get_config("paper")
+    with pytest.raises(ValueError, match="needs a dataset: add --config.data.path"):
+        dataset_spec(paper.data)
+    paper.data.update(name="libero_10", data_dir="/data/tfds")  # the documented name form
+    spec = dataset_spec(paper.data)
+    assert (spec.name, spec.data_dir) == ("libero_10", "/data/tfds")
+    paper.data.update(name="", path="/data/rlds/libero_10")  # the documented path form
+    assert dataset_spec(paper.data).path == "/data/rlds/libero_10"
+    assert dataset_spec(oat_configs.get_config("").data).path  # the default: the embedded dataset

@@ -8,8 +8,8 @@ Variants are chosen by the config argument (comma-separated keywords, combinable
   --config=experiments/configs/oat.py:quest       QueST-style baseline: causal conv + causal transformer encoder
       (model.encoder='conv'), FSQ, the same decoder, no nested dropout; same budget as the default
   --config=experiments/configs/oat.py:paper       the paper's model and reference hyperparameters (batch 256 per
-      GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); the dataset is a
-      placeholder: add --config.data.name=libero_10 --config.data.data_dir=/path/to/tfds (or --config.data.path)
+      GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); it needs a dataset:
+      add --config.data.path=/path/to/rlds_builder_dir, or --config.data.name=libero_10 --config.data.data_dir=DIR
   --config=experiments/configs/oat.py:paper,oatx  the paper's OAT x
   --config=experiments/configs/oat.py:fsdp        shard params and optimizer state over all devices (FSDP)
   --config=experiments/configs/oat.py:runlocal    tiny model, a few steps (smoke test, seconds)
@@ -55,6 +55,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
     config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    config.data.allow_embedded = True  # path and name both '' = the embedded dataset (False: an error asks for one).
     config.data.data_dir = ""  # TFDS data_dir for `name`.
     config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).
     config.data.split_seed = 0  # seed of the episode split.
@@ -137,7 +138,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.plots.prefix_lengths = (1, 2, 4, 8)  # k values drawn in reconstructions.png.
 
     if "paper" in variants:
-        config.data.path = "/path/to/rlds_dataset"  # placeholder: set path, or name + data_dir.
+        config.data.allow_embedded = False  # the paper recipe needs a dataset: set path, or name + data_dir.
         config.model = _model(dtype="bfloat16")  # reference model and pow2 nested dropout
         config.loss.update(prefix_samples=1, full_length_weight=0.0, full_end=-1.0)
         config.augment.update(flip_prob=0.0, reverse_prob=0.0, splice_prob=0.0)

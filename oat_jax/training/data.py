@@ -29,6 +29,9 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     """`loader.DatasetSpec` for `config.data` (path, or name + data_dir; neither = the embedded Meta-World)."""
     if data_cfg.path and data_cfg.name:
         raise ValueError("config.data: set either path (a builder directory) or name (+ data_dir), not both.")
+    if not (data_cfg.path or data_cfg.name or data_cfg.get("allow_embedded", True)):
+        raise ValueError("This config needs a dataset: add --config.data.path=RLDS_BUILDER_DIR, or "
+                         "--config.data.name=NAME --config.data.data_dir=TFDS_DATA_DIR.")
     if data_cfg.name:
         return loader.DatasetSpec(name=data_cfg.name, data_dir=data_cfg.data_dir or None)
     return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR)
