@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+import re
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -69,7 +71,38 @@ def _open_builder(path: Optional[str], name: Optional[str], data_dir: Optional[s
                 "the version folder (e.g. .../my_dataset/1.0.0) or convert your data with "
                 "`python -m data_pipelines.convert`.")
         return tfds.builder_from_directory(path)
-    return tfds.builder(name, data_dir=data_dir)
+    return tfds.builder_from_directory(local_builder_dir(name, data_dir))
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in version.split("."))
+
+
+def local_builder_dir(name: str, data_dir: Optional[str]) -> str:
+    """The builder directory `<data_dir>/<name>/<version>` of a TFDS name ("name" = its newest prepared version,
+    or "name:1.0.0"). Datasets are read from there only, never looked up or downloaded over the network (TFDS's
+    registered builders of the same name would fetch their metadata from the internet).
+
+    Raises FileNotFoundError naming the directory it looked in and the flags to set.
+    """
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    base, _, version = name.partition(":")
+    root = tf.io.gfile.join(data_dir, base)
+    if version:
+        candidates = [version]
+    else:
+        entries = tf.io.gfile.listdir(root) if tf.io.gfile.isdir(root) else []
+        candidates = sorted((e.rstrip("/") for e in entries if re.fullmatch(r"\d+\.\d+\.\d+/?", e)),
+                            key=_version_key, reverse=True)
+    for candidate in candidates:
+        path = tf.io.gfile.join(root, candidate)
+        if tf.io.gfile.exists(tf.io.gfile.join(path, "dataset_info.json")):
+            return path
+    looked = tf.io.gfile.join(root, version or "<version>")
+    raise FileNotFoundError(
+        f"Dataset {name!r}: no prepared builder directory at {looked} (with dataset_info.json). Datasets are read "
+        f"offline only: put the prepared dataset there (--config.data.data_dir={data_dir}), or point "
+        f"--config.data.path at its version folder.")
 
 
 def open_builder(spec: DatasetSpec) -> tfds.core.DatasetBuilder:
