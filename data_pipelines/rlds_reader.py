@@ -32,6 +32,10 @@ class DatasetSpec:
     weight: float = 1.0  # sampling weight of this dataset in a mixture (normalised over the mixture)
     source_split: str = "train"  # TFDS split holding the episodes; train/val are carved from it by episode
     action_key: str = "action"  # "/"-separated key path of the action inside each step
+    # Fields under `action_key` concatenated in this order into the action (a dict action, e.g. RT-1's
+    # world_vector, rotation_delta, gripper_closedness_action); integer fields are cast, 0-d fields are one dim.
+    # () = `action_key` itself is the (D_a,) vector.
+    action_keys: tuple[str, ...] = ()
     action_dims: Optional[tuple[int, ...]] = None  # keep only these action dimensions (None: all)
     obs_keys: tuple[str, ...] = ()  # step key paths returned under "observation" when n_obs_steps > 0
     proprio_key: Optional[str] = None  # step key path of proprio (statistics, and observation["proprio"])
@@ -46,6 +50,8 @@ class DatasetSpec:
         if self.action_dims is not None:
             object.__setattr__(self, "action_dims", tuple(int(d) for d in self.action_dims))
         object.__setattr__(self, "obs_keys", tuple(self.obs_keys))
+        keys = self.action_keys.split(",") if isinstance(self.action_keys, str) else self.action_keys
+        object.__setattr__(self, "action_keys", tuple(k.strip() for k in keys if k.strip()))
 
     @property
     def label(self) -> str:
@@ -178,6 +184,39 @@ def image_features(spec: DatasetSpec, keys: Mapping[str, str]) -> dict[str, tfds
     return out
 
 
+def composed_action_dim(spec: DatasetSpec, step_features: Any) -> int:
+    """D_a of the action `spec` reads: the (D_a,) field at `action_key`, or the fields `action_keys` under it
+    concatenated. Raises ValueError naming the fields and the flag when the action is a dict and no keys are given,
+    or a chosen field is not 0-d / 1-d."""
+    feature = _lookup(step_features, spec.action_key, "action_key", spec)
+    if not spec.action_keys:
+        if _is_dict(feature):
+            fields = {k: tuple(v.shape) for k, v in sorted(_flat_items(feature))}
+            raise ValueError(
+                f"The action ({spec.action_key!r}) of {spec.label} is a dict with fields {fields}; choose the ones to "
+                f"concatenate, in order, with --config.data.action_keys=a,b,... (DatasetSpec.action_keys), e.g. "
+                f"--config.data.action_keys={','.join(k for k, shp in fields.items() if len(shp) <= 1)}.")
+        if len(feature.shape) != 1:
+            raise ValueError(f"action_key={spec.action_key!r} of {spec.label} has per-step shape {feature.shape}; it "
+                             "must be a vector (D_a,). Point action_key at a 1-D field (--config.data.action_key).")
+        return int(feature.shape[0])
+    dim = 0
+    for key in spec.action_keys:
+        part = _lookup(feature, key, "action_keys", spec)
+        if _is_dict(part) or len(part.shape) > 1:
+            raise ValueError(f"action_keys entry {key!r} of {spec.label} has per-step shape "
+                             f"{getattr(part, 'shape', 'dict')}; each must be a scalar or a vector.")
+        dim += int(part.shape[0]) if len(part.shape) == 1 else 1
+    return dim
+
+
+def _flat_items(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in tree.items():
+        out += _flat_items(v, f"{prefix}{k}/") if _is_dict(v) else [(f"{prefix}{k}", v)]
+    return out
+
+
 def read_trajectories(spec: DatasetSpec, episode_ids: Sequence[int], *, obs_keys: Mapping[str, str] = {},
                       with_language: bool = False,
                       num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
@@ -203,11 +242,7 @@ def read_trajectories(spec: DatasetSpec, episode_ids: Sequence[int], *, obs_keys
         raise ValueError(f"Episode ids {ids[0]}..{ids[-1]} are outside [0, {total}) of {spec.label}.")
     builder = open_builder(spec)
     step_features = builder.info.features["steps"].feature
-    action_feature = _lookup(step_features, spec.action_key, "action_key", spec)
-    if len(action_feature.shape) != 1:
-        raise ValueError(f"action_key={spec.action_key!r} of {spec.label} has per-step shape {action_feature.shape}; "
-                         "it must be a vector (D_a,). Point action_key at a 1-D field.")
-    action_dim = action_feature.shape[0]
+    action_dim = composed_action_dim(spec, step_features)
     if spec.action_dims is not None and any(not 0 <= d < action_dim for d in spec.action_dims):
         raise ValueError(f"action_dims={spec.action_dims} out of range for {action_dim}-D actions of {spec.label}.")
     for what, key_path in [("obs_keys", k) for k in obs_keys.values()] + (
@@ -238,7 +273,12 @@ def read_trajectories(spec: DatasetSpec, episode_ids: Sequence[int], *, obs_keys
                 return tf.repeat(value[None], num_steps, axis=0)  # (T, ...)
             return _lookup(steps, key_path, "key", spec)
 
-        actions = tf.cast(field(spec.action_key), tf.float32)  # (T, D_a)
+        if spec.action_keys:  # (T, d_i) or (T,) fields -> (T, D_a)
+            root = field(spec.action_key)
+            parts = [tf.cast(_lookup(root, k, "action_keys", spec), tf.float32) for k in spec.action_keys]
+            actions = tf.concat([tf.reshape(x, [num_steps, -1]) for x in parts], axis=-1)
+        else:
+            actions = tf.cast(field(spec.action_key), tf.float32)  # (T, D_a)
         if spec.action_dims is not None:
             actions = tf.gather(actions, list(spec.action_dims), axis=-1)  # (T, len(action_dims))
         traj = {"episode_id": episode_id, "actions": actions}

@@ -48,9 +48,12 @@ def dataset_fingerprint(spec: DatasetSpec) -> str:
 
 
 def _options(spec: DatasetSpec) -> dict:
-    return {"source_split": spec.source_split, "action_key": spec.action_key,
-            "action_dims": list(spec.action_dims) if spec.action_dims is not None else None,
-            "proprio_key": spec.proprio_key}
+    options = {"source_split": spec.source_split, "action_key": spec.action_key,
+               "action_dims": list(spec.action_dims) if spec.action_dims is not None else None,
+               "proprio_key": spec.proprio_key}
+    if spec.action_keys:  # only when set, so the fingerprints (and caches) of plain vector actions stay the same
+        options["action_keys"] = list(spec.action_keys)
+    return options
 
 
 def statistics_fingerprint(specs: Sequence[DatasetSpec], split: str, val_fraction: float, split_seed: int) -> str:

@@ -55,6 +55,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
     config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    # Fields under steps/action concatenated into the action (comma-separated, e.g. world_vector,rotation_delta,
+    # gripper_closedness_action); '' = the registered layout of a known name (data_pipelines/oxe.py), else the
+    # action is a (D_a,) vector.
+    config.data.action_keys = ""
     config.data.allow_embedded = True  # path and name both '' = the embedded dataset (False: an error asks for one).
     config.data.data_dir = ""  # TFDS data_dir for `name`.
     config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).

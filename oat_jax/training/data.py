@@ -20,7 +20,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, statistics
+from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, oxe, statistics
 
 _READ_BATCH = 1024
 
@@ -32,9 +32,10 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     if not (data_cfg.path or data_cfg.name or data_cfg.get("allow_embedded", True)):
         raise ValueError("This config needs a dataset: add --config.data.path=RLDS_BUILDER_DIR, or "
                          "--config.data.name=NAME --config.data.data_dir=TFDS_DATA_DIR.")
-    if data_cfg.name:
-        return loader.DatasetSpec(name=data_cfg.name, data_dir=data_cfg.data_dir or None)
-    return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR)
+    keys = data_cfg.get("action_keys", "")
+    if data_cfg.name:  # a registered Open X-Embodiment name brings its action fields (data_pipelines.oxe)
+        return oxe.spec_for(data_cfg.name, data_cfg.data_dir or None, action_keys=keys)
+    return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR, action_keys=keys)
 
 
 def train_statistics(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict) -> dict:
