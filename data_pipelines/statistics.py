@@ -68,8 +68,10 @@ def _summary(x: np.ndarray) -> dict:
     """Per-dimension statistics of x (N, D) as JSON-able lists."""
     x = x.astype(np.float64)
     q01, q99 = np.quantile(x, [0.01, 0.99], axis=0)  # (D,), (D,)
+    # q01/q99 (ours, openpi) are also written as p01/p99 (octo), so either project can read the file.
     return {"min": x.min(0).tolist(), "max": x.max(0).tolist(), "mean": x.mean(0).tolist(),
-            "std": x.std(0).tolist(), "q01": q01.tolist(), "q99": q99.tolist(), "count": int(x.shape[0])}
+            "std": x.std(0).tolist(), "q01": q01.tolist(), "q99": q99.tolist(), "p01": q01.tolist(),
+            "p99": q99.tolist(), "count": int(x.shape[0])}
 
 
 def compute_dataset_statistics(specs: Union[DatasetSpec, str, Sequence[Union[DatasetSpec, str]]],

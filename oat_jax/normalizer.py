@@ -21,8 +21,27 @@ import jax.numpy as jnp
 import numpy as np
 
 MODES = ("limits", "quantile", "gaussian", "identity")
+MODE_ALIASES = {"bounds": "quantile", "normal": "gaussian"}  # octo's NormalizationType names
 _MIN_RANGE = 1e-4
-_STAT_KEYS = ("min", "max", "mean", "std", "q01", "q99")
+_STAT_KEYS = ("min", "max", "mean", "std", "q01", "q99", "mask")
+_KEY_ALIASES = {"p01": "q01", "p99": "q99"}  # octo writes p01/p99; ours and openpi's are q01/q99
+
+
+def unwrap_stats(stats: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The per-dimension action statistics inside a statistics file of this project ({"action": {...}}), of octo
+    ({"action": {"mean", "std", "min", "max", "p01", "p99", "mask"}, "proprio": ...}) or of openpi
+    ({"norm_stats": {"actions": {"mean", "std", "q01", "q99"}, "state": ...}}), with octo's p01/p99 read as q01/q99."""
+    if isinstance(stats.get("norm_stats"), Mapping):
+        stats = stats["norm_stats"]
+    for key in ("action", "actions"):
+        if isinstance(stats.get(key), Mapping):
+            stats = stats[key]
+            break
+    out = dict(stats)
+    for alias, key in _KEY_ALIASES.items():
+        if alias in out and key not in out:
+            out[key] = out[alias]
+    return out
 
 
 def _stats_from_array(actions: np.ndarray) -> dict[str, np.ndarray]:
@@ -83,16 +102,21 @@ class ActionNormalizer:
         return cls("identity", np.ones(action_dim), np.zeros(action_dim))
 
     @classmethod
-    def from_stats(cls, stats: Mapping[str, Any], mode: str = "limits") -> "ActionNormalizer":
+    def from_stats(cls, stats: Mapping[str, Any], mode: str = "limits",
+                   mask: Any = None) -> "ActionNormalizer":
         """Builds a normalizer from a statistics dict (JSON lists or arrays).
 
         Args:
           stats: the "action" entry of the statistics JSON ({"min", "max", "mean", "std", "q01", "q99", ...}); the
-            whole statistics dict (with an "action" key) is accepted too. Only the keys `mode` needs must exist.
-          mode: 'limits' | 'quantile' | 'gaussian' | 'identity'.
+            whole statistics dict is accepted too, also octo's and openpi's files (see `unwrap_stats`). Only the
+            keys `mode` needs must exist.
+          mode: 'limits' | 'quantile' | 'gaussian' | 'identity', or octo's names 'bounds' (= quantile) and
+            'normal' (= gaussian).
+          mask: (D_a,) bools, False = leave that dimension raw (e.g. a gripper already in [0, 1]); None = the
+            statistics' own "mask" (octo's action_normalization_mask) if present, else every dimension.
         """
-        if "action" in stats and isinstance(stats["action"], Mapping):
-            stats = stats["action"]
+        stats = unwrap_stats(stats)
+        mode = MODE_ALIASES.get(mode, mode)
         needed = {"limits": ("min", "max"), "quantile": ("q01", "q99"), "gaussian": ("mean", "std"),
                   "identity": ()}
         if mode not in needed:
@@ -113,6 +137,15 @@ class ActionNormalizer:
             constant = arrays["std"] < _MIN_RANGE
             scale = np.where(constant, 1.0, 1.0 / np.where(constant, 1.0, arrays["std"]))
             offset = -arrays["mean"] * scale
+        if mask is None and "mask" in arrays:
+            mask = arrays["mask"]
+        if mask is not None:
+            keep = np.asarray(mask).astype(bool).reshape(-1)
+            if keep.shape != np.shape(scale):
+                raise ValueError(f"The normalization mask has {keep.size} entries for {np.size(scale)} action "
+                                 f"dimensions.")
+            scale, offset = np.where(keep, scale, 1.0), np.where(keep, offset, 0.0)
+            arrays["mask"] = keep.astype(np.float64)
         return cls(mode, scale, offset, arrays)
 
     @classmethod
@@ -132,7 +165,11 @@ class ActionNormalizer:
         """Raw actions (..., D_a) (numpy or jax, jit-safe) -> normalized float32 of the same kind."""
         xp = self._xp(x)
         y = xp.asarray(x, xp.float32) * self.scale + self.offset
-        return xp.clip(y, -1.0, 1.0) if self.mode == "quantile" else y
+        if self.mode != "quantile":
+            return y
+        if "mask" in self.stats:  # dimensions left raw are not clipped either
+            return xp.where(self.stats["mask"] > 0, xp.clip(y, -1.0, 1.0), y)
+        return xp.clip(y, -1.0, 1.0)
 
     def unnormalize(self, y):
         """Normalized actions (..., D_a) (numpy or jax, jit-safe) -> raw units, float32 of the same kind."""

@@ -71,7 +71,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.eval_datasets = "auto"
 
     config.normalizer = ml_collections.ConfigDict()
-    config.normalizer.mode = "limits"  # 'limits' (paper) | 'quantile' | 'gaussian'; fitted on train episodes only.
+    config.normalizer.mode = "limits"  # 'limits' (paper) | 'quantile' | 'gaussian' (octo: 'bounds' | 'normal');
+    #                                     fitted on train episodes only.
+    config.normalizer.unnormalized_dims = ""  # comma-separated action dims left raw (e.g. a gripper in [0, 1]).
 
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
     # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input

@@ -64,6 +64,13 @@ class _Run:
             if saved_config != config_json(config):
                 logging.warning("Resuming from %s: the config differs from the one saved in the checkpoint; "
                                 "the new one is used.", workdir)
+        raw_dims = [int(d) for d in str(config.normalizer.get("unnormalized_dims", "")).split(",") if d.strip()]
+        if raw_dims:  # recorded in the statistics, so checkpoints and load_pretrained rebuild the same normalizer
+            dim = len(self.stats["action"]["min"])
+            if any(not 0 <= d < dim for d in raw_dims):
+                raise ValueError(f"config.normalizer.unnormalized_dims={raw_dims} is out of range for {dim}-D actions.")
+            self.stats = {**self.stats, "action": {**self.stats["action"],
+                                                   "mask": [d not in raw_dims for d in range(dim)]}}
         self.normalizer = ActionNormalizer.from_stats(self.stats["action"], config.normalizer.mode)
         self.model_config = model_config(config.model, self.normalizer.action_dim)
         self.model = OATModel(self.model_config)
