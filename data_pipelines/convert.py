@@ -9,13 +9,17 @@ Input layouts:
   npz   a directory of per-episode .npz files (sorted by name), each with action (T, D_a) + observation arrays;
         or one .npz file with concatenated arrays and an episode_ends (E,) array.
 Keys named action/actions are the action (override with --action_key); reward/rewards become the step reward;
-every other per-step array is an observation. The output is written atomically (see rlds_writer.write_rlds).
+every other per-step array is an observation. --input may also be a folder of HDF5 files (a LIBERO suite: one
+file per task, each episode keeping its file's instruction) or a quoted glob; all become one dataset. Images are
+stored as JPEG by default, as in published Open X-Embodiment datasets (--image_encoding=png for lossless). The
+output is written atomically (see rlds_writer.write_rlds).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import json
 import os
 import re
@@ -176,24 +180,56 @@ def read_npz(path: str, action_key: Optional[str] = None, language: str = "") ->
 READERS = {"hdf5": read_hdf5, "zarr": read_zarr, "npz": read_npz}
 
 
-def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
-            name: Optional[str] = None, overwrite: bool = False) -> str:
-    """Convert `input_path` in format `fmt` to an RLDS builder directory `output`; returns `output`."""
-    if fmt not in READERS:
-        raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
+_HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
+
+
+def expand_inputs(fmt: str, input_path: str) -> list[str]:
+    """The input files / stores of `--input`: a glob pattern (sorted matches), a folder of HDF5 files (e.g. a LIBERO
+    suite: one file per task) or a single file / store / npz folder. FileNotFoundError names what was looked for."""
+    if glob.has_magic(input_path):
+        matches = sorted(glob.glob(input_path))
+        if not matches:
+            raise FileNotFoundError(f"--input={input_path} matches no file.")
+        return matches
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"--input={input_path} does not exist.")
-    check_output_apart(output, [input_path])  # before reading: never write over the input
-    episodes = READERS[fmt](input_path, action_key=action_key, language=language)
-    return write_rlds(episodes, output, name=name, overwrite=overwrite, inputs=[input_path],
-                      description=f"Converted from {fmt} {os.path.abspath(input_path)} by data_pipelines.convert.")
+    if fmt == "hdf5" and os.path.isdir(input_path):
+        files = sorted((os.path.join(input_path, f) for f in os.listdir(input_path)
+                        if f.lower().endswith(_HDF5_SUFFIXES)), key=_natural_key)
+        if not files:
+            raise FileNotFoundError(f"--input={input_path} is a folder without HDF5 files "
+                                    f"({', '.join(_HDF5_SUFFIXES)}).")
+        return files
+    return [input_path]
+
+
+def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
+            name: Optional[str] = None, overwrite: bool = False, image_encoding: str = "jpeg") -> str:
+    """Convert `input_path` (a file, a folder of HDF5 files or a glob; see `expand_inputs`) in format `fmt` to one
+    RLDS builder directory `output`, episodes in file order (each keeps its own file's instruction); images are
+    stored as `image_encoding` ('jpeg' as published datasets, or lossless 'png'). Returns `output`."""
+    if fmt not in READERS:
+        raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
+    inputs = expand_inputs(fmt, input_path)
+    check_output_apart(output, inputs + ([input_path] if os.path.exists(input_path) else []))  # before reading
+
+    def episodes():
+        for item in inputs:
+            yield from READERS[fmt](item, action_key=action_key, language=language)
+
+    sources = os.path.abspath(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} files ({input_path})"
+    return write_rlds(episodes(), output, name=name, overwrite=overwrite, inputs=inputs, image_encoding=image_encoding,
+                      description=f"Converted from {fmt} {sources} by data_pipelines.convert.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_pipelines.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--format", required=True, choices=sorted(READERS), help="input layout")
-    parser.add_argument("--input", required=True, help="input file, store or directory")
+    parser.add_argument("--input", required=True,
+                        help="input file, store or directory; for hdf5 also a folder of files or a glob (quote it)")
+    parser.add_argument("--image_encoding", default="jpeg", choices=("jpeg", "png"),
+                        help="how images are stored (jpeg as published datasets; png is lossless)")
     parser.add_argument("--output", required=True, help="RLDS builder directory to create")
     parser.add_argument("--action_key", default=None, help="name of the action array (default: action/actions)")
     parser.add_argument("--language", default="", help="instruction for episodes that carry none")
@@ -202,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert(args.format, args.input, args.output, action_key=args.action_key, language=args.language,
-                      name=args.name, overwrite=args.overwrite)
+                      name=args.name, overwrite=args.overwrite, image_encoding=args.image_encoding)
     except (EpisodeError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

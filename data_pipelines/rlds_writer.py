@@ -59,10 +59,15 @@ def _storage_dtype(x: np.ndarray) -> np.dtype:
     raise EpisodeError(f"dtype {x.dtype} cannot be stored; convert it to a float, int or bool array.")
 
 
-def _step_feature(x: np.ndarray) -> tfds.features.FeatureConnector:
-    """Feature of one step of x (T, ...)."""
+IMAGE_ENCODINGS = ("jpeg", "png")
+
+
+def _step_feature(x: np.ndarray, image_encoding: str = "png") -> tfds.features.FeatureConnector:
+    """Feature of one step of x (T, ...); images as `image_encoding` (JPEG only holds 1 or 3 channels: RGBA and
+    two-channel images stay PNG)."""
     if _is_image(x):
-        return tfds.features.Image(shape=x.shape[1:], encoding_format="png")
+        encoding = image_encoding if x.shape[-1] in (1, 3) else "png"
+        return tfds.features.Image(shape=x.shape[1:], encoding_format=encoding)
     return tfds.features.Tensor(shape=x.shape[1:], dtype=_storage_dtype(x))
 
 
@@ -124,11 +129,12 @@ def validate_episode(episode: Episode, reference: dict | None = None) -> dict:
     return signature
 
 
-def episode_features(episode: Episode) -> tfds.features.FeaturesDict:
-    """RLDS features of a dataset whose episodes look like `episode`."""
+def episode_features(episode: Episode, image_encoding: str = "png") -> tfds.features.FeaturesDict:
+    """RLDS features of a dataset whose episodes look like `episode` (images stored as `image_encoding`)."""
     # An empty `observation` FeaturesDict cannot be decoded by TFDS: action-only sources have no such feature.
     observation = ({"observation": tfds.features.FeaturesDict(
-        {k: _step_feature(np.asarray(v)) for k, v in episode.observation.items()})} if episode.observation else {})
+        {k: _step_feature(np.asarray(v), image_encoding) for k, v in episode.observation.items()})}
+        if episode.observation else {})
     steps = {
         "action": tfds.features.Tensor(shape=episode.action.shape[1:], dtype=np.float32),
         **observation,
@@ -136,7 +142,7 @@ def episode_features(episode: Episode) -> tfds.features.FeaturesDict:
         "is_last": tfds.features.Scalar(dtype=np.bool_),
         "is_terminal": tfds.features.Scalar(dtype=np.bool_),
         "language_instruction": tfds.features.Text(),
-        **{k: _step_feature(np.asarray(v)) for k, v in episode.extras.items()},
+        **{k: _step_feature(np.asarray(v), image_encoding) for k, v in episode.extras.items()},
     }
     metadata = {"file_path": tfds.features.Text(), "episode_name": tfds.features.Text(),
                 **{k: _metadata_feature(v) for k, v in episode.metadata.items()}}
@@ -206,14 +212,18 @@ def _remove_stale_tmp(output: str) -> None:
 
 
 def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = None, overwrite: bool = False,
-               description: str = "Converted by data_pipelines.", inputs: Sequence[str] = ()) -> str:
+               description: str = "Converted by data_pipelines.", inputs: Sequence[str] = (),
+               image_encoding: str = "png") -> str:
     """Validate `episodes` and write them, in order, as an RLDS builder directory at `output`.
 
     Everything is written to a temporary sibling directory and moved to `output` only when all episodes were
     written; on any error nothing is left behind (temporary directories of killed runs are removed by the next
     write to the same output). `overwrite` replaces only a previous dataset (`is_builder_dir`) or an empty
-    directory; `output` may not be, contain or lie inside any of `inputs`. Returns `output`.
+    directory; `output` may not be, contain or lie inside any of `inputs`. Images are stored as `image_encoding`
+    ('jpeg' as published Open X-Embodiment datasets, or lossless 'png'). Returns `output`.
     """
+    if image_encoding not in IMAGE_ENCODINGS:
+        raise ValueError(f"image_encoding={image_encoding!r} is not one of {IMAGE_ENCODINGS}.")
     if "://" in output:
         raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
     output = os.path.abspath(output)
@@ -231,7 +241,7 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
     if first is None:
         raise EpisodeError("The input has no episodes; nothing to convert.")
     reference = validate_episode(first)
-    features = episode_features(first)
+    features = episode_features(first, image_encoding)
 
     def examples():
         yield "0", _example(first)

@@ -103,10 +103,11 @@ WRITERS = {"hdf5": (write_hdf5, "in.hdf5"), "zarr": (write_zarr, "in.zarr"), "np
            "npz_file": (write_npz_file, "in.npz")}
 
 
-def convert_episodes(tmp_path, layout, episodes):
+def convert_episodes(tmp_path, layout, episodes, image_encoding="png"):
     writer, name = WRITERS[layout]
     source = writer(str(tmp_path / name), episodes)
-    return convert.convert("npz" if layout.startswith("npz") else layout, source, str(tmp_path / "rlds"))
+    return convert.convert("npz" if layout.startswith("npz") else layout, source, str(tmp_path / "rlds"),
+                           image_encoding=image_encoding)
 
 
 def all_chunks(spec, **kwargs):
@@ -241,3 +242,45 @@ def test_chunking_runs_inside_tf_function():
     chunks, masks = reference_chunks(actions, 3)
     np.testing.assert_array_equal(got["actions"].numpy(), chunks)
     np.testing.assert_array_equal(got["action_pad_mask"].numpy(), masks)
+
+
+def _libero_file(path, instruction, num_demos, seed, with_images=False):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["problem_info"] = json.dumps({"language_instruction": instruction, "domain_name": "libero"})
+        for d in range(num_demos):
+            demo = data.create_group(f"demo_{d}")
+            demo.create_dataset("actions", data=rng.uniform(-1, 1, (5 + d, 7)))
+            obs = demo.create_group("obs")
+            obs.create_dataset("joint_states", data=rng.normal(size=(5 + d, 7)).astype(np.float32))
+            if with_images:
+                obs.create_dataset("agentview_rgb", data=rng.integers(0, 256, (5 + d, 16, 16, 3), dtype=np.uint8))
+    return path
+
+
+def test_libero_folder_and_glob_convert_to_one_dataset_with_each_files_instruction(tmp_path):
+    suite = tmp_path / "libero_10"
+    suite.mkdir()
+    tasks = ["put both the alphabet soup and the tomato sauce in the basket",
+             "turn on the stove and put the moka pot on it", "pick up the book and place it in the back compartment"]
+    for i, task in enumerate(tasks):
+        _libero_file(str(suite / f"task_{i}_demo.hdf5"), task, num_demos=2, seed=i)
+    for source, out in ((str(suite), "from_folder"), (str(suite / "*.hdf5"), "from_glob")):
+        path = convert.convert("hdf5", source, str(tmp_path / out))
+        builder = tfds.builder_from_directory(path)
+        episodes = list(builder.as_dataset(split="train"))
+        assert len(episodes) == 6
+        languages = [next(iter(ep["steps"]))["language_instruction"].numpy().decode() for ep in episodes]
+        assert languages == [t for t in tasks for _ in range(2)]
+
+
+def test_images_are_jpeg_by_default_and_png_on_request(tmp_path):
+    _libero_file(str(tmp_path / "demo.hdf5"), "stack", num_demos=1, seed=0, with_images=True)
+    for encoding in ("jpeg", "png"):
+        out = tmp_path / encoding
+        argv = ["--format=hdf5", f"--input={tmp_path / 'demo.hdf5'}", f"--output={out}"]
+        assert convert.main(argv + ([] if encoding == "jpeg" else ["--image_encoding=png"])) == 0
+        feature = tfds.builder_from_directory(str(out)).info.features["steps"]["observation"]["agentview_rgb"]
+        assert feature.encoding_format == encoding
