@@ -52,9 +52,17 @@ class _Run:
         check_batch_divisible(self.batch_size, self.mesh, int(config.optim.accum_steps))
         check_batch_divisible(int(config.train.eval_batch_size), self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
+        self.spec = data.dataset_spec(config.data)  # config errors before anything is created in the workdir
         self.ckpt = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR), config.checkpoint.keep_last,
                                     config.checkpoint.keep_best, "val_mse", config.checkpoint.async_save)
-        self.spec = data.dataset_spec(config.data)
+        try:
+            self._build(config, workdir)
+        except BaseException:  # release Orbax's threads, so the error is the last thing printed
+            close_quietly_on_error(self.ckpt.close, "checkpoint manager")
+            raise
+
+    def _build(self, config: ml_collections.ConfigDict, workdir: str) -> None:
+        """The rest of __init__: statistics, model, (restored) state, jitted steps, data, writer."""
         latest = self.ckpt.latest_step()
         self.restored_step = latest  # step of the checkpoint this run started from (None: a fresh run)
         if latest is None:
