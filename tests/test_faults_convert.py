@@ -80,19 +80,31 @@ def test_temporary_directories_of_killed_conversions_are_cleaned(tmp_path):
     assert np.isin(["rlds", "demos"], os.listdir(tmp_path)).all()
 
 
-@pytest.mark.parametrize("layout", ["npz_dir", "npz_file"])
+@pytest.mark.parametrize("layout", ["npz_dir", "npz_file", "zarr", "hdf5"])
 def test_action_only_sources_read_back_with_plain_tfds_and_the_loader(tmp_path, layout):
     from data_pipelines import loader
 
-    episodes = [{"action": e["action"], "state": e["state"]} for e in make_episodes(seed=6)]
-    only_actions = [{"action": e["action"]} for e in episodes]
+    episodes = [{"action": e["action"]} for e in make_episodes(seed=6)]
+    ends = np.cumsum([len(e["action"]) for e in episodes])
+    fmt = "npz"
     if layout == "npz_dir":
-        source = write_npz_dir(str(tmp_path / "demos"), only_actions)
-    else:
+        source = write_npz_dir(str(tmp_path / "demos"), episodes)
+    elif layout == "npz_file":
         source = str(tmp_path / "demos.npz")
-        np.savez(source, episode_ends=np.cumsum([len(e["action"]) for e in episodes]),
-                 action=np.concatenate([e["action"] for e in episodes]))
-    out = convert.convert("npz", source, str(tmp_path / "rlds"))
+        np.savez(source, episode_ends=ends, action=np.concatenate([e["action"] for e in episodes]))
+    elif layout == "zarr":
+        zarr = pytest.importorskip("zarr")
+        source, fmt = str(tmp_path / "replay.zarr"), "zarr"
+        root = zarr.open_group(source, mode="w")
+        root.require_group("data").create_array("action", data=np.concatenate([e["action"] for e in episodes]))
+        root.require_group("meta").create_array("episode_ends", data=ends)
+    else:
+        h5py = pytest.importorskip("h5py")
+        source, fmt = str(tmp_path / "demos.hdf5"), "hdf5"
+        with h5py.File(source, "w") as f:
+            for i, e in enumerate(episodes):
+                f.create_dataset(f"data/demo_{i}/actions", data=e["action"])
+    out = convert.convert(fmt, source, str(tmp_path / "rlds"))
     builder = tfds.builder_from_directory(out)
     steps = [len(list(ep["steps"])) for ep in builder.as_dataset(split="train")]
     assert steps == [len(e["action"]) for e in episodes]
