@@ -9,6 +9,7 @@ import errno
 import json
 import math
 import os
+import shutil
 from typing import Any, Mapping
 
 import numpy as np
@@ -66,8 +67,13 @@ class MetricWriter:
         """Raises MetricWriteError if the TensorBoard writer thread has died (its queue would block forever)."""
         worker = getattr(getattr(getattr(self._tb, "file_writer", None), "event_writer", None), "_worker", None)
         if worker is not None and not worker.is_alive():
-            raise MetricWriteError(errno.EIO, f"the TensorBoard writer of {self._tb.logdir} stopped (a write failed, "
-                                              f"e.g. the disk is full); free disk space, then rerun to resume")
+            try:  # the thread's own error is not visible here: name a full disk when that is what happened
+                full = shutil.disk_usage(self._tb.logdir).free < (1 << 20)
+            except OSError:
+                full = False
+            code, why = (errno.ENOSPC, "No space left on device") if full else (errno.EIO, "a write failed")
+            raise MetricWriteError(code, f"the TensorBoard writer of {self._tb.logdir} stopped ({why}); free disk "
+                                         f"space or check the directory, then rerun to resume")
 
     def flush(self) -> None:
         """Pushes buffered TensorBoard events to disk (MetricWriteError if the TensorBoard writer has died)."""
