@@ -52,6 +52,7 @@ class CheckpointStore:
             read_only=read_only)
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
         self._unhashed: list[int] = []  # committed (or committing) steps whose integrity manifest is not written
+        self._verified: set[int] = set()  # steps already checked (restore_json then restore read the same step)
 
     def step_dir(self, step: int) -> str:
         """Directory of the checkpoint of `step`."""
@@ -72,7 +73,12 @@ class CheckpointStore:
         killed before the manifest was written). Raises integrity.IntegrityError naming a damaged file."""
         if "://" in str(self.manager.directory):
             return False
-        return integrity.verify(self.step_dir(step), f"checkpoint of step {step}")
+        if step in self._verified:
+            return True
+        checked = integrity.verify(self.step_dir(step), f"checkpoint of step {step}")
+        if checked:
+            self._verified.add(step)
+        return checked
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
