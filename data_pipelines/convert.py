@@ -10,7 +10,9 @@ Input layouts:
         or one .npz file with concatenated arrays and an episode_ends (E,) array.
 Keys named action/actions are the action (override with --action_key); reward/rewards become the step reward;
 every other per-step array is an observation. --input may also be a folder of HDF5 files (a LIBERO suite: one
-file per task, each episode keeping its file's instruction) or a quoted glob; all become one dataset. Images are
+file per task, each episode keeping its file's instruction) or a quoted glob; all become one dataset. robomimic's
+filter keys (mask/<name> lists of demos) become TFDS splits of the same name, mask/train the 'train' split (without
+it, 'train' holds every episode); train on another one with --config.data.source_split. Images are
 stored as JPEG by default, as in published Open X-Embodiment datasets (--image_encoding=png for lossless). The
 output is written atomically (see rlds_writer.write_rlds).
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import glob
 import json
 import os
@@ -89,9 +92,29 @@ def _reading(file: str, what: str) -> Iterator[None]:
                            f"this format (--format).") from e
 
 
-def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
-    """Episodes of a robomimic/LIBERO HDF5 file, in demo-number order."""
+def hdf5_masks(path: str) -> dict[str, list[str]]:
+    """robomimic's filter keys of an HDF5 file: {mask name: demo names}, from its mask/<name> lists of demo names
+    (e.g. mask/train, mask/valid, mask/20_percent); {} when the file has none."""
     import h5py  # optional dependency: pip install -e .[convert]
+
+    with _reading(path, "an HDF5 file"):
+        f = h5py.File(path, "r")
+    with f, _reading(path, "a robomimic/LIBERO HDF5 file"):
+        if "mask" not in f:
+            return {}
+        return {name: [_as_text(d) for d in f["mask"][name][()]] for name in sorted(f["mask"].keys())
+                if isinstance(f["mask"][name], h5py.Dataset)}
+
+
+def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "",
+              mask: Optional[str] = None) -> Iterator[Episode]:
+    """Episodes of a robomimic/LIBERO HDF5 file, in demo-number order; with `mask`, only the demos listed in the
+    file's mask/<mask> (none when the file has no such list)."""
+    import h5py  # optional dependency: pip install -e .[convert]
+
+    chosen = None
+    if mask is not None:
+        chosen = set(hdf5_masks(path).get(mask, []))
 
     with _reading(path, "an HDF5 file"):
         f = h5py.File(path, "r")
@@ -109,7 +132,12 @@ def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "") -
             if not isinstance(info, dict):
                 raise EpisodeError(f"{path}: data.attrs['problem_info'] is not a JSON object.")
             file_language = info.get("language_instruction", file_language)
+        if chosen is not None and not chosen <= set(data.keys()):
+            raise EpisodeError(f"{path}: mask/{mask} lists demos that data/ does not hold "
+                               f"({sorted(chosen - set(data.keys()))[:5]}); fix the mask or drop it.")
         for demo in sorted(data.keys(), key=_natural_key):
+            if chosen is not None and demo not in chosen:
+                continue
             group = data[demo]
             arrays = {k: group[k][()] for k in group.keys() if isinstance(group[k], h5py.Dataset)}
             if "obs" in group:
@@ -213,13 +241,20 @@ def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str]
     inputs = expand_inputs(fmt, input_path)
     check_output_apart(output, inputs + ([input_path] if os.path.exists(input_path) else []))  # before reading
 
-    def episodes():
+    def episodes(**mask):
         for item in inputs:
-            yield from READERS[fmt](item, action_key=action_key, language=language)
+            yield from READERS[fmt](item, action_key=action_key, language=language, **mask)
 
+    masks = sorted({m for item in inputs for m in hdf5_masks(item)}) if fmt == "hdf5" else []
+    for m in masks:
+        if not re.fullmatch(r"\w+", m):
+            raise EpisodeError(f"{input_path}: mask/{m} cannot name a TFDS split (letters, digits and _ only).")
+    # robomimic's filter keys become splits: mask/train is 'train' (all episodes when there is no such mask)
+    train = functools.partial(episodes, mask="train") if "train" in masks else episodes
+    splits = {m: functools.partial(episodes, mask=m) for m in masks if m != "train"}
     sources = os.path.abspath(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} files ({input_path})"
-    return write_rlds(episodes(), output, name=name, overwrite=overwrite, inputs=inputs, image_encoding=image_encoding,
-                      description=f"Converted from {fmt} {sources} by data_pipelines.convert.")
+    return write_rlds(train(), output, name=name, overwrite=overwrite, inputs=inputs, image_encoding=image_encoding,
+                      description=f"Converted from {fmt} {sources} by data_pipelines.convert.", splits=splits)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,10 +11,13 @@ from typing import Optional, Sequence, Union
 
 import tensorflow as tf
 
-from data_pipelines import chunking, splits
+import os
+
+from data_pipelines import chunking, oxe, splits
 from data_pipelines.rlds_reader import DatasetSpec, as_spec, image_features, num_episodes, read_trajectories
 
-__all__ = ["DatasetSpec", "make_chunk_dataset", "normalize_mixture", "process_episode_ids"]
+__all__ = ["DatasetSpec", "dataset_label", "make_chunk_dataset", "normalize_mixture", "parse_mixture",
+           "process_episode_ids"]
 
 DatasetLike = Union[DatasetSpec, str]
 MixtureLike = Union[DatasetLike, Sequence[Union[DatasetLike, tuple[DatasetLike, float]]]]
@@ -33,6 +36,65 @@ def normalize_mixture(datasets: MixtureLike) -> list[DatasetSpec]:
             specs.append(as_spec(item))
     if not specs:
         raise ValueError("Empty dataset mixture; pass at least one DatasetSpec or builder directory.")
+    return specs
+
+
+def dataset_label(spec: DatasetSpec) -> str:
+    """Short name of a dataset for metrics and per-dataset statistics: its TFDS name without the version, or the
+    base name of its builder directory (a versioned `<name>/<x.y.z>` directory gives `<name>`)."""
+    if spec.name:
+        return oxe.base_name(spec.name)
+    path = os.path.normpath(spec.path.rstrip("/"))
+    base = os.path.basename(path)
+    if base.count(".") == 2 and base.replace(".", "").isdigit():
+        base = os.path.basename(os.path.dirname(path))
+    return base
+
+
+def _split_weight(entry: str) -> tuple[str, float | None]:
+    """'bridge_orig:2' -> ('bridge_orig', 2.0); 'name:1.0.0' (a version) and 'gs://b/d' keep their colon."""
+    head, sep, tail = entry.rpartition(":")
+    if sep and head and "/" not in tail:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return entry, None
+
+
+def parse_mixture(text: str, data_dir: Optional[str] = None, action_keys: str | tuple[str, ...] = (),
+                  flag: str = "config.data.mixture") -> list[DatasetSpec]:
+    """DatasetSpecs with weights from 'name_or_path:weight,name_or_path:weight,...'.
+
+    Each entry is an RLDS builder directory (a path holding dataset_info.json, or a gs:// URL) or a TFDS dataset
+    name ('name' or 'name:x.y.z') read from `data_dir` with its registered layout (`data_pipelines.oxe`); the
+    weight (default 1) is the entry's share of the sampled chunks after normalizing over the mixture. `action_keys`
+    applies to the members without a registered layout. Raises ValueError naming `flag` for an empty mixture, a
+    weight <= 0, or a label used twice (labels: `dataset_label`).
+    """
+    specs, labels = [], {}
+    for entry in (e.strip() for e in (text or "").split(",")):
+        if not entry:
+            continue
+        target, weight = _split_weight(entry)
+        if weight is not None and not weight > 0:
+            raise ValueError(f"{flag}: the weight of {target!r} is {weight}; weights must be > 0 (drop the entry "
+                             f"to leave a dataset out).")
+        is_path = os.path.isdir(target) or "://" in target or os.sep in target
+        if is_path:
+            spec = DatasetSpec(path=target, action_keys=action_keys)
+        else:
+            keys = () if oxe.layout_of(target) is not None else action_keys
+            spec = oxe.spec_for(target, data_dir, action_keys=keys)
+        spec = dataclasses.replace(spec, weight=1.0 if weight is None else weight)
+        label = dataset_label(spec)
+        if label in labels:
+            raise ValueError(f"{flag}: {entry!r} and {labels[label]!r} are both named {label!r}; per-dataset "
+                             f"statistics and metrics are keyed by that name, so mix distinct datasets.")
+        labels[label] = entry
+        specs.append(spec)
+    if not specs:
+        raise ValueError(f"{flag} is empty; give 'name_or_path:weight,...' with at least one dataset.")
     return specs
 
 

@@ -40,6 +40,18 @@ LAYOUTS: dict[str, Layout] = {
     # OpenVLA's LIBERO conversions: 7-D vector actions (6 EEF deltas + gripper).
     **{f"libero_{suite}_no_noops": Layout((), "language_instruction", 6)
        for suite in ("10", "goal", "object", "spatial")},
+    # DROID (RLDS release): a 7-D vector action (6 Cartesian velocities + gripper position).
+    "droid": Layout((), "language_instruction", 6),
+    # Members of octo's standard mixtures (octo/data/oxe) whose action is a dict: the raw fields, in octo's order.
+    "taco_play": Layout(("rel_actions_world",), _NL, 6),
+    "jaco_play": Layout(("world_vector", "gripper_closedness_action"), _NL, 3),
+    "berkeley_cable_routing": Layout(("world_vector", "rotation_delta"), _NL),
+    "roboturk": Layout(_RT1_DICT, _NL, 6),
+    "nyu_door_opening_surprising_effectiveness": Layout(_RT1_DICT, _NL, 6),
+    "viola": Layout(_RT1_DICT, _NL, 6),
+    "berkeley_autolab_ur5": Layout(_RT1_DICT, _NL, 6),
+    "columbia_cairlab_pusht_real": Layout(_RT1_DICT, _NL, 6),
+    "toto": Layout(("world_vector", "rotation_delta", "open_gripper"), _NL, 6),
 }
 
 

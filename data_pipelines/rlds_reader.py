@@ -276,7 +276,8 @@ def read_trajectories(spec: DatasetSpec, episode_ids: Sequence[int], *, obs_keys
         if spec.action_keys:  # (T, d_i) or (T,) fields -> (T, D_a)
             root = field(spec.action_key)
             parts = [tf.cast(_lookup(root, k, "action_keys", spec), tf.float32) for k in spec.action_keys]
-            actions = tf.concat([tf.reshape(x, [num_steps, -1]) for x in parts], axis=-1)
+            widths = [int(np.prod(x.shape[1:])) for x in parts]  # static: 0-d fields are one dimension
+            actions = tf.concat([tf.reshape(x, [num_steps, w]) for x, w in zip(parts, widths)], axis=-1)
         else:
             actions = tf.cast(field(spec.action_key), tf.float32)  # (T, D_a)
         if spec.action_dims is not None:

@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -213,8 +213,12 @@ def _remove_stale_tmp(output: str) -> None:
 
 def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = None, overwrite: bool = False,
                description: str = "Converted by data_pipelines.", inputs: Sequence[str] = (),
-               image_encoding: str = "png") -> str:
+               image_encoding: str = "png",
+               splits: Mapping[str, Callable[[], Iterable[Episode]]] | None = None) -> str:
     """Validate `episodes` and write them, in order, as an RLDS builder directory at `output`.
+
+    `episodes` is the 'train' split; `splits` maps more split names to functions returning their episodes (each
+    validated against the first train episode).
 
     Everything is written to a temporary sibling directory and moved to `output` only when all episodes were
     written; on any error nothing is left behind (temporary directories of killed runs are removed by the next
@@ -249,13 +253,19 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
             validate_episode(episode, reference)
             yield str(index), _example(episode)
 
+    def split_examples(make: Callable[[], Iterable[Episode]]):
+        for index, episode in enumerate(make()):
+            validate_episode(episode, reference)
+            yield str(index), _example(episode)
+
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_tmp(output)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-{os.getpid()}-", dir=parent)
     try:
         builder = tfds.dataset_builders.store_as_tfds_dataset(
-            name=name, version=VERSION, features=features, split_datasets={"train": examples()}, data_dir=tmp,
+            name=name, version=VERSION, features=features, data_dir=tmp,
+            split_datasets={"train": examples(), **{k: split_examples(v) for k, v in (splits or {}).items()}},
             description=description, disable_shuffling=True)
         if os.path.exists(output):  # an empty directory, or a previous dataset (checked above): moved aside and
             os.replace(output, os.path.join(tmp, "previous"))  # deleted with tmp

@@ -28,14 +28,19 @@ def main(argv):
     from oat_jax.training.progress import quiet_library_logs
     logging.set_verbosity(logging.INFO)
     quiet_library_logs()
-    from oat_jax.training.faults import disk_full
+    from oat_jax.training.faults import disk_full, is_setup_error
     try:
         if _CONFIG.value.get("kind", "tokenizer") == "policy":
             from oat_jax.training.policy_trainer import train_policy
             train_policy(_CONFIG.value, _WORKDIR.value)
             return
         train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except Exception as e:  # noqa: BLE001  (a full disk gets one clear line; everything else its traceback)
+    except Exception as e:  # noqa: BLE001  (a full disk or a config error gets one clear line; others a traceback)
+        if is_setup_error(e):
+            logging.debug("Traceback of the error below:", exc_info=True)
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {message}\n(the run did not start; add --verbosity=1 for the traceback)", file=sys.stderr)
+            sys.exit(2)
         if not disk_full(e):
             raise
         logging.error("Training stopped: no space left on the disk of --workdir=%s (%s). Checkpoints are written "

@@ -4,6 +4,8 @@ Layout of a tokenizer directory:
     <dir>/config.json       OATConfig.to_dict()
     <dir>/normalizer.json   ActionNormalizer.to_dict()
     <dir>/params/           Orbax StandardCheckpointer checkpoint of the float32 param tree
+    <dir>/dataset_normalizers.json  (tokenizers trained on a mixture) {"datasets": {label: ActionNormalizer.to_dict()}},
+                            one normalizer per mixture member in mixture order; normalizer.json is the first one's
 A training workdir holding such a directory as `<workdir>/tokenizer/` is accepted by `load` too.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,6 +26,7 @@ from oat_jax.normalizer import ActionNormalizer
 
 CONFIG_FILE = "config.json"
 NORMALIZER_FILE = "normalizer.json"
+DATASET_NORMALIZERS_FILE = "dataset_normalizers.json"
 PARAMS_DIR = "params"
 WORKDIR_SUBDIR = "tokenizer"
 
@@ -71,12 +75,27 @@ def restore_params(directory: str, abstract):
         return checkpointer.restore(directory, target)
 
 
-def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, overwrite: bool = False) -> str:
+def dataset_normalizers_to_dict(normalizers: Mapping[str, ActionNormalizer]) -> dict[str, Any]:
+    """JSON content of `dataset_normalizers.json`: {"datasets": {label: ActionNormalizer.to_dict()}} in order."""
+    return {"datasets": {label: n.to_dict() for label, n in normalizers.items()}}
+
+
+def dataset_normalizers_from_dict(d: Mapping[str, Any]) -> dict[str, ActionNormalizer]:
+    """Inverse of `dataset_normalizers_to_dict` (order kept)."""
+    if not isinstance(d.get("datasets"), Mapping) or not d["datasets"]:
+        raise ValueError("expected {'datasets': {label: normalizer dict, ...}} with at least one dataset")
+    return {str(label): ActionNormalizer.from_dict(n) for label, n in d["datasets"].items()}
+
+
+def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, overwrite: bool = False,
+         dataset_normalizers: Mapping[str, ActionNormalizer] | None = None) -> str:
     """Writes a tokenizer directory; returns its absolute path.
 
     Args:
       path: directory to create (must not exist unless `overwrite`; an empty directory is fine).
       config / params / normalizer: the tokenizer's parts; params must match config.
+      dataset_normalizers: {dataset label: normalizer} of a tokenizer trained on a mixture (written to
+        dataset_normalizers.json); None writes no such file.
       overwrite: replace an existing saved tokenizer (any other non-empty directory is refused, never deleted).
     The directory is written beside `path` and swapped in at the end (`oat_jax.atomic_dir`): a crash at any point
     leaves the old tokenizer or the new one, never a partial directory.
@@ -85,7 +104,10 @@ def save(path: str, config: OATConfig, params, normalizer: ActionNormalizer, ove
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     with atomic_directory(path, overwrite, recognise=is_tokenizer_dir, what="tokenizer") as tmp:
         save_params(os.path.join(tmp, PARAMS_DIR), params)
-        for name, content in ((CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())):
+        files = [(CONFIG_FILE, config.to_dict()), (NORMALIZER_FILE, normalizer.to_dict())]
+        if dataset_normalizers:
+            files.append((DATASET_NORMALIZERS_FILE, dataset_normalizers_to_dict(dataset_normalizers)))
+        for name, content in files:
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(content, f, indent=1)
         integrity.write_manifest(tmp)
@@ -101,6 +123,13 @@ def _read_json(file: str, build):
         raise ValueError(f"{file} is damaged or not a tokenizer file ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}); save the tokenizer again or restore the file "
                          f"from a copy.") from e
+
+
+def load_dataset_normalizers(path: str) -> dict[str, ActionNormalizer] | None:
+    """The per-dataset normalizers of tokenizer directory `path` (resolved as in `load`), or None when it was not
+    trained on a mixture (no dataset_normalizers.json)."""
+    file = os.path.join(resolve_tokenizer_dir(path), DATASET_NORMALIZERS_FILE)
+    return _read_json(file, dataset_normalizers_from_dict) if os.path.exists(file) else None
 
 
 def load(path: str, verify: bool = True) -> tuple[OATConfig, dict, ActionNormalizer]:

@@ -109,7 +109,11 @@ def _load_tokenizer_dir(path: epath.Path, sharding: ShardingLike) -> OATTokenize
     _verify(path, "tokenizer")
     config = OATConfig.from_dict(_read_json(path / checkpoint.CONFIG_FILE))
     normalizer = ActionNormalizer.from_dict(_read_json(path / checkpoint.NORMALIZER_FILE))
-    return OATTokenizer(config, _restore_params(path / checkpoint.PARAMS_DIR, config, sharding), normalizer)
+    per_dataset = path / checkpoint.DATASET_NORMALIZERS_FILE
+    dataset_normalizers = (checkpoint.dataset_normalizers_from_dict(_read_json(per_dataset))
+                           if per_dataset.exists() else None)
+    return OATTokenizer(config, _restore_params(path / checkpoint.PARAMS_DIR, config, sharding), normalizer,
+                        dataset_normalizers)
 
 
 def _checkpoint_manager(workdir: epath.Path) -> ocp.CheckpointManager:
@@ -212,12 +216,15 @@ def load_checkpoint(workdir, step: Step = "latest", sharding: ShardingLike = Non
     source = f"{workdir / CHECKPOINTS_DIR}/{chosen}"
     mode = saved.config.get("normalizer", {}).get("mode", "limits")
     normalizer = ActionNormalizer.from_stats(saved.dataset_stats["action"], mode)
+    # a mixture run also records each member's statistics: {"datasets": {label: statistics}}
+    dataset_normalizers = {label: ActionNormalizer.from_stats(stats["action"], mode)
+                           for label, stats in saved.dataset_stats.get("datasets", {}).items()}
     if "model" not in saved.config:
         raise ValueError(f"The config saved in {source} has no 'model' section; is it an oat_jax training run?")
     config = config_from_run(saved.config["model"], normalizer.action_dim, f"the config saved in {source}")
     params = _restore_params(workdir / CHECKPOINTS_DIR / str(chosen) / "params", config, sharding, key="ema_params")
     logging.info("Loaded the EMA tokenizer of checkpoint %s.", source)
-    return OATTokenizer(config, params, normalizer)
+    return OATTokenizer(config, params, normalizer, dataset_normalizers)
 
 
 def load_pretrained(path, step: Step = None, sharding: ShardingLike = None) -> Pretrained:

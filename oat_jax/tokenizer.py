@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -98,20 +98,30 @@ class OATTokenizer:
       config: the architecture.
       params: the model's "params" collection ({"encoder": ..., "decoder": ...}); a variables dict
         {"params": {...}} is unwrapped.
-      normalizer: maps raw actions to the normalized units the model was trained on; None = identity.
+      normalizer: maps raw actions to the normalized units the model was trained on; None = identity (or, with
+        `dataset_normalizers`, the first dataset's).
+      dataset_normalizers: {dataset label: normalizer} of a tokenizer trained on a mixture, each member normalized
+        with its own statistics; `for_dataset(label)` gives the tokenizer in that dataset's units.
     """
 
-    def __init__(self, config: OATConfig, params, normalizer: ActionNormalizer | None = None):
+    def __init__(self, config: OATConfig, params, normalizer: ActionNormalizer | None = None,
+                 dataset_normalizers: Mapping[str, ActionNormalizer] | None = None):
         if isinstance(params, dict) and set(params) == {"params"}:
             params = params["params"]
         check_params(config, params)
-        normalizer = normalizer if normalizer is not None else ActionNormalizer.identity(config.action_dim)
-        if normalizer.action_dim != config.action_dim:
-            raise ValueError(f"The normalizer has {normalizer.action_dim} action dims but config.action_dim is "
-                             f"{config.action_dim}; fit the normalizer on this dataset's actions.")
+        dataset_normalizers = dict(dataset_normalizers or {})
+        if normalizer is None:
+            normalizer = (next(iter(dataset_normalizers.values())) if dataset_normalizers
+                          else ActionNormalizer.identity(config.action_dim))
+        for label, n in [("", normalizer), *dataset_normalizers.items()]:
+            if n.action_dim != config.action_dim:
+                raise ValueError(f"The normalizer{f' of dataset {label!r}' if label else ''} has {n.action_dim} "
+                                 f"action dims but config.action_dim is {config.action_dim}; fit the normalizer on "
+                                 f"this dataset's actions.")
         self.config = config
         self.params = params
         self.normalizer = normalizer
+        self.dataset_normalizers = dataset_normalizers
         self.model = OATModel(config)
         self._fns = functions_for(config, normalizer)
         # Pure functions (params explicit, raw units, no checks, jit-able); see TokenizerFunctions.
@@ -148,6 +158,20 @@ class OATTokenizer:
     def action_dim(self) -> int:
         """D_a: size of one action."""
         return self.config.action_dim
+
+    @property
+    def datasets(self) -> list[str]:
+        """Labels of the datasets this tokenizer has normalizers for ([] unless trained on a mixture)."""
+        return list(self.dataset_normalizers)
+
+    def for_dataset(self, label: str) -> "OATTokenizer":
+        """This tokenizer (same params) reading and writing raw actions in the units of mixture member `label`.
+
+        Raises KeyError naming the known labels."""
+        if label not in self.dataset_normalizers:
+            known = self.datasets or "none: it was not trained on a mixture"
+            raise KeyError(f"No normalizer for dataset {label!r}; this tokenizer has {known}.")
+        return OATTokenizer(self.config, self.params, self.dataset_normalizers[label], self.dataset_normalizers)
 
     @property
     def trace_counts(self) -> dict[str, int]:
@@ -217,17 +241,22 @@ class OATTokenizer:
     # ----- persistence -----
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes config.json, normalizer.json and Orbax params to directory `path`; returns its absolute path."""
-        return checkpoint.save(path, self.config, self.params, self.normalizer, overwrite=overwrite)
+        return checkpoint.save(path, self.config, self.params, self.normalizer, overwrite=overwrite,
+                               dataset_normalizers=self.dataset_normalizers or None)
 
     @classmethod
-    def load(cls, path: str, verify: bool = True) -> "OATTokenizer":
+    def load(cls, path: str, verify: bool = True, dataset: str | None = None) -> "OATTokenizer":
         """Loads a tokenizer saved with `save`; `path` may also be a training workdir holding `tokenizer/`.
 
         verify: check the files against the hashes recorded at save time (False skips it for very large artifacts).
+        dataset: for a tokenizer trained on a mixture, the member whose normalizer to use (None: the first one, as
+          saved in normalizer.json); see `for_dataset`.
         Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (a damaged or edited file, named
         in the message; config does not match params).
         """
-        return cls(*checkpoint.load(path, verify=verify))
+        config, params, normalizer = checkpoint.load(path, verify=verify)
+        tok = cls(config, params, normalizer, checkpoint.load_dataset_normalizers(path))
+        return tok if dataset is None else tok.for_dataset(dataset)
 
     def __repr__(self) -> str:
         return (f"OATTokenizer(H={self.horizon}, D_a={self.action_dim}, N={self.num_tokens}, "

@@ -284,3 +284,29 @@ def test_images_are_jpeg_by_default_and_png_on_request(tmp_path):
         assert convert.main(argv + ([] if encoding == "jpeg" else ["--image_encoding=png"])) == 0
         feature = tfds.builder_from_directory(str(out)).info.features["steps"]["observation"]["agentview_rgb"]
         assert feature.encoding_format == encoding
+
+
+def test_robomimic_masks_become_splits(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    episodes = make_episodes(seed=5)  # 5 demos
+    path = write_hdf5(str(tmp_path / "robomimic.hdf5"), episodes)
+    masks = {"train": ["demo_0", "demo_2", "demo_3"], "valid": ["demo_1", "demo_4"], "20_percent": ["demo_3"]}
+    with h5py.File(path, "a") as f:
+        for name, demos in masks.items():
+            f.create_dataset(f"mask/{name}", data=np.array([d.encode() for d in demos]))
+    out = convert.convert("hdf5", path, str(tmp_path / "rlds"))
+    builder = tfds.builder_from_directory(out)
+    assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 3, "valid": 2, "20_percent": 1}
+    for split, demos in masks.items():
+        actions = [np.stack([s["action"] for s in ep["steps"].as_numpy_iterator()])
+                   for ep in builder.as_dataset(split=split)]
+        for got, demo in zip(actions, demos, strict=True):
+            np.testing.assert_allclose(got, episodes[int(demo.split("_")[1])]["action"].astype(np.float32))
+    # the loader reads any of them as its source split
+    spec = rlds_reader.DatasetSpec(path=out, source_split="valid")
+    assert rlds_reader.num_episodes(spec) == 2
+    with h5py.File(path, "a") as f:
+        f.create_dataset("mask/broken", data=np.array([b"demo_9"]))
+    with pytest.raises(convert.EpisodeError, match=r"robomimic\.hdf5: mask/broken lists demos .*demo_9"):
+        convert.convert("hdf5", path, str(tmp_path / "rlds_broken"))
+    assert not os.path.exists(tmp_path / "rlds_broken")

@@ -55,6 +55,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
     config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    config.data.source_split = "train"  # TFDS split holding the episodes (train/val are carved from it by episode).
+    # Weighted mixture instead of path/name: 'name_or_path:weight,...' (names read from data_dir; weight default 1).
+    # Each member is normalized with its own statistics; the tokenizer keeps them all (OATTokenizer.for_dataset).
+    config.data.mixture = ""
     # Fields under steps/action concatenated into the action (comma-separated, e.g. world_vector,rotation_delta,
     # gripper_closedness_action); '' = the registered layout of a known name (data_pipelines/oxe.py), else the
     # action is a (D_a,) vector.

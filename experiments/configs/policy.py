@@ -49,6 +49,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
     config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
+    config.data.source_split = "train"  # TFDS split holding the episodes (train/val are carved from it by episode).
     config.data.data_dir = ""  # TFDS data_dir for `name`.
     config.data.val_fraction = 0.1  # fraction of episodes held out (seeded, by episode; same split as tokenizers).
     config.data.split_seed = 0  # seed of the episode split.

@@ -12,17 +12,87 @@ Evaluation always uses an in-memory, evenly spaced subset of the validation chun
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, oxe, statistics
+from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, oxe, rlds_reader, statistics
+from oat_jax.normalizer import ActionNormalizer
 
 _READ_BATCH = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One dataset of the training data: its label (metrics, per-dataset statistics), spec and sampling weight."""
+
+    label: str
+    spec: loader.DatasetSpec
+    weight: float = 1.0
+
+
+def dataset_members(data_cfg: ml_collections.ConfigDict) -> list[Member]:
+    """The training datasets of `config.data`: the members of `mixture` ('name_or_path:weight,...'), else the one
+    dataset of `dataset_spec`. Raises ValueError (naming the flags) for a mixture given with path/name, and for
+    members whose actions have different sizes."""
+    mixture = data_cfg.get("mixture", "")
+    if not mixture:
+        spec = dataset_spec(data_cfg)
+        return [Member(loader.dataset_label(spec), spec)]
+    if data_cfg.path or data_cfg.name:
+        raise ValueError("config.data.mixture replaces config.data.path and config.data.name: set either the mixture "
+                         "(members as 'name_or_path:weight,...', names read from config.data.data_dir) or one "
+                         "dataset.")
+    specs = [dataclasses.replace(spec, source_split=data_cfg.get("source_split", "train") or "train")
+             for spec in loader.parse_mixture(mixture, data_cfg.data_dir or None, data_cfg.get("action_keys", ""))]
+    members = [Member(loader.dataset_label(spec), spec, spec.weight) for spec in specs]
+    dims = {}
+    for m in members:
+        steps = rlds_reader.open_builder(m.spec).info.features["steps"].feature
+        full = rlds_reader.composed_action_dim(m.spec, steps)
+        dims[m.label] = len(m.spec.action_dims) if m.spec.action_dims is not None else full
+    if len(set(dims.values())) > 1:
+        raise ValueError(f"config.data.mixture: the members' actions differ in size {dims}; a tokenizer has one "
+                         f"action size. Choose fields of equal total size with --config.data.action_keys (members "
+                         f"without a registered layout) or mix datasets of one action layout.")
+    return members
+
+
+def member_statistics(members: Sequence[Member], data_cfg: ml_collections.ConfigDict) -> dict:
+    """Train-split statistics of the training data (JSON-able): one dataset's `train_statistics`; for a mixture
+    the first member's at the top level (its normalizer is the tokenizer's default) and every member's under
+    "datasets" {label: statistics}."""
+    if len(members) == 1:
+        return train_statistics(members[0].spec, data_cfg)
+    per_member = {m.label: train_statistics(m.spec, data_cfg) for m in members}
+    return {**per_member[members[0].label], "datasets": per_member}
+
+
+def member_normalizers(stats: dict, members: Sequence[Member], mode: str) -> dict[str, ActionNormalizer]:
+    """{label: normalizer} of a mixture's members from `member_statistics` output; raises ValueError when the
+    statistics (e.g. restored from a checkpoint) do not cover the configured members."""
+    saved = stats.get("datasets", {})
+    missing = [m.label for m in members if m.label not in saved]
+    if missing:
+        raise ValueError(f"The run's dataset statistics hold no entry for mixture member(s) {missing} (they have "
+                         f"{sorted(saved)}); resume with the mixture the run was started with, or use a new workdir.")
+    return {m.label: ActionNormalizer.from_stats(saved[m.label]["action"], mode) for m in members}
+
+
+def normalize_rows(actions: np.ndarray, member: np.ndarray, normalizers: Sequence[ActionNormalizer]) -> np.ndarray:
+    """Each row of raw `actions` (B, H, D_a) normalized with the normalizer of its dataset `member` (B,) int:
+    float32 (B, H, D_a), numerically `normalizers[i].normalize` row by row."""
+    out = np.empty(actions.shape, np.float32)
+    for i, normalizer in enumerate(normalizers):
+        sel = member == i
+        if sel.any():
+            out[sel] = normalizer.normalize(actions[sel])
+    return out
 
 
 def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
@@ -32,10 +102,10 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     if not (data_cfg.path or data_cfg.name or data_cfg.get("allow_embedded", True)):
         raise ValueError("This config needs a dataset: add --config.data.path=RLDS_BUILDER_DIR, or "
                          "--config.data.name=NAME --config.data.data_dir=TFDS_DATA_DIR.")
-    keys = data_cfg.get("action_keys", "")
+    keys, split = data_cfg.get("action_keys", ""), data_cfg.get("source_split", "train") or "train"
     if data_cfg.name:  # a registered Open X-Embodiment name brings its action fields (data_pipelines.oxe)
-        return oxe.spec_for(data_cfg.name, data_cfg.data_dir or None, action_keys=keys)
-    return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR, action_keys=keys)
+        return oxe.spec_for(data_cfg.name, data_cfg.data_dir or None, action_keys=keys, source_split=split)
+    return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR, action_keys=keys, source_split=split)
 
 
 def train_statistics(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict) -> dict:
@@ -107,11 +177,11 @@ def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int) -> dict
     `max_eval_chunks` per dataset, evenly spaced): data the model never trains on, e.g. unseen tasks.
 
     'auto' means the embedded unseen-task set ('metaworld_heldout') when training on the embedded Meta-World MT10
-    dataset (config.data.path and name empty), and nothing otherwise.
+    dataset (config.data.path, name and mixture empty), and nothing otherwise.
     """
     entries = data_cfg.get("eval_datasets", "")
     if entries == "auto":
-        entries = "" if (data_cfg.path or data_cfg.name) else "metaworld_heldout"
+        entries = "" if (data_cfg.path or data_cfg.name or data_cfg.get("mixture")) else "metaworld_heldout"
     out = {}
     for label, spec in eval_dataset_specs(entries).items():
         chunks = load_chunks(spec, data_cfg, "all", horizon)
@@ -191,6 +261,76 @@ class StreamingBatches:
         """{"actions": (b, H, D_a) float32}: the next batch (`step` is only for the interface)."""
         del step
         return {"actions": np.asarray(next(self._it)["actions"], np.float32)}
+
+
+class MixtureBatches:
+    """In-memory batches of a weighted mixture, each chunk already normalized with its own dataset's normalizer.
+
+    Every row of the global batch of step s draws its dataset with probability weight / sum(weights), then a chunk of
+    that dataset uniformly, from a generator seeded by (seed, s): a fixed function of (seed, s), so a resumed run
+    replays the batches of an uninterrupted one on any process count. This process keeps `rows`.
+
+    Args:
+      chunks: per member (M_i, H, D_a) float32 normalized train chunks.
+      weights: per member sampling weight (> 0).
+      global_batch: B.
+      rows: (b,) int sorted global rows this process feeds.
+      seed: data-order seed.
+    """
+
+    def __init__(self, chunks: Sequence[np.ndarray], weights: Sequence[float], global_batch: int, rows: np.ndarray,
+                 seed: int):
+        self.chunks, self.global_batch, self.rows, self.seed = list(chunks), global_batch, np.asarray(rows), seed
+        w = np.asarray(weights, np.float64)
+        self.probs = w / w.sum()
+        self.sizes = np.array([len(c) for c in self.chunks], np.int64)
+
+    def global_members(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B,) int member index and (B,) int chunk index within that member, for the global batch of `step`."""
+        rng = np.random.default_rng([self.seed, step, 0x6D6978])
+        member = rng.choice(len(self.chunks), size=self.global_batch, p=self.probs)
+        index = np.minimum((rng.random(self.global_batch) * self.sizes[member]).astype(np.int64),
+                           self.sizes[member] - 1)
+        return member, index
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """{"actions": (b, H, D_a) float32 normalized}: this process's rows of the global batch of `step`."""
+        member, index = self.global_members(step)
+        return {"actions": np.stack([self.chunks[m][i] for m, i in zip(member[self.rows], index[self.rows])])}
+
+
+class StreamingMixtureBatches:
+    """This process's batches of a weighted mixture streamed with `tf.data` (`loader.make_chunk_dataset` samples the
+    members by weight), each row normalized on the host with its dataset's normalizer."""
+
+    def __init__(self, members: Sequence[Member], normalizers: Sequence[ActionNormalizer],
+                 data_cfg: ml_collections.ConfigDict, horizon: int, local_batch: int, seed: int, start_step: int):
+        ds = loader.make_chunk_dataset([(m.spec, m.weight) for m in members], split="train", horizon=horizon,
+                                       batch_size=local_batch, shuffle=True, repeat=True,
+                                       seed=seed + 1_000_003 * start_step, val_fraction=data_cfg.val_fraction,
+                                       split_seed=data_cfg.split_seed, shuffle_buffer=data_cfg.shuffle_buffer,
+                                       with_episode_ids=True, process_index=jax.process_index(),
+                                       process_count=jax.process_count())
+        self._it, self.normalizers = ds.as_numpy_iterator(), list(normalizers)
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """{"actions": (b, H, D_a) float32 normalized}: the next batch (`step` is only for the interface)."""
+        del step
+        batch = next(self._it)
+        return {"actions": normalize_rows(np.asarray(batch["actions"], np.float32), batch["dataset_index"],
+                                          self.normalizers)}
+
+
+def make_mixture_batches(members: Sequence[Member], normalizers: Sequence[ActionNormalizer],
+                         data_cfg: ml_collections.ConfigDict, horizon: int, global_batch: int, rows: np.ndarray,
+                         seed: int, start_step: int):
+    """`MixtureBatches` or `StreamingMixtureBatches` following `config.data.in_memory` (normalized chunks)."""
+    if data_cfg.in_memory:
+        chunks = [n.normalize(load_chunks(m.spec, data_cfg, "train", horizon)) for m, n in zip(members, normalizers)]
+        logging.info("Loaded %s train chunks of the mixture into memory.",
+                     ", ".join(f"{m.label}: {len(c)}" for m, c in zip(members, chunks)))
+        return MixtureBatches(chunks, [m.weight for m in members], global_batch, rows, seed)
+    return StreamingMixtureBatches(members, normalizers, data_cfg, horizon, len(rows), seed, start_step)
 
 
 def make_train_batches(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,

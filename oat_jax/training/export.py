@@ -22,9 +22,11 @@ TOKENIZER_DIR = checkpoint.WORKDIR_SUBDIR  # <workdir>/tokenizer, found by OATTo
 CHECKPOINT_DIR = pretrained.CHECKPOINTS_DIR  # <workdir>/checkpoints, the layout `oat_jax.pretrained` reads
 
 
-def save_tokenizer(path: str, model_cfg, ema_params, normalizer: ActionNormalizer) -> str:
+def save_tokenizer(path: str, model_cfg, ema_params, normalizer: ActionNormalizer,
+                   dataset_normalizers: dict[str, ActionNormalizer] | None = None) -> str:
     """Writes (and overwrites) a tokenizer directory from host params; returns its path."""
-    return OATTokenizer(model_cfg, jax.device_get(ema_params), normalizer).save(path, overwrite=True)
+    return OATTokenizer(model_cfg, jax.device_get(ema_params), normalizer, dataset_normalizers).save(
+        path, overwrite=True)
 
 
 def export_from_checkpoint(workdir: str, step: str | int = "latest", output: str | None = None) -> str:

@@ -90,3 +90,18 @@ def disk_full(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+_SETUP_ERROR = "_oat_setup_error"
+
+
+def mark_setup_error(error: BaseException) -> BaseException:
+    """Tags an exception raised while a run was being set up from its config (before any training step): a
+    config or data problem whose message says what to change, so the command line prints it as one line."""
+    setattr(error, _SETUP_ERROR, True)
+    return error
+
+
+def is_setup_error(error: BaseException) -> bool:
+    """True for an exception tagged by `mark_setup_error`."""
+    return bool(getattr(error, _SETUP_ERROR, False))

@@ -26,7 +26,7 @@ from oat_jax.tokenizer import OATTokenizer
 from oat_jax.training import data, evaluation, plots
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.export import CHECKPOINT_DIR, TOKENIZER_DIR, export_in_subprocess, save_tokenizer
-from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, tree_all_finite
+from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, mark_setup_error, tree_all_finite
 from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.optim import make_optimizer
@@ -52,7 +52,10 @@ class _Run:
         check_batch_divisible(self.batch_size, self.mesh, int(config.optim.accum_steps))
         check_batch_divisible(int(config.train.eval_batch_size), self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
-        self.spec = data.dataset_spec(config.data)  # config errors before anything is created in the workdir
+        # config errors before anything is created in the workdir
+        self.members = data.dataset_members(config.data)
+        self.spec = self.members[0].spec
+        self.is_mixture = len(self.members) > 1
         self.ckpt = CheckpointStore(os.path.join(workdir, CHECKPOINT_DIR), config.checkpoint.keep_last,
                                     config.checkpoint.keep_best, "val_mse", config.checkpoint.async_save)
         try:
@@ -66,20 +69,31 @@ class _Run:
         latest = self.ckpt.latest_step()
         self.restored_step = latest  # step of the checkpoint this run started from (None: a fresh run)
         if latest is None:
-            self.stats = data.train_statistics(self.spec, config.data)
+            self.stats = data.member_statistics(self.members, config.data)
         else:  # the normalizer must stay the one the checkpoint was trained with
             saved_config, self.stats = self.ckpt.restore_json(latest)
             if saved_config != config_json(config):
                 logging.warning("Resuming from %s: the config differs from the one saved in the checkpoint; "
                                 "the new one is used.", workdir)
+        saved_members = list(self.stats.get("datasets", {}))
+        members = [m.label for m in self.members] if self.is_mixture else []
+        if saved_members != members:
+            started = f"the mixture {saved_members}" if saved_members else "one dataset"
+            raise ValueError(f"The run in {workdir} was started on {started}; the config names "
+                             f"{f'the mixture {members}' if members else 'one dataset'}. Resume with the training "
+                             f"data it started with (config.data.mixture / path / name), or use a new --workdir.")
         raw_dims = [int(d) for d in str(config.normalizer.get("unnormalized_dims", "")).split(",") if d.strip()]
         if raw_dims:  # recorded in the statistics, so checkpoints and load_pretrained rebuild the same normalizer
             dim = len(self.stats["action"]["min"])
             if any(not 0 <= d < dim for d in raw_dims):
                 raise ValueError(f"config.normalizer.unnormalized_dims={raw_dims} is out of range for {dim}-D actions.")
-            self.stats = {**self.stats, "action": {**self.stats["action"],
-                                                   "mask": [d not in raw_dims for d in range(dim)]}}
+            mask = [d not in raw_dims for d in range(dim)]
+            self.stats = _with_mask(self.stats, mask)
         self.normalizer = ActionNormalizer.from_stats(self.stats["action"], config.normalizer.mode)
+        # a mixture: each member normalized with its own statistics, on the host (the train step sees normalized
+        # chunks and an identity normalizer); one dataset: the train step normalizes
+        self.normalizers = ({self.members[0].label: self.normalizer} if not self.is_mixture else
+                            data.member_normalizers(self.stats, self.members, config.normalizer.mode))
         self.model_config = model_config(config.model, self.normalizer.action_dim)
         self.model = OATModel(self.model_config)
         self.num_steps = int(config.train.num_steps)
@@ -101,38 +115,70 @@ class _Run:
                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
             logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
         self.train_step = jax.jit(
-            make_train_step(self.model, self.tx, self.schedule, self.normalizer, config.ema,
+            make_train_step(self.model, self.tx, self.schedule,
+                            ActionNormalizer.identity(self.normalizer.action_dim) if self.is_mixture
+                            else self.normalizer, config.ema,
                             int(config.optim.accum_steps), self.mesh, loss_cfg=config.get("loss"),
                             augment_cfg=config.get("augment"), num_steps=self.num_steps),
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=(0,))
-        self.eval_step = jax.jit(evaluation.make_eval_step(self.model, self.normalizer),
-                                 in_shardings=(self.state_sharding.ema_params, self.batch_sharding,
-                                               self.batch_sharding),
-                                 out_shardings=replicated(self.mesh))
+        self.eval_steps = {label: jax.jit(evaluation.make_eval_step(self.model, normalizer),
+                                          in_shardings=(self.state_sharding.ema_params, self.batch_sharding,
+                                                        self.batch_sharding),
+                                          out_shardings=replicated(self.mesh))
+                           for label, normalizer in self.normalizers.items()}
+        self.eval_step = self.eval_steps[self.members[0].label]  # the default normalizer's
         horizon = self.model_config.horizon
-        self.train_batches = data.make_train_batches(self.spec, config.data, horizon, self.batch_size,
-                                                     process_rows(self.batch_sharding, self.batch_size),
-                                                     int(config.seed), int(host_value(self.state.step)))
-        self.eval_chunks = data.eval_chunks(self.spec, config.data, horizon)
+        rows, start = process_rows(self.batch_sharding, self.batch_size), int(host_value(self.state.step))
+        if self.is_mixture:
+            self.train_batches = data.make_mixture_batches(self.members, list(self.normalizers.values()),
+                                                           config.data, horizon, self.batch_size, rows,
+                                                           int(config.seed), start)
+        else:
+            self.train_batches = data.make_train_batches(self.spec, config.data, horizon, self.batch_size, rows,
+                                                         int(config.seed), start)
+        # {label: validation chunks} per member, raw units; the first member's also serve the plots
+        self.member_eval_chunks = {m.label: data.eval_chunks(m.spec, config.data, horizon) for m in self.members}
+        self.eval_chunks = self.member_eval_chunks[self.members[0].label]
         self.extra_eval_chunks = data.extra_eval_chunks(config.data, horizon)  # {label: chunks}, e.g. unseen tasks
+        for label, chunks in self.extra_eval_chunks.items():
+            if chunks.shape[-1] != self.model_config.action_dim:
+                raise ValueError(f"config.data.eval_datasets: {label!r} has {chunks.shape[-1]}-D actions but the "
+                                 f"tokenizer is trained on {self.model_config.action_dim}-D actions; evaluate on "
+                                 f"datasets of the same action layout.")
+        clash = sorted(set(self.extra_eval_chunks) & set(self.normalizers)) if self.is_mixture else []
+        if clash:
+            raise ValueError(f"config.data.eval_datasets: the label(s) {clash} also name mixture members; name the "
+                             f"entries as label=DIR.")
         self.writer = MetricWriter(workdir, enabled=self.is_main)
 
-    def _eval_sums(self, params: Any, chunks: np.ndarray) -> dict:
+    def _eval_sums(self, params: Any, chunks: np.ndarray, eval_step=None) -> dict:
         batch = int(self.config.train.eval_batch_size)
         rows = process_rows(self.batch_sharding, batch)
+        eval_step = eval_step or self.eval_step
         total = None
         for chunk, weights in data.padded_batches(chunks, batch):
             local = {"actions": chunk[rows], "weights": weights[rows]}
             g = to_global(local, self.batch_sharding, batch)
-            sums = self.eval_step(params, g["actions"], g["weights"])
+            sums = eval_step(params, g["actions"], g["weights"])
             total = sums if total is None else jax.tree.map(lambda a, b: a + b, total, sums)
         return jax.tree.map(host_value, total)
 
     def evaluate(self, params: Any) -> dict[str, float]:
         """Held-out metrics of `params`: `evaluation.summarize` over the validation chunks, plus
-        `<label>/mse_norm/k{k}` and `<label>/mse_raw/k{k}` for each dataset of config.data.eval_datasets."""
-        metrics = evaluation.summarize(self._eval_sums(params, self.eval_chunks))
+        `<label>/mse_norm/k{k}` and `<label>/mse_raw/k{k}` for each dataset of config.data.eval_datasets (in the
+        default normalizer's units) and, for a mixture, for each member (its own units). A mixture's overall
+        metrics pool the members' validation chunks (each normalized with its own statistics; `mse_raw` then adds
+        squared errors of different datasets' units)."""
+        if not self.is_mixture:
+            metrics = evaluation.summarize(self._eval_sums(params, self.eval_chunks))
+        else:
+            member_sums = {label: self._eval_sums(params, self.member_eval_chunks[label], self.eval_steps[label])
+                           for label in self.normalizers}
+            metrics = evaluation.summarize(jax.tree.map(lambda *xs: sum(xs), *member_sums.values()))
+            for label, sums in member_sums.items():
+                metrics.update({f"{label}/{k}": v for k, v in evaluation.summarize(sums).items()
+                                if k.startswith("mse_")})
         for label, chunks in self.extra_eval_chunks.items():
             extra = evaluation.summarize(self._eval_sums(params, chunks))
             metrics.update({f"{label}/{k}": v for k, v in extra.items() if k.startswith("mse_")})
@@ -167,7 +213,7 @@ class _Run:
                                      f"config.data.eval_datasets) for non-finite actions.")
         n = self.model_config.num_tokens
         extra = "".join(f"; {label} k=1 {metrics[f'{label}/mse_norm/k1']:.4f}, k={n} "
-                        f"{metrics[f'{label}/mse_norm/k{n}']:.4f}" for label in self.extra_eval_chunks)
+                        f"{metrics[f'{label}/mse_norm/k{n}']:.4f}" for label in self.curve_labels())
         bar.write(f"step {step}: held-out MSE k=1 {metrics['mse_norm/k1']:.4f}, k={n} {metrics['val_mse']:.4f}"
                   f"{extra}")
         return metrics
@@ -187,7 +233,8 @@ class _Run:
         step = int(host_value(self.state.step))
         params = jax.tree.map(np.asarray, multihost_utils.process_allgather(self.state.ema_params, tiled=True))
         if jax.process_count() == 1:
-            save_tokenizer(path, self.model_config, params, self.normalizer)
+            save_tokenizer(path, self.model_config, params, self.normalizer,
+                           self.normalizers if self.is_mixture else None)
         else:  # saving is a one-process job: process 0 exports the final checkpoint in a subprocess
             multihost_utils.sync_global_devices("oat_export_start")
             if self.is_main:
@@ -199,12 +246,16 @@ class _Run:
             self.plot(OATTokenizer(self.model_config, params, self.normalizer), metrics)
         return path
 
+    def curve_labels(self) -> list[str]:
+        """Labels with their own per-k metrics: a mixture's members, then config.data.eval_datasets."""
+        return ([m.label for m in self.members] if self.is_mixture else []) + list(self.extra_eval_chunks)
+
     def plot(self, tok: OATTokenizer, metrics: dict[str, float]) -> None:
         """rate_distortion.png and reconstructions.png (a few evenly spaced validation chunks) in the workdir."""
         c = self.model_config
         curves = {"held-out episodes": evaluation.mse_curves(metrics, c.num_tokens)}
         curves.update({label: evaluation.mse_curves(metrics, c.num_tokens, prefix=f"{label}/")
-                       for label in self.extra_eval_chunks})
+                       for label in self.curve_labels()})
         trained_ks, _ = keep_length_distribution(c.num_tokens, c.nested_dropout, c.nested_dropout_power,
                                                  c.nested_dropout_full)
         plots.plot_rate_distortion(curves, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
@@ -214,6 +265,14 @@ class _Run:
         ks = [k for k in self.config.plots.prefix_lengths if k <= self.model_config.num_tokens]
         decodes = {k: np.asarray(tok.detokenize(tokens, lengths=k)) for k in ks}
         plots.plot_reconstructions(chunks, decodes, os.path.join(self.workdir, "reconstructions.png"))
+
+
+def _with_mask(stats: dict, mask: list[bool]) -> dict:
+    """Statistics with the normalization mask recorded in the action entry (and each mixture member's)."""
+    out = {**stats, "action": {**stats["action"], "mask": mask}}
+    if "datasets" in stats:
+        out["datasets"] = {label: _with_mask(member, mask) for label, member in stats["datasets"].items()}
+    return out
 
 
 def config_changes(saved: dict, current: dict, limit: int = 8) -> str:
@@ -248,7 +307,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     maybe_initialize_distributed(config.distributed)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    run = _Run(config, workdir)
+    try:
+        run = _Run(config, workdir)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # the config or the data: the message says what to fix
+        raise mark_setup_error(e)
 
     def train_step(i: int) -> dict:
         batch = to_global(run.train_batches.local_batch(i), run.batch_sharding, run.batch_size)
