@@ -31,6 +31,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest>=8.0", "hypothesis>=6.100", "pytest-xdist>=3.5", "tokenizers>=0.15"],
         "convert": ["h5py>=3.10", "zarr>=2.16"],
+        "beam": ["apache-beam>=2.60"],  # data_pipelines.beam_convert: conversion on Apache Beam (--num_workers)
         "metaworld": ["metaworld>=3.0"],
         "baselines": ["tokenizers>=0.15"],  # oat_jax.action_tokenizers.fast: the FAST baseline's BPE
         "torch": ["torch>=2.1", "dill>=0.3"],  # oat_jax.torch_import: read reference PyTorch checkpoints (.pt)

@@ -107,14 +107,16 @@ def hdf5_masks(path: str) -> dict[str, list[str]]:
 
 
 def read_hdf5(path: str, action_key: Optional[str] = None, language: str = "",
-              mask: Optional[str] = None) -> Iterator[Episode]:
+              mask: Optional[str] = None, demos: Optional[Sequence[str]] = None) -> Iterator[Episode]:
     """Episodes of a robomimic/LIBERO HDF5 file, in demo-number order; with `mask`, only the demos listed in the
-    file's mask/<mask> (none when the file has no such list)."""
+    file's mask/<mask> (none when the file has no such list); with `demos`, only those demo names."""
     import h5py  # optional dependency: pip install -e .[convert]
 
     chosen = None
     if mask is not None:
         chosen = set(hdf5_masks(path).get(mask, []))
+    if demos is not None:
+        chosen = set(demos) if chosen is None else chosen & set(demos)
 
     with _reading(path, "an HDF5 file"):
         f = h5py.File(path, "r")
@@ -161,6 +163,22 @@ def _split_by_ends(arrays: Mapping[str, np.ndarray], ends: np.ndarray, source: s
             raise EpisodeError(f"{source} episode {index}: episode_ends is not increasing ({start} -> {end}).")
         yield index, {name: value[start:end] for name, value in arrays.items()}  # each (T_i, ...)
         start = int(end)
+
+
+def hdf5_demo_names(path: str, mask: Optional[str] = None) -> list[str]:
+    """Demo names of an HDF5 file in the order `read_hdf5` reads them (only mask/<mask>'s with `mask`)."""
+    import h5py  # optional dependency: pip install -e .[convert]
+
+    with _reading(path, "an HDF5 file"):
+        f = h5py.File(path, "r")
+    with f, _reading(path, "a robomimic/LIBERO HDF5 file"):
+        if "data" not in f:
+            raise EpisodeError(f"{path}: no 'data' group; expected the robomimic/LIBERO layout data/demo_*/actions.")
+        names = sorted(f["data"].keys(), key=_natural_key)
+    if mask is not None:
+        listed = set(hdf5_masks(path).get(mask, []))
+        names = [n for n in names if n in listed]
+    return names
 
 
 def read_zarr(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
@@ -270,11 +288,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--language", default="", help="instruction for episodes that carry none")
     parser.add_argument("--name", default=None, help="TFDS dataset name (default: from --output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="convert on Apache Beam's DirectRunner with this many processes (0: one process, no Beam)")
+    parser.add_argument("--beam_pipeline_options", default="",
+                        help="run on Apache Beam with these 'key=value,...' pipeline options (e.g. "
+                             "runner=FlinkRunner,flink_master=host:8081); see data_pipelines/beam_convert.py")
     args = parser.parse_args(argv)
     try:
-        out = convert(args.format, args.input, args.output, action_key=args.action_key, language=args.language,
-                      name=args.name, overwrite=args.overwrite, image_encoding=args.image_encoding)
-    except (EpisodeError, FileExistsError, FileNotFoundError, ValueError) as e:
+        options = dict(action_key=args.action_key, language=args.language, name=args.name,
+                       overwrite=args.overwrite, image_encoding=args.image_encoding)
+        if args.num_workers > 0 or args.beam_pipeline_options:
+            from data_pipelines.beam_convert import convert_beam
+            out = convert_beam(args.format, args.input, args.output, num_workers=args.num_workers,
+                               beam_pipeline_options=args.beam_pipeline_options, **options)
+        else:
+            out = convert(args.format, args.input, args.output, **options)
+    except (EpisodeError, FileExistsError, FileNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")

@@ -9,6 +9,7 @@ The result loads with plain `tfds.builder_from_directory(output)`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -228,17 +229,7 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
     """
     if image_encoding not in IMAGE_ENCODINGS:
         raise ValueError(f"image_encoding={image_encoding!r} is not one of {IMAGE_ENCODINGS}.")
-    if "://" in output:
-        raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
-    output = os.path.abspath(output)
-    check_output_apart(output, inputs)
-    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
-        if not overwrite:
-            raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
-        if not is_builder_dir(output):
-            raise FileExistsError(f"--output={output} exists and is not a dataset written by data_pipelines (no "
-                                  f"dataset_info.json + features.json), so --overwrite will not delete it; choose "
-                                  f"another --output.")
+    output = prepare_output(output, overwrite, inputs)
     name = name or dataset_name(output)
     iterator: Iterator[Episode] = iter(episodes)
     first = next(iterator, None)
@@ -258,18 +249,49 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
             validate_episode(episode, reference)
             yield str(index), _example(episode)
 
+    with staging_dir(output) as tmp:
+        builder = tfds.dataset_builders.store_as_tfds_dataset(
+            name=name, version=VERSION, features=features, data_dir=tmp,
+            split_datasets={"train": examples(), **{k: split_examples(v) for k, v in (splits or {}).items()}},
+            description=description, disable_shuffling=True)
+        commit(str(builder.data_dir), output, tmp)
+    return output
+
+
+def prepare_output(output: str, overwrite: bool, inputs: Sequence[str] = ()) -> str:
+    """Checks that `output` may be written (local, apart from `inputs`, absent / empty / a previous dataset with
+    `overwrite`); returns its absolute path. Raises ValueError or FileExistsError naming the flag."""
+    if "://" in output:
+        raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
+    output = os.path.abspath(output)
+    check_output_apart(output, inputs)
+    if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
+        if not overwrite:
+            raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
+        if not is_builder_dir(output):
+            raise FileExistsError(f"--output={output} exists and is not a dataset written by data_pipelines (no "
+                                  f"dataset_info.json + features.json), so --overwrite will not delete it; choose "
+                                  f"another --output.")
+    return output
+
+
+@contextlib.contextmanager
+def staging_dir(output: str) -> Iterator[str]:
+    """A temporary directory beside `output` (stale ones of killed runs removed first), deleted on exit whatever
+    happens: write the dataset there, then `commit` it."""
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
     _remove_stale_tmp(output)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-{os.getpid()}-", dir=parent)
     try:
-        builder = tfds.dataset_builders.store_as_tfds_dataset(
-            name=name, version=VERSION, features=features, data_dir=tmp,
-            split_datasets={"train": examples(), **{k: split_examples(v) for k, v in (splits or {}).items()}},
-            description=description, disable_shuffling=True)
-        if os.path.exists(output):  # an empty directory, or a previous dataset (checked above): moved aside and
-            os.replace(output, os.path.join(tmp, "previous"))  # deleted with tmp
-        os.replace(str(builder.data_dir), output)
+        yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return output
+
+
+def commit(builder_dir: str, output: str, tmp: str) -> None:
+    """Moves a complete builder directory written inside staging directory `tmp` to `output` (an empty directory or
+    previous dataset there is moved into `tmp`, deleted with it)."""
+    if os.path.exists(output):
+        os.replace(output, os.path.join(tmp, "previous"))
+    os.replace(builder_dir, output)
