@@ -124,7 +124,7 @@ def pipeline_options(num_workers: int = 0, beam_pipeline_options: str = "") -> A
         flags = [f"--{kv.strip()}" for kv in beam_pipeline_options.split(",") if kv.strip()]
         return PipelineOptions(flags=flags)
     return PipelineOptions(flags=[], runner="DirectRunner", direct_num_workers=max(int(num_workers), 1),
-                           direct_running_mode="multi_processing" if num_workers > 1 else "in_memory")
+                           direct_running_mode="multi_processing")
 
 
 def convert_beam(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",

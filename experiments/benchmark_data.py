@@ -3,7 +3,8 @@
 Default: chunks per second of the action-only chunk pipeline (batches of `--batch_size` action chunks of `--horizon`
 steps, training settings: shuffle + repeat) after a warm-up, over `--repeats` timed windows.
 --convert: episodes per second of converting a generated HDF5 source of `--episodes` image episodes (two 64x64
-cameras, 40 steps) single-process and on Apache Beam with 1 and 2 worker processes, interleaved over `--repeats`
+cameras, 40 steps by default) single-process and on Apache Beam (DirectRunner, multi-processing) with 1 and 2
+worker processes, interleaved over `--repeats`
 rounds (needs the [convert,beam] extras).
 """
 
@@ -35,8 +36,9 @@ def measure(dataset: str, *, horizon: int, batch_size: int, batches: int, warmup
     return batches * batch_size / (time.perf_counter() - start)
 
 
-def write_image_source(folder: str, episodes: int, files: int = 8, steps: int = 40, seed: int = 0) -> str:
-    """A LIBERO-like folder of `files` HDF5 files holding `episodes` demos in all (two 64x64 RGB cameras)."""
+def write_image_source(folder: str, episodes: int, files: int = 8, steps: int = 40, size: int = 64,
+                       seed: int = 0) -> str:
+    """A LIBERO-like folder of `files` HDF5 files holding `episodes` demos in all (two size x size RGB cameras)."""
     import h5py
     import numpy as np
 
@@ -50,9 +52,9 @@ def write_image_source(folder: str, episodes: int, files: int = 8, steps: int = 
                 demo = data.create_group(f"demo_{e}")
                 demo.create_dataset("actions", data=rng.normal(size=(steps, 7)))
                 obs = demo.create_group("obs")
-                base = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)  # smooth-ish frames: JPEG-like content
+                base = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
                 for cam in ("agentview_rgb", "eye_in_hand_rgb"):
-                    noise = rng.integers(0, 16, (steps, 64, 64, 3), dtype=np.uint8)
+                    noise = rng.integers(0, 16, (steps, size, size, 3), dtype=np.uint8)
                     obs.create_dataset(cam, data=base + noise)
                 obs.create_dataset("joint_states", data=rng.normal(size=(steps, 7)).astype(np.float32))
     return folder
@@ -75,11 +77,11 @@ def measure_convert(source: str, workers: int) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def convert_benchmark(episodes: int, repeats: int) -> None:
+def convert_benchmark(episodes: int, repeats: int, steps: int = 40, size: int = 64) -> None:
     """Prints episodes/s of the single-process, 1-worker and 2-worker conversions, measured interleaved."""
     import logging
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
-    source = write_image_source(tempfile.mkdtemp(prefix="oat_convert_src_"), episodes)
+    source = write_image_source(tempfile.mkdtemp(prefix="oat_convert_src_"), episodes, steps=steps, size=size)
     rates = {0: [], 1: [], 2: []}
     try:
         for _ in range(repeats):
@@ -89,7 +91,7 @@ def convert_benchmark(episodes: int, repeats: int) -> None:
         shutil.rmtree(source, ignore_errors=True)
     names = {0: "single process (no Beam)", 1: "Beam, 1 worker", 2: "Beam, 2 workers"}
     for workers, values in rates.items():
-        print(f"convert {episodes} image episodes, {names[workers]}: {max(values):.1f} episodes/s (best of "
+        print(f"convert {episodes} episodes ({steps} steps, 2 cameras {size}x{size}), {names[workers]}: {max(values):.1f} episodes/s (best of "
               f"{repeats}; all: {', '.join(f'{v:.1f}' for v in values)})")
     print(f"2 workers / 1 worker: {max(rates[2]) / max(rates[1]):.2f}x; 2 workers / single process: "
           f"{max(rates[2]) / max(rates[0]):.2f}x ({os.cpu_count()} CPUs)")
@@ -106,9 +108,11 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="cache parsed trajectories in memory")
     parser.add_argument("--convert", action="store_true", help="benchmark conversion (single / Beam 1 / 2 workers)")
     parser.add_argument("--episodes", type=int, default=320, help="--convert: episodes of the generated source")
+    parser.add_argument("--steps", type=int, default=40, help="--convert: steps per generated episode")
+    parser.add_argument("--image_size", type=int, default=64, help="--convert: camera height and width")
     args = parser.parse_args()
     if args.convert:
-        convert_benchmark(args.episodes, args.repeats)
+        convert_benchmark(args.episodes, args.repeats, args.steps, args.image_size)
         return
     rates = [measure(args.dataset, horizon=args.horizon, batch_size=args.batch_size, batches=args.batches,
                      warmup=args.warmup, cache=args.cache) for _ in range(args.repeats)]
