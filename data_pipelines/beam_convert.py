@@ -143,7 +143,7 @@ def convert_beam(fmt: str, input_path: str, output: str, *, action_key: Optional
         raise ValueError(f"format={fmt!r} is not one of {sorted(converters.READERS)}.")
     inputs = converters.expand_inputs(fmt, input_path)
     output = prepare_output(output, overwrite, inputs + ([input_path] if os.path.exists(input_path) else []))
-    masks = sorted({m for item in inputs for m in converters.hdf5_masks(item)}) if fmt == "hdf5" else []
+    masks = converters.split_masks(fmt, inputs, input_path)
     splits = {"train": plan(fmt, inputs, "train" if "train" in masks else None, episodes_per_item),
               **{m: plan(fmt, inputs, m, episodes_per_item) for m in masks if m != "train"}}
     first_item = next((item for item in splits["train"]), None)

@@ -249,6 +249,16 @@ def expand_inputs(fmt: str, input_path: str) -> list[str]:
     return [input_path]
 
 
+def split_masks(fmt: str, inputs: Sequence[str], input_path: str) -> list[str]:
+    """Sorted names of the robomimic masks (mask/<name>) in any HDF5 input: each becomes a TFDS split. Raises
+    EpisodeError for a name that cannot name a split."""
+    masks = sorted({m for item in inputs for m in hdf5_masks(item)}) if fmt == "hdf5" else []
+    for m in masks:
+        if not re.fullmatch(r"\w+", m):
+            raise EpisodeError(f"{input_path}: mask/{m} cannot name a TFDS split (letters, digits and _ only).")
+    return masks
+
+
 def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
             name: Optional[str] = None, overwrite: bool = False, image_encoding: str = "jpeg") -> str:
     """Convert `input_path` (a file, a folder of HDF5 files or a glob; see `expand_inputs`) in format `fmt` to one
@@ -263,10 +273,7 @@ def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str]
         for item in inputs:
             yield from READERS[fmt](item, action_key=action_key, language=language, **mask)
 
-    masks = sorted({m for item in inputs for m in hdf5_masks(item)}) if fmt == "hdf5" else []
-    for m in masks:
-        if not re.fullmatch(r"\w+", m):
-            raise EpisodeError(f"{input_path}: mask/{m} cannot name a TFDS split (letters, digits and _ only).")
+    masks = split_masks(fmt, inputs, input_path)
     # robomimic's filter keys become splits: mask/train is 'train' (all episodes when there is no such mask)
     train = functools.partial(episodes, mask="train") if "train" in masks else episodes
     splits = {m: functools.partial(episodes, mask=m) for m in masks if m != "train"}
