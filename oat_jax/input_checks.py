@@ -1,5 +1,5 @@
-"""Validation of the tokenizer's inputs, shared by `OATTokenizer` and `ExportedTokenizer`: every bad input is a
-ValueError that says what was wrong and what to pass instead."""
+"""Validation of every action tokenizer's inputs (OAT, Bin, FAST and the exported OAT functions): every bad input
+is a ValueError that says what was wrong and what to pass instead."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Union
 import numpy as np
 
 Lengths = Union[None, int, np.ndarray]
+PAD_ID = -1  # fill value of `tokens` past each example's length (the ActionTokenizer convention)
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
@@ -98,3 +99,56 @@ def check_tokens(tokens, lengths: Lengths, num_tokens: int, vocab_size: int) -> 
     padded = np.zeros((t.shape[0], num_tokens), np.int32)
     padded[:, :k] = np.where(kept, t, 0)
     return padded, lens, unbatched
+
+
+def check_action_batch(actions, horizon: int, action_dim: int) -> np.ndarray:
+    """Raw action chunks (B, H, D_a), any real dtype -> (B, H, D_a) float32 (`check_actions` without the unbatched
+    form: the `ActionTokenizer` methods take batches)."""
+    if np.ndim(actions) != 3:
+        raise ValueError(f"actions must have shape (B, {horizon}, {action_dim}) = (batch, horizon, action_dim), got "
+                         f"{np.shape(actions)}; add a batch axis for a single chunk.")
+    return check_actions(actions, horizon, action_dim)[0]
+
+
+def lengths_from_tokens(tokens: np.ndarray) -> np.ndarray:
+    """(B, W) int tokens -> (B,) int32: the number of non-PAD entries of each row (the default `lengths`)."""
+    return np.sum(np.asarray(tokens) != PAD_ID, axis=-1).astype(np.int32)
+
+
+def check_token_batch(tokens, lengths, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validates detokenize inputs and brings them to the canonical form.
+
+    Args:
+      tokens: (B, W) integer array, W <= max_tokens (narrower arrays are PAD-padded to max_tokens).
+      lengths: None (count of non-PAD entries per row) or an int / (B,) integer array in [0, W].
+      max_tokens: the tokenizer's `max_tokens`.
+    Returns:
+      tokens (B, max_tokens) int64 with PAD_ID at positions >= lengths, lengths (B,) int32.
+    Raises:
+      ValueError naming the problem (rank, dtype, width, lengths shape or range). Ids are not range-checked here:
+      an out-of-range id makes its example invalid in `detokenize`.
+    """
+    t = np.asarray(tokens)
+    if t.ndim != 2 or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
+        raise ValueError(f"tokens must be a 2-D integer array (B, W) with W <= max_tokens={max_tokens}, got shape "
+                         f"{t.shape} and dtype {t.dtype}; add a batch axis for a single sequence.")
+    if t.shape[1] > max_tokens:
+        raise ValueError(f"tokens have width {t.shape[1]} but this tokenizer's max_tokens is {max_tokens}; cut "
+                         f"the sequences to at most {max_tokens} tokens.")
+    t = t.astype(np.int64)
+    if lengths is None:
+        lens = lengths_from_tokens(t)
+    else:
+        lens = np.asarray(lengths)
+        if not np.issubdtype(lens.dtype, np.integer):
+            raise ValueError(f"lengths must be integers, got dtype {lens.dtype}.")
+        if lens.ndim > 1 or (lens.ndim == 1 and lens.shape[0] != t.shape[0]):
+            raise ValueError(f"lengths must be an int or a ({t.shape[0]},) array, got shape {lens.shape}.")
+        lens = np.broadcast_to(lens, (t.shape[0],)).astype(np.int32)
+    if lens.size and (lens.min() < 0 or lens.max() > t.shape[1]):
+        raise ValueError(f"lengths must be in [0, {t.shape[1]}] (the width of tokens), got values in "
+                         f"[{lens.min()}, {lens.max()}].")
+    out = np.full((t.shape[0], max_tokens), PAD_ID, np.int64)
+    kept = np.arange(t.shape[1])[None, :] < lens[:, None]
+    out[:, :t.shape[1]] = np.where(kept, t, PAD_ID)
+    return out, lens.astype(np.int32)

@@ -1,4 +1,5 @@
-"""`ActionNormalizer`: per-dimension affine map between raw action units and the tokenizer's normalized units.
+"""`Normalizer`: per-dimension affine map between raw units and normalized units, for actions (the tokenizer's
+input) and for observations (the policy's state input) alike.
 
 normalize(x) = x * scale + offset (then clipped to [-1, 1] in 'quantile' mode); unnormalize(y) = (y - offset) / scale.
 
@@ -60,7 +61,7 @@ def _range_map(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ActionNormalizer:
+class Normalizer:
     """Per-dimension affine normalizer.
 
     Attributes:
@@ -78,14 +79,14 @@ class ActionNormalizer:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"ActionNormalizer mode must be one of {MODES}, got {self.mode!r}.")
+            raise ValueError(f"Normalizer mode must be one of {MODES}, got {self.mode!r}.")
         scale = np.asarray(self.scale, np.float32)
         offset = np.asarray(self.offset, np.float32)
         if scale.ndim != 1 or scale.shape != offset.shape:
-            raise ValueError(f"ActionNormalizer scale and offset must both be (D_a,), got {scale.shape} and "
+            raise ValueError(f"Normalizer scale and offset must both be (D_a,), got {scale.shape} and "
                              f"{offset.shape}.")
         if not (np.all(np.isfinite(scale)) and np.all(np.isfinite(offset)) and np.all(scale != 0)):
-            raise ValueError("ActionNormalizer scale/offset must be finite and scale non-zero; check the statistics "
+            raise ValueError("Normalizer scale/offset must be finite and scale non-zero; check the statistics "
                              "for NaN/Inf values.")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "offset", offset)
@@ -97,13 +98,13 @@ class ActionNormalizer:
         return int(self.scale.shape[0])
 
     @classmethod
-    def identity(cls, action_dim: int) -> "ActionNormalizer":
+    def identity(cls, action_dim: int) -> "Normalizer":
         """A normalizer that leaves actions unchanged."""
         return cls("identity", np.ones(action_dim), np.zeros(action_dim))
 
     @classmethod
     def from_stats(cls, stats: Mapping[str, Any], mode: str = "limits",
-                   mask: Any = None) -> "ActionNormalizer":
+                   mask: Any = None) -> "Normalizer":
         """Builds a normalizer from a statistics dict (JSON lists or arrays).
 
         Args:
@@ -120,7 +121,7 @@ class ActionNormalizer:
         needed = {"limits": ("min", "max"), "quantile": ("q01", "q99"), "gaussian": ("mean", "std"),
                   "identity": ()}
         if mode not in needed:
-            raise ValueError(f"ActionNormalizer mode must be one of {MODES}, got {mode!r}.")
+            raise ValueError(f"Normalizer mode must be one of {MODES}, got {mode!r}.")
         missing = [k for k in needed[mode] if k not in stats]
         if missing:
             raise ValueError(f"Statistics for mode {mode!r} need keys {list(needed[mode])}; missing {missing} "
@@ -149,13 +150,13 @@ class ActionNormalizer:
         return cls(mode, scale, offset, arrays)
 
     @classmethod
-    def fit(cls, actions: np.ndarray, mode: str = "limits") -> "ActionNormalizer":
+    def fit(cls, actions: np.ndarray, mode: str = "limits") -> "Normalizer":
         """Fits statistics on raw actions (..., D_a) (all leading axes pooled) and builds a normalizer."""
         actions = np.asarray(actions)
         if actions.ndim < 1 or actions.size == 0:
-            raise ValueError(f"ActionNormalizer.fit needs a non-empty (..., D_a) array, got shape {actions.shape}.")
+            raise ValueError(f"Normalizer.fit needs a non-empty (..., D_a) array, got shape {actions.shape}.")
         if not np.all(np.isfinite(actions)):
-            raise ValueError("ActionNormalizer.fit got NaN or Inf actions; clean the data first.")
+            raise ValueError("Normalizer.fit got NaN or Inf actions; clean the data first.")
         return cls.from_stats(_stats_from_array(actions), mode)
 
     def _xp(self, x):
@@ -182,10 +183,13 @@ class ActionNormalizer:
                 "stats": {k: v.tolist() for k, v in self.stats.items()}}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ActionNormalizer":
+    def from_dict(cls, d: Mapping[str, Any]) -> "Normalizer":
         """Inverse of `to_dict`."""
         missing = [k for k in ("mode", "scale", "offset") if k not in d]
         if missing:
-            raise ValueError(f"Normalizer dict is missing {missing}; expected the output of ActionNormalizer.to_dict.")
+            raise ValueError(f"Normalizer dict is missing {missing}; expected the output of Normalizer.to_dict.")
         return cls(d["mode"], np.asarray(d["scale"], np.float32), np.asarray(d["offset"], np.float32),
                    {k: np.asarray(v, np.float32) for k, v in d.get("stats", {}).items()})
+
+
+ActionNormalizer = Normalizer  # the name of earlier versions, kept so that existing user code imports

@@ -1,11 +1,16 @@
-"""`OATTokenizer`: the public entry point bundling config, params and the action normalizer.
+"""`OATTokenizer`: config, params and normalizer of an ordered action tokenizer, behind the `ActionTokenizer`
+interface that Bin and FAST implement too.
 
 Two layers:
 - pure functions (`tokenize_fn`, `detokenize_fn`, `encode_fn`, `decode_fn`, `autoencode_fn`) that take params
-  explicitly, work in raw action units, do no input checks and can be used inside a user's `jax.jit`;
-- the Python API (`tokenize`, `detokenize`, `encode`, `decode`, `autoencode`) that validates inputs on the host,
-  accepts unbatched inputs, pads token prefixes to N and calls jitted versions of the pure functions. Every prefix
-  length shares one compiled function (prefixes are applied with a mask computed from `lengths`).
+  explicitly, work in raw action units and trace inside a user's `jax.jit` / `vmap` / `shard_map`. They accept
+  batched or unbatched inputs and token prefixes of any width k <= N; an example whose prefix length is outside
+  1..k or whose kept ids are outside [0, vocab_size) decodes to NaN (they cannot raise inside jit);
+- the validated host API of every action tokenizer: `tokenize(actions) -> (tokens, lengths)` and
+  `detokenize(tokens, lengths) -> (actions, valid)` with the conventions of `oat_jax.action_tokenizers.protocol`
+  (batched numpy arrays, PAD-padded tokens, lengths 0..W, invalid examples flagged and NaN), plus OAT's own
+  `encode` / `decode` / `autoencode`. Calls run in blocks padded to a power of two, and every prefix length shares
+  one compiled function (prefixes are applied with a mask computed from `lengths`).
 """
 
 from __future__ import annotations
@@ -18,25 +23,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oat_jax import checkpoint, fsq, input_checks
+from oat_jax import artifacts, fsq, input_checks
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, check_params, init_params
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 Lengths = Any  # None, an int, or a (B,) integer array
+
+
+def _batched(x: jax.Array, rank: int) -> tuple[jax.Array, bool]:
+    """(x with a leading batch axis, whether it was added): inputs of rank `rank` - 1 are single examples."""
+    x = jnp.asarray(x)
+    return (x[None], True) if x.ndim == rank - 1 else (x, False)
+
+
+def _prefix(x: jax.Array, lengths: Lengths, num_tokens: int, what: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A (B, k, ...) prefix -> (the prefix zero-padded to N along axis 1, lengths (B,) clipped to 1..k, valid (B,)
+    bool: the given length was in 1..k)."""
+    batch, k = x.shape[0], x.shape[1]
+    if not 1 <= k <= num_tokens:
+        raise ValueError(f"{what} hold {k} positions per example; pass between 1 and N = {num_tokens}.")
+    lens = jnp.broadcast_to(jnp.asarray(k if lengths is None else lengths, jnp.int32), (batch,))
+    valid = (lens >= 1) & (lens <= k)
+    pad = [(0, 0), (0, num_tokens - k)] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, pad), jnp.clip(lens, 1, k), valid
 
 
 class TokenizerFunctions:
     """Pure functions for one (config, normalizer), in raw action units, with params passed explicitly.
 
-    They do no input checks and can be used inside a user's `jax.jit`. `jitted[name]` holds a jitted copy of each;
-    these are shared by every OATTokenizer with an equal config and normalizer (see `functions_for`), so loading the
-    same tokenizer twice does not compile twice. `trace_counts[name]` counts how often each jitted copy was traced.
+    They do no host-side checks and can be used inside a user's `jax.jit`. `jitted[name]` holds a jitted copy of
+    each; these are shared by every OATTokenizer with an equal config and normalizer (see `functions_for`), so
+    loading the same tokenizer twice does not compile twice. `trace_counts[name]` counts the traces of each.
     """
 
     NAMES = ("tokenize", "detokenize", "encode", "encode_latents", "decode", "autoencode")
 
-    def __init__(self, config: OATConfig, normalizer: ActionNormalizer):
+    def __init__(self, config: OATConfig, normalizer: Normalizer):
         self.config = config
         self.normalizer = normalizer
         self.model = OATModel(config)
@@ -53,46 +76,71 @@ class TokenizerFunctions:
         return self.model.apply({"params": params}, *args, method=method)
 
     def encode_latents(self, params, actions: jax.Array) -> jax.Array:
-        """Raw actions (B, H, D_a) -> pre-quantization latents (B, N, d) float32."""
-        return self._apply(params, self.normalizer.normalize(jnp.asarray(actions)), method=OATModel.encode)
+        """Raw actions (B, H, D_a) or (H, D_a) -> pre-quantization latents (B, N, d) or (N, d) float32."""
+        x, single = _batched(actions, 3)
+        out = self._apply(params, self.normalizer.normalize(x), method=OATModel.encode)
+        return out[0] if single else out
 
     def encode(self, params, actions: jax.Array) -> jax.Array:
-        """Raw actions (B, H, D_a) -> FSQ codes (B, N, d) float32 on the grid in [-1, 1]."""
+        """Raw actions (B, H, D_a) or (H, D_a) -> FSQ codes (B, N, d) or (N, d) float32 on the grid in [-1, 1]."""
         return fsq.quantize(self.encode_latents(params, actions), self.config.levels)
 
     def tokenize(self, params, actions: jax.Array) -> jax.Array:
-        """Raw actions (B, H, D_a) -> token ids (B, N) int32."""
-        return self._apply(params, self.normalizer.normalize(jnp.asarray(actions)), method=OATModel.tokenize)
+        """Raw actions (B, H, D_a) or (H, D_a) -> token ids (B, N) or (N,) int32."""
+        x, single = _batched(actions, 3)
+        out = self._apply(params, self.normalizer.normalize(x), method=OATModel.tokenize)
+        return out[0] if single else out
 
     def decode(self, params, codes: jax.Array, lengths: Lengths = None) -> jax.Array:
-        """Codes (B, N, d) + prefix lengths (None = N, int, or (B,) int in 1..N) -> raw actions (B, H, D_a) f32."""
-        return self.normalizer.unnormalize(self._apply(params, codes, lengths, method=OATModel.decode))
+        """Codes (B, k, d) or (k, d), k <= N, + prefix lengths (None = k, an int or (B,) int in 1..k) -> raw actions
+        (B, H, D_a) or (H, D_a) float32; NaN for an example whose length is out of range."""
+        c, single = _batched(codes, 3)
+        c, lens, valid = _prefix(c, lengths, self.config.num_tokens, "codes")
+        out = self.normalizer.unnormalize(self._apply(params, c, lens, method=OATModel.decode))
+        out = jnp.where(valid[:, None, None], out, jnp.nan)
+        return out[0] if single else out
 
     def detokenize(self, params, tokens: jax.Array, lengths: Lengths = None) -> jax.Array:
-        """Token ids (B, N) + prefix lengths (None = N, int, or (B,) int in 1..N) -> raw actions (B, H, D_a) f32.
-
-        Ids at positions >= length are ignored (replaced by the mask vector); any integer id decodes (total).
-        """
-        return self.normalizer.unnormalize(self._apply(params, tokens, lengths, method=OATModel.detokenize))
+        """Token ids (B, k) or (k,), k <= N, + prefix lengths (None = k, an int or (B,) int in 1..k) -> raw actions
+        (B, H, D_a) or (H, D_a) float32, decoded from the first `lengths` tokens of each example (ids after it are
+        ignored). NaN for an example whose length is outside 1..k or whose kept ids are outside [0, vocab_size)."""
+        t, single = _batched(tokens, 2)
+        t, lens, valid = _prefix(t.astype(jnp.int32), lengths, self.config.num_tokens, "tokens")
+        kept = jnp.arange(self.config.num_tokens)[None, :] < lens[:, None]
+        in_range = (t >= 0) & (t < self.config.vocab_size)
+        valid &= jnp.all(in_range | ~kept, axis=1)
+        safe = jnp.where(kept & in_range, t, 0)
+        out = self.normalizer.unnormalize(self._apply(params, safe, lens, method=OATModel.detokenize))
+        out = jnp.where(valid[:, None, None], out, jnp.nan)
+        return out[0] if single else out
 
     def autoencode(self, params, actions: jax.Array, lengths: Lengths = None) -> jax.Array:
-        """Raw actions (B, H, D_a) -> reconstruction (B, H, D_a) raw units from the first `lengths` tokens."""
+        """Raw actions (B, H, D_a) or (H, D_a) -> reconstruction of the same shape from the first `lengths` tokens."""
         return self.detokenize(params, self.tokenize(params, actions), lengths)
 
 
 @functools.lru_cache(maxsize=16)
 def _cached_functions(config: OATConfig, mode: str, scale: bytes, offset: bytes) -> TokenizerFunctions:
-    normalizer = ActionNormalizer(mode, np.frombuffer(scale, np.float32), np.frombuffer(offset, np.float32))
+    normalizer = Normalizer(mode, np.frombuffer(scale, np.float32), np.frombuffer(offset, np.float32))
     return TokenizerFunctions(config, normalizer)
 
 
-def functions_for(config: OATConfig, normalizer: ActionNormalizer) -> TokenizerFunctions:
+def functions_for(config: OATConfig, normalizer: Normalizer) -> TokenizerFunctions:
     """The shared TokenizerFunctions for this config and normalizer (keyed by config, mode, scale and offset)."""
     return _cached_functions(config, normalizer.mode, normalizer.scale.tobytes(), normalizer.offset.tobytes())
 
 
+def _block_rows(batch: int, block_size: int) -> int:
+    """Rows per jitted call: the next power of two >= batch, at most block_size."""
+    return min(block_size, 1 << max(batch - 1, 0).bit_length())
+
+
 class OATTokenizer:
     """Ordered action tokenizer: raw action chunks (B, H, D_a) <-> int32 token ids (B, N) in [0, vocab_size).
+
+    Implements `oat_jax.action_tokenizers.ActionTokenizer` (name "oat"; OAT, OAT x and QueST-style are all
+    OATConfigs). A prefix of k tokens decodes to the chunk OAT_k; for tokenizers trained without nested dropout
+    (OAT x, QueST-style) prefixes decode mechanically but are not meaningful reconstructions.
 
     Args:
       config: the architecture.
@@ -102,17 +150,22 @@ class OATTokenizer:
         `dataset_normalizers`, the first dataset's).
       dataset_normalizers: {dataset label: normalizer} of a tokenizer trained on a mixture, each member normalized
         with its own statistics; `for_dataset(label)` gives the tokenizer in that dataset's units.
+      block_size: most rows per jitted call of the host API.
     """
 
-    def __init__(self, config: OATConfig, params, normalizer: ActionNormalizer | None = None,
-                 dataset_normalizers: Mapping[str, ActionNormalizer] | None = None):
+    name = "oat"
+
+    def __init__(self, config: OATConfig, params, normalizer: Normalizer | None = None,
+                 dataset_normalizers: Mapping[str, Normalizer] | None = None, block_size: int = 512):
         if isinstance(params, dict) and set(params) == {"params"}:
             params = params["params"]
         check_params(config, params)
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}.")
         dataset_normalizers = dict(dataset_normalizers or {})
         if normalizer is None:
             normalizer = (next(iter(dataset_normalizers.values())) if dataset_normalizers
-                          else ActionNormalizer.identity(config.action_dim))
+                          else Normalizer.identity(config.action_dim))
         for label, n in [("", normalizer), *dataset_normalizers.items()]:
             if n.action_dim != config.action_dim:
                 raise ValueError(f"The normalizer{f' of dataset {label!r}' if label else ''} has {n.action_dim} "
@@ -122,9 +175,10 @@ class OATTokenizer:
         self.params = params
         self.normalizer = normalizer
         self.dataset_normalizers = dataset_normalizers
+        self.block_size = int(block_size)
         self.model = OATModel(config)
         self._fns = functions_for(config, normalizer)
-        # Pure functions (params explicit, raw units, no checks, jit-able); see TokenizerFunctions.
+        # Pure functions (params explicit, raw units, no host checks, jit/vmap-able); see TokenizerFunctions.
         self.tokenize_fn = self._fns.tokenize
         self.detokenize_fn = self._fns.detokenize
         self.encode_fn = self._fns.encode
@@ -133,8 +187,7 @@ class OATTokenizer:
         self.autoencode_fn = self._fns.autoencode
 
     @classmethod
-    def init(cls, config: OATConfig, rng: jax.Array,
-             normalizer: ActionNormalizer | None = None) -> "OATTokenizer":
+    def init(cls, config: OATConfig, rng: jax.Array, normalizer: Normalizer | None = None) -> "OATTokenizer":
         """An untrained tokenizer with freshly initialised params (rng: a jax PRNG key)."""
         return cls(config, init_params(config, rng), normalizer)
 
@@ -148,6 +201,16 @@ class OATTokenizer:
     def num_tokens(self) -> int:
         """N: tokens per action chunk."""
         return self.config.num_tokens
+
+    @property
+    def max_tokens(self) -> int:
+        """N (the `ActionTokenizer` name: the width of `tokens`)."""
+        return self.config.num_tokens
+
+    @property
+    def fixed_length(self) -> bool:
+        """True: every chunk has N tokens (shorter lengths decode prefixes)."""
+        return True
 
     @property
     def horizon(self) -> int:
@@ -171,93 +234,119 @@ class OATTokenizer:
         if label not in self.dataset_normalizers:
             known = self.datasets or "none: it was not trained on a mixture"
             raise KeyError(f"No normalizer for dataset {label!r}; this tokenizer has {known}.")
-        return OATTokenizer(self.config, self.params, self.dataset_normalizers[label], self.dataset_normalizers)
+        return OATTokenizer(self.config, self.params, self.dataset_normalizers[label], self.dataset_normalizers,
+                            self.block_size)
 
     @property
     def trace_counts(self) -> dict[str, int]:
-        """How often each jitted API function was traced (a new batch size traces again). The jitted functions are
+        """How often each jitted function was traced (a new block size traces again). The jitted functions are
         shared by tokenizers with an equal config and normalizer, and so are these counts."""
         return dict(self._fns.trace_counts)
 
-    # ----- validated Python API -----
-    def _check_actions(self, actions) -> tuple[np.ndarray, bool]:
-        return input_checks.check_actions(actions, self.horizon, self.action_dim)
+    # ----- validated host API (ActionTokenizer) -----
+    def _run(self, name: str, *arrays: np.ndarray) -> np.ndarray:
+        """jitted[name](params, *arrays) over row blocks padded to a power of two; arrays share axis 0."""
+        batch = arrays[0].shape[0]
+        rows = _block_rows(batch, self.block_size)
+        outs = []
+        for start in range(0, max(batch, 1), rows):
+            stop = min(start + rows, batch)
+            block = [np.concatenate([a[start:stop], np.repeat(a[:1], rows - (stop - start), 0)]) if batch else
+                     np.zeros((rows,) + a.shape[1:], a.dtype) for a in arrays]
+            outs.append(np.asarray(self._fns.jitted[name](self.params, *block))[:stop - start])
+        return np.concatenate(outs)
 
-    def _check_lengths(self, lengths: Lengths, batch: int, max_len: int) -> np.ndarray:
-        return input_checks.check_lengths(lengths, batch, max_len, self.num_tokens)
+    def tokenize(self, actions) -> tuple[np.ndarray, np.ndarray]:
+        """Raw actions (B, H, D_a), any real dtype -> tokens (B, N) int32, lengths (B,) int32 (all N).
 
-    def _check_tokens(self, tokens, lengths: Lengths) -> tuple[np.ndarray, np.ndarray, bool]:
-        return input_checks.check_tokens(tokens, lengths, self.num_tokens, self.vocab_size)
+        Raises ValueError for a wrong shape or dtype or non-finite values."""
+        x = input_checks.check_action_batch(actions, self.horizon, self.action_dim)
+        tokens = self._run("tokenize", x).astype(np.int32)
+        return tokens, np.full((x.shape[0],), self.num_tokens, np.int32)
 
-    def _check_codes(self, codes) -> tuple[np.ndarray, bool]:
-        c = np.asarray(codes)
-        shape = (self.num_tokens, self.config.latent_dim)
-        if not np.issubdtype(c.dtype, np.floating) or c.ndim not in (2, 3) or c.shape[-2:] != shape:
-            raise ValueError(f"codes must be a float array of shape (B, {shape[0]}, {shape[1]}) or {shape}, got "
-                             f"{c.shape} {c.dtype}.")
-        if not np.all(np.isfinite(c)):
-            raise ValueError("codes contain NaN or Inf values.")
-        unbatched = c.ndim == 2
-        return (c[None] if unbatched else c).astype(np.float32), unbatched
-
-    @staticmethod
-    def _unbatch(x: jax.Array, unbatched: bool) -> jax.Array:
-        return x[0] if unbatched else x
-
-    def tokenize(self, actions) -> jax.Array:
-        """Raw actions (B, H, D_a) or (H, D_a) -> token ids int32 (B, N) or (N,)."""
-        x, unbatched = self._check_actions(actions)
-        return self._unbatch(self._fns.jitted["tokenize"](self.params, x), unbatched)
-
-    def detokenize(self, tokens, lengths: Lengths = None) -> jax.Array:
-        """Token ids -> raw actions float32 (B, H, D_a) or (H, D_a).
+    def detokenize(self, tokens, lengths=None) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens -> raw action chunks.
 
         Args:
-          tokens: (B, k) or (k,) integer ids in [0, vocab_size), 1 <= k <= N: a prefix of k tokens.
-          lengths: None (use all k given), an int, or a (B,) int array in 1..k: decode only the first `lengths`
-            tokens of each example (the rest may hold any value).
+          tokens: (B, W) integer ids, W <= N (a prefix of W tokens per example); PAD_ID (-1) entries are padding.
+          lengths: None (the non-PAD count of each row), an int or (B,) ints in [0, W]: decode the first `lengths`
+            tokens of each example (OAT_k); ids after it are ignored.
+        Returns:
+          actions (B, H, D_a) float32 raw units, valid (B,) bool: False (and a NaN chunk) for length 0 or a kept id
+          outside [0, vocab_size).
+        Raises:
+          ValueError for a wrong rank, dtype or width, or lengths outside [0, W].
         """
-        t, lens, unbatched = self._check_tokens(tokens, lengths)
-        return self._unbatch(self._fns.jitted["detokenize"](self.params, t, lens), unbatched)
+        t, lens = input_checks.check_token_batch(tokens, lengths, self.num_tokens)
+        valid = lens > 0
+        actions = self._run("detokenize", t.astype(np.int32), np.maximum(lens, 1).astype(np.int32))
+        actions = actions.astype(np.float32)
+        valid &= np.all(np.isfinite(actions), axis=(1, 2))
+        actions[~valid] = np.nan
+        return actions, valid
 
-    def encode(self, actions, quantize: bool = True) -> jax.Array:
-        """Raw actions (B, H, D_a) or (H, D_a) -> FSQ codes (quantize=True) or raw latents, float32 (B, N, d)."""
-        x, unbatched = self._check_actions(actions)
-        fn = self._fns.jitted["encode" if quantize else "encode_latents"]
-        return self._unbatch(fn(self.params, x), unbatched)
+    def encode(self, actions, quantize: bool = True) -> np.ndarray:
+        """Raw actions (B, H, D_a) -> FSQ codes (quantize=True) or raw latents, float32 (B, N, d)."""
+        x = input_checks.check_action_batch(actions, self.horizon, self.action_dim)
+        return self._run("encode" if quantize else "encode_latents", x)
 
-    def decode(self, codes, lengths: Lengths = None) -> jax.Array:
-        """Codes (B, N, d) or (N, d) (+ prefix lengths None/int/(B,) in 1..N) -> raw actions (B, H, D_a)."""
-        c, unbatched = self._check_codes(codes)
-        lens = self._check_lengths(lengths, c.shape[0], self.num_tokens)
-        return self._unbatch(self._fns.jitted["decode"](self.params, c, lens), unbatched)
+    def decode(self, codes, lengths: Lengths = None) -> np.ndarray:
+        """Codes (B, N, d) float (+ prefix lengths None = N, an int or (B,) in 1..N) -> raw actions (B, H, D_a)."""
+        c = np.asarray(codes)
+        shape = (self.num_tokens, self.config.latent_dim)
+        if not np.issubdtype(c.dtype, np.floating) or c.ndim != 3 or c.shape[1:] != shape:
+            raise ValueError(f"codes must be a float array of shape (B, {shape[0]}, {shape[1]}), got {c.shape} "
+                             f"{c.dtype}; add a batch axis for a single chunk.")
+        if not np.all(np.isfinite(c)):
+            raise ValueError("codes contain NaN or Inf values.")
+        lens = input_checks.check_lengths(lengths, c.shape[0], self.num_tokens, self.num_tokens)
+        return self._run("decode", c.astype(np.float32), lens)
 
-    def autoencode(self, actions, k: Lengths = None) -> jax.Array:
-        """Tokenize then detokenize the first k tokens (None = N; int or (B,) in 1..N); raw units, input's shape."""
-        x, unbatched = self._check_actions(actions)
-        lens = self._check_lengths(k, x.shape[0], self.num_tokens)
-        return self._unbatch(self._fns.jitted["autoencode"](self.params, x, lens), unbatched)
+    def autoencode(self, actions, k: Lengths = None) -> np.ndarray:
+        """Tokenize then decode the first k tokens (None = N; an int or (B,) in 1..N): (B, H, D_a) raw units."""
+        x = input_checks.check_action_batch(actions, self.horizon, self.action_dim)
+        lens = input_checks.check_lengths(k, x.shape[0], self.num_tokens, self.num_tokens)
+        return self._run("autoencode", x, lens)
 
     # ----- persistence -----
     def save(self, path: str, overwrite: bool = False) -> str:
-        """Writes config.json, normalizer.json and Orbax params to directory `path`; returns its absolute path."""
-        return checkpoint.save(path, self.config, self.params, self.normalizer, overwrite=overwrite,
-                               dataset_normalizers=self.dataset_normalizers or None)
+        """Writes the tokenizer directory (`oat_jax.artifacts`: config.json, normalizer.json, params/,
+        action_tokenizer.json, ...) at `path`; returns its absolute path. `overwrite` replaces a saved tokenizer."""
+        return artifacts.write_tokenizer(path, self.config, self.params, self.normalizer,
+                                         self.dataset_normalizers or None, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str, verify: bool = True, dataset: str | None = None) -> "OATTokenizer":
-        """Loads a tokenizer saved with `save`; `path` may also be a training workdir holding `tokenizer/`.
+    def load(cls, path: str, step=None, verify: bool = True, dataset: str | None = None,
+             sharding=None) -> "OATTokenizer":
+        """Loads an OAT tokenizer from a tokenizer directory, a checkpoint step directory or a training workdir.
 
-        verify: check the files against the hashes recorded at save time (False skips it for very large artifacts).
-        dataset: for a tokenizer trained on a mixture, the member whose normalizer to use (None: the first one, as
-          saved in normalizer.json); see `for_dataset`.
-        Raises FileNotFoundError (missing path / no tokenizer there) or ValueError (a damaged or edited file, named
-        in the message; config does not match params).
+        Args:
+          path: local path or URL (gs://...) of any of those.
+          step: for a workdir: None = `<workdir>/tokenizer` if present, else the latest checkpoint; 'latest',
+            'best' (lowest validation MSE) or a step number = the EMA params of that checkpoint.
+          verify: check the files against the hashes recorded at save time (False skips it for huge artifacts).
+          dataset: for a tokenizer trained on a mixture, the member whose normalizer to use (see `for_dataset`).
+          sharding: where the params go: None = the first local device; one jax.sharding.Sharding for every leaf;
+            or a pytree of Shardings shaped like the params.
+        Raises:
+          FileNotFoundError: nothing loadable there (or the step is not kept); ValueError: a damaged or edited file
+          (named in the message), a config that does not match its params, or a bad `step`.
         """
-        config, params, normalizer = checkpoint.load(path, verify=verify)
-        tok = cls(config, params, normalizer, checkpoint.load_dataset_normalizers(path))
+        parts = artifacts.read_tokenizer(path, step, sharding=sharding, verify=verify)
+        tok = cls(parts.config, parts.params, parts.normalizer, parts.dataset_normalizers)
         return tok if dataset is None else tok.for_dataset(dataset)
 
+    # ----- report hooks (see oat_jax.action_tokenizers.protocol) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts at which a rate-distortion curve is measured: every prefix 1..N."""
+        return list(range(1, self.num_tokens + 1))
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The tokenizer-specific section of a report: {"config": the OATConfig as a dict}."""
+        del chunks, reconstruction, valid
+        return {"config": self.config.to_dict()}
+
     def __repr__(self) -> str:
-        return (f"OATTokenizer(H={self.horizon}, D_a={self.action_dim}, N={self.num_tokens}, "
-                f"vocab_size={self.vocab_size}, normalizer={self.normalizer.mode!r})")
+        c = self.config
+        return (f"OATTokenizer(H={c.horizon}, D_a={c.action_dim}, N={c.num_tokens}, vocab_size={c.vocab_size}, "
+                f"encoder={c.encoder!r}, nested_dropout={c.nested_dropout!r}, normalizer={self.normalizer.mode!r})")

@@ -6,7 +6,7 @@ import numpy as np
 from oat_jax import ActionNormalizer, OATConfig, OATTokenizer
 from oat_jax.policy.model import PolicyConfig, init_params
 from oat_jax.policy.policy import TokenPolicy
-from oat_jax.policy.tokenizer_io import load_tokenizer
+from oat_jax.action_tokenizers import load_action_tokenizer as load_tokenizer
 
 TINY_OAT = dict(horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=32, enc_depth=1, enc_heads=2, dec_width=32,
                 dec_depth=1, dec_heads=2, dec_ffn_dim=64, enc_dropout=0.0, dec_dropout=0.0, dec_attn_dropout=0.0)

@@ -9,7 +9,7 @@ import pytest
 
 import train_helpers
 from data_pipelines import rlds_writer, splits
-from oat_jax.training import trainer
+from oat_jax.training import tokenizer_trainer as trainer
 from oat_jax.training.faults import NonFiniteLossError
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 

@@ -9,7 +9,7 @@ import pytest
 
 from policy_helpers import random_obs, save_tiny_oat, tiny_policy
 
-from oat_jax.policy.policy import TokenPolicy, load_policy
+from oat_jax.policy.policy import TokenPolicy
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_policy_reloads_and_acts_without_the_tokenizer_workdir(tokenizer_dir, tm
     shutil.rmtree(moved)  # the tokenizer's original directory is gone
     assert not os.path.exists(moved)
     for path in (saved, str(tmp_path / "run")):  # the policy dir, or the workdir holding policy/
-        loaded = load_policy(path)
+        loaded = TokenPolicy.load(path)
         actions, valid = loaded.act(obs, jax.random.PRNGKey(7), 2)
         np.testing.assert_allclose(actions, expected, atol=1e-6)
         assert valid.all() and loaded.n_action_steps == policy.n_action_steps
@@ -59,4 +59,4 @@ def test_policy_validates_inputs(tokenizer_dir, tmp_path):
     with pytest.raises(ValueError, match="does not match the policy config"):
         TokenPolicy(policy.config.replace(vocab_size=7), policy.params, policy.tokenizer, policy.obs_normalizers)
     with pytest.raises(FileNotFoundError, match="No saved policy"):
-        load_policy(str(tmp_path))
+        TokenPolicy.load(str(tmp_path))

@@ -15,7 +15,7 @@ from train_helpers import ACTION_DIM, tiny_dataset  # noqa: F401  (session fixtu
 
 from experiments.configs import policy as policy_configs
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
-from oat_jax.policy.policy import load_policy
+from oat_jax.policy.policy import TokenPolicy
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
 
@@ -56,7 +56,7 @@ def test_trainer_writes_a_self_contained_policy(tiny_dataset, tmp_path):  # noqa
         final = json.load(f)
     assert final["step"] == config.train.num_steps and final["token_stats"]["max_length"] == 4
     shutil.rmtree(tmp_path / "tok_run")  # the tokenizer's workdir is gone
-    policy = load_policy(workdir)
+    policy = TokenPolicy.load(workdir)
     obs = {"state": np.zeros((2, config.data.n_obs_steps, 3), np.float32)}
     actions, valid = policy.act(obs, jax.random.PRNGKey(0), num_tokens=2)
     assert actions.shape == (2, 8, ACTION_DIM) and valid.all()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
-from oat_jax.training.train_step import TrainState
+from oat_jax.training.train_state import TrainState
 
 
 def _state(step, value):

@@ -17,7 +17,7 @@ from oat_jax.model import OATModel
 from oat_jax.training import checkpointing, train_and_evaluate
 from oat_jax.training.metrics import read_metrics
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.train_step import init_train_state, model_config
+from oat_jax.training.tokenizer_step import init_train_state, model_config
 
 FLAGS = ("--config.train.num_steps=3", "--config.train.eval_every=3", "--config.checkpoint.every=3")
 

@@ -11,7 +11,7 @@ from oat_jax.config import OATConfig
 from oat_jax.decoder import keep_length_distribution
 from oat_jax.model import OATModel, init_params
 from oat_jax.training import augment
-from oat_jax.training.train_step import check_loss_config, prefix_lengths_and_weights, reconstruction_loss
+from oat_jax.training.tokenizer_step import check_loss_config, prefix_lengths_and_weights, reconstruction_loss
 
 TINY = OATConfig(action_dim=3, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
                  enc_dropout=0.0, dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32, dec_dropout=0.0,

@@ -12,7 +12,7 @@ from experiments.configs import oat as oat_configs
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.training import optim, sharding
-from oat_jax.training.train_step import init_train_state, make_train_step, model_config
+from oat_jax.training.tokenizer_step import init_train_state, make_train_step, model_config
 
 GLOBAL_BATCH = 16
 

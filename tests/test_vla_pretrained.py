@@ -13,10 +13,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from experiments.configs import oat as oat_configs
 from oat_helpers import TINY, random_params, smooth_actions
-from oat_jax import ActionNormalizer, OATTokenizer, load_pretrained
-from oat_jax.pretrained import resolve_step
+from oat_jax import ActionNormalizer, OATTokenizer, artifacts, load_pretrained
+from oat_jax.artifacts import resolve_step
 from oat_jax.training.checkpointing import CheckpointStore
-from oat_jax.training.train_step import TrainState, model_config
+from oat_jax.training.train_state import TrainState
+from oat_jax.training.tokenizer_step import model_config
 
 STATS = {"action": {"min": [-1.0, -2.0, 0.0], "max": [1.0, 3.0, 0.5], "mean": [0.0, 0.5, 0.2],
                     "std": [0.5, 1.0, 0.1], "q01": [-0.9, -1.8, 0.01], "q99": [0.9, 2.8, 0.49], "count": 100},
@@ -42,7 +43,7 @@ def test_tokenizer_directory(saved):
     assert loaded.tokenizer.config == TINY and loaded.tokenizer.normalizer.to_dict() == tok.normalizer.to_dict()
     assert loaded.params is loaded.tokenizer.params
     actions = smooth_actions(4, TINY.horizon, TINY.action_dim, seed=1)
-    np.testing.assert_array_equal(loaded.tokenize_fn(loaded.params, actions), tok.tokenize(actions))
+    np.testing.assert_array_equal(loaded.tokenize_fn(loaded.params, actions), tok.tokenize(actions)[0])
     with pytest.raises(ValueError, match="step=None"):
         load_pretrained(path, step="best")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -59,14 +60,17 @@ def workdir(tmp_path_factory, saved):
     config.normalizer.mode = "gaussian"
     model_cfg = model_config(config.model, 3)
     root = tmp_path_factory.mktemp("run")
-    store = CheckpointStore(str(root / "checkpoints"), keep_last=3, keep_best=0, async_save=False)
+    store = CheckpointStore(str(root / "checkpoints"), (artifacts.STATS_ITEM, artifacts.TOKENIZER_ITEM), keep_last=3,
+                            keep_best=0, async_save=False)
+    normalizer = ActionNormalizer.from_stats(STATS["action"], "gaussian")
+    assets = {artifacts.STATS_ITEM: STATS, artifacts.TOKENIZER_ITEM: artifacts.tokenizer_assets(model_cfg, normalizer)}
     emas = {}
     for step in (2, 4):
         raw, emas[step] = random_params(model_cfg, seed=10 + step), random_params(model_cfg, seed=20 + step)
         state = TrainState(step=jnp.int32(step), params=raw, ema_params=emas[step],
                            opt_state=optax.adam(1e-3).init(raw), ema_count=jnp.int32(step),
                            rng=jax.random.PRNGKey(0))
-        store.save(step, state, json.loads(config.to_json_best_effort()), STATS)
+        store.save(step, state, json.loads(config.to_json_best_effort()), assets)
     store.close()
     with open(root / "metrics.jsonl", "w") as f:
         for step, mse in ((2, 0.1), (4, 0.3)):
@@ -85,6 +89,10 @@ def test_training_checkpoints_give_ema_params_config_and_normalizer(workdir):
     np.testing.assert_array_equal(latest.tokenizer.normalizer.offset, expected_norm.offset)
     assert latest.tokenizer.normalizer.mode == "gaussian"
     assert _equal_trees(load_pretrained(root, step=2).params, emas[2])
+    step_dir = os.path.join(root, "checkpoints", "2")  # a checkpoint step directory is itself a tokenizer
+    assert _equal_trees(OATTokenizer.load(step_dir).params, emas[2])
+    with pytest.raises(ValueError, match="step=None"):
+        OATTokenizer.load(step_dir, step=4)
     assert _equal_trees(load_pretrained(root, step="best").params, emas[2])  # lowest eval/val_mse
     assert resolve_step(root, "latest") == 4 and resolve_step(root, "best") == 2
     with pytest.raises(FileNotFoundError, match=r"kept steps: \[2, 4\]"):

@@ -1,5 +1,5 @@
-"""Action tokenizers behind one interface (`ActionTokenizer`): OAT (and OAT x / QueST-style, all `OATConfig`s),
-uniform binning (Bin) and DCT + BPE (FAST).
+"""Action tokenizers behind one interface (`ActionTokenizer`): OAT (`oat_jax.OATTokenizer`: OAT, OAT x and
+QueST-style, all `OATConfig`s), uniform binning (Bin) and DCT + BPE (FAST).
 
     from oat_jax.action_tokenizers import fit_action_tokenizer, load_action_tokenizer
     tok = load_action_tokenizer("runs/oat")                 # or fit_action_tokenizer("bin", train_chunks)
@@ -11,9 +11,8 @@ Importing this package does not import the `tokenizers` library (only fitting or
 
 from oat_jax.action_tokenizers.bin import BinActionTokenizer
 from oat_jax.action_tokenizers.fast import FASTActionTokenizer
-from oat_jax.action_tokenizers.oat import OATActionTokenizer
-from oat_jax.action_tokenizers.protocol import PAD_ID, TOKENIZER_FILE, ActionTokenizer
+from oat_jax.action_tokenizers.protocol import PAD_ID, ActionTokenizer
 from oat_jax.action_tokenizers.registry import TOKENIZER_TYPES, fit_action_tokenizer, load_action_tokenizer
 
-__all__ = ["PAD_ID", "TOKENIZER_FILE", "TOKENIZER_TYPES", "ActionTokenizer", "BinActionTokenizer",
-           "FASTActionTokenizer", "OATActionTokenizer", "fit_action_tokenizer", "load_action_tokenizer"]
+__all__ = ["PAD_ID", "TOKENIZER_TYPES", "ActionTokenizer", "BinActionTokenizer", "FASTActionTokenizer",
+           "fit_action_tokenizer", "load_action_tokenizer"]

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from oat_jax.action_tokenizers.protocol import (check_actions, check_token_batch, nan_chunks, read_tokenizer_json,
-                                                write_tokenizer_json)
+from oat_jax.action_tokenizers.protocol import nan_chunks
+from oat_jax.artifacts import read_type, write_typed_directory
+from oat_jax.input_checks import check_action_batch, check_token_batch
 from oat_jax.normalizer import ActionNormalizer
 
 
@@ -85,7 +86,7 @@ class BinActionTokenizer:
     # ----- tokenize / detokenize -----
     def tokenize(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw actions (B, H, D_a) -> tokens (B, H*D_a) int32 (time-major: index t*D_a + d), lengths (B,) = H*D_a."""
-        x = self.normalizer.normalize(check_actions(actions, self.horizon, self.action_dim))
+        x = self.normalizer.normalize(check_action_batch(actions, self.horizon, self.action_dim))
         ids = np.clip(np.floor((x + 1.0) / self.bin_width), 0, self.num_bins - 1).astype(np.int32)
         batch = ids.shape[0]
         return ids.reshape(batch, self.max_tokens), np.full((batch,), self.max_tokens, np.int32)
@@ -118,12 +119,12 @@ class BinActionTokenizer:
 
     def save(self, path: str) -> str:
         """Writes `path/action_tokenizer.json`; returns the absolute directory path."""
-        return write_tokenizer_json(path, self.to_dict())
+        return write_typed_directory(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "BinActionTokenizer":
         """Reads a directory written by `save` (FileNotFoundError / ValueError when it is not one)."""
-        d = read_tokenizer_json(path, cls.name)
+        d = read_type(path, cls.name)
         return cls(ActionNormalizer.from_dict(d["normalizer"]), d["horizon"], d["num_bins"])
 
     def __repr__(self) -> str:

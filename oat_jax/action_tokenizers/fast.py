@@ -27,8 +27,9 @@ import os
 
 import numpy as np
 
-from oat_jax.action_tokenizers.protocol import (check_actions, check_token_batch, nan_chunks, pad_sequences,
-                                                read_tokenizer_json, write_tokenizer_json)
+from oat_jax.action_tokenizers.protocol import nan_chunks, pad_sequences
+from oat_jax.artifacts import read_type, write_typed_directory
+from oat_jax.input_checks import check_action_batch, check_token_batch
 from oat_jax.normalizer import ActionNormalizer
 
 CHAR_OFFSET = 0x4E00  # first character of the alphabet (CJK ideographs: no whitespace, no combining characters)
@@ -158,7 +159,7 @@ class FASTActionTokenizer:
     # ----- coefficients -----
     def coefficients(self, actions: np.ndarray) -> np.ndarray:
         """Raw actions (B, H, D_a) -> rounded scaled DCT coefficients (B, H, D_a) int64 (before clipping)."""
-        x = self.normalizer.normalize(check_actions(actions, self.horizon, self.action_dim)).astype(np.float64)
+        x = self.normalizer.normalize(check_action_batch(actions, self.horizon, self.action_dim)).astype(np.float64)
         return np.rint(self._dct @ x * self.scale).astype(np.int64)
 
     def clipped_coefficients(self, actions: np.ndarray) -> np.ndarray:
@@ -217,12 +218,12 @@ class FASTActionTokenizer:
 
     def save(self, path: str) -> str:
         """Writes `path/action_tokenizer.json` and `path/bpe.json`; returns the absolute directory path."""
-        return write_tokenizer_json(path, self.to_dict(), files={BPE_FILE: self.bpe.to_str()})
+        return write_typed_directory(path, self.to_dict(), files={BPE_FILE: self.bpe.to_str()})
 
     @classmethod
     def load(cls, path: str) -> "FASTActionTokenizer":
         """Reads a directory written by `save`."""
-        d = read_tokenizer_json(path, cls.name)
+        d = read_type(path, cls.name)
         with open(os.path.join(path, d["bpe_file"])) as f:
             bpe = _tokenizers_lib().Tokenizer.from_str(f.read())
         return cls(ActionNormalizer.from_dict(d["normalizer"]), d["horizon"], d["scale"], d["min_coeff"],

@@ -1,4 +1,4 @@
-"""The interface every action tokenizer implements (OAT, OAT x, QueST-style, Bin, FAST).
+"""The interface every action tokenizer implements: `oat_jax.OATTokenizer` (OAT, OAT x, QueST-style), Bin, FAST.
 
 A policy, the tokenizer evaluation report and VLA code talk to tokenizers only through this interface, so any
 tokenizer can be swapped in. Token sequences are fixed-width int32 arrays plus per-example lengths (never Python
@@ -13,8 +13,10 @@ lists), so variable-length tokenizers (FAST) and prefix decoding (OAT_k) share o
 Conventions beyond the Protocol (followed by every implementation in this package):
 - `Cls.fit(chunks, **options)` (classmethod, Bin and FAST): fits on raw training chunks (M, H, D_a) float; learned
   tokenizers (OAT, OAT x, QueST-style) are trained with `experiments.train` instead.
-- `Cls.load(path)` (classmethod) reads what `save` wrote; `registry.load_action_tokenizer(path)` dispatches on the
-  "type" in `path/action_tokenizer.json` (TOKENIZER_FILE) and falls back to OAT for tokenizer dirs / workdirs.
+- `Cls.load(path)` (classmethod) reads what `save` wrote; `load_action_tokenizer(path)` loads any kind: it
+  dispatches on the "type" in `path/action_tokenizer.json` (`oat_jax.artifacts.TYPE_FILE`) and reads OAT training
+  workdirs and checkpoint steps (which have no type file) as OAT.
+- Report hooks (used by `oat_jax.eval`): `report_prefix_lengths()` and `diagnostics(chunks, reconstruction, valid)`.
 - Token ids outside [0, vocab_size) at positions < length make that example invalid (not an exception); a tokens
   array of the wrong rank/dtype/width or lengths outside [0, width] raise ValueError.
 - `lengths` = 0 is never valid (no tokens carry no chunk).
@@ -22,16 +24,11 @@ Conventions beyond the Protocol (followed by every implementation in this packag
 
 from __future__ import annotations
 
-import json
-import os
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from oat_jax import integrity
-
-PAD_ID = -1  # fill value of `tokens` past each example's length.
-TOKENIZER_FILE = "action_tokenizer.json"  # {"type": "oat" | "bin" | "fast", ...} in every saved tokenizer dir.
+from oat_jax.input_checks import PAD_ID
 
 
 @runtime_checkable
@@ -71,50 +68,6 @@ class ActionTokenizer(Protocol):
         """Write a self-describing directory (holds `action_tokenizer.json` naming the type); returns the path."""
 
 
-def lengths_from_tokens(tokens: np.ndarray) -> np.ndarray:
-    """(B, W) int tokens -> (B,) int32: the number of non-PAD entries of each row (the default `lengths`)."""
-    return np.sum(np.asarray(tokens) != PAD_ID, axis=-1).astype(np.int32)
-
-
-def check_token_batch(tokens, lengths, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validates detokenize inputs and brings them to the canonical form.
-
-    Args:
-      tokens: (B, W) integer array, W <= max_tokens (narrower arrays are PAD-padded to max_tokens).
-      lengths: None (count of non-PAD entries per row) or an int / (B,) integer array in [0, W].
-      max_tokens: the tokenizer's `max_tokens`.
-    Returns:
-      tokens (B, max_tokens) int64 with PAD_ID at positions >= lengths, lengths (B,) int32.
-    Raises:
-      ValueError naming the problem (rank, dtype, width, lengths shape or range). Ids are not range-checked here:
-      an out-of-range id makes its example invalid in `detokenize`.
-    """
-    t = np.asarray(tokens)
-    if t.ndim != 2 or not (np.issubdtype(t.dtype, np.integer) or t.size == 0):
-        raise ValueError(f"tokens must be a 2-D integer array (B, W) with W <= max_tokens={max_tokens}, got shape "
-                         f"{t.shape} and dtype {t.dtype}; add a batch axis for a single sequence.")
-    if t.shape[1] > max_tokens:
-        raise ValueError(f"tokens have width {t.shape[1]} but this tokenizer's max_tokens is {max_tokens}; cut "
-                         f"the sequences to at most {max_tokens} tokens.")
-    t = t.astype(np.int64)
-    if lengths is None:
-        lens = lengths_from_tokens(t)
-    else:
-        lens = np.asarray(lengths)
-        if not np.issubdtype(lens.dtype, np.integer):
-            raise ValueError(f"lengths must be integers, got dtype {lens.dtype}.")
-        if lens.ndim > 1 or (lens.ndim == 1 and lens.shape[0] != t.shape[0]):
-            raise ValueError(f"lengths must be an int or a ({t.shape[0]},) array, got shape {lens.shape}.")
-        lens = np.broadcast_to(lens, (t.shape[0],)).astype(np.int32)
-    if lens.size and (lens.min() < 0 or lens.max() > t.shape[1]):
-        raise ValueError(f"lengths must be in [0, {t.shape[1]}] (the width of tokens), got values in "
-                         f"[{lens.min()}, {lens.max()}].")
-    out = np.full((t.shape[0], max_tokens), PAD_ID, np.int64)
-    kept = np.arange(t.shape[1])[None, :] < lens[:, None]
-    out[:, :t.shape[1]] = np.where(kept, t, PAD_ID)
-    return out, lens.astype(np.int32)
-
-
 def pad_sequences(sequences, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     """A list of 1-D int sequences (each at most max_tokens long) -> tokens (B, max_tokens) int32, PAD_ID-padded,
     and lengths (B,) int32."""
@@ -129,59 +82,6 @@ def pad_sequences(sequences, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
     return tokens, lengths
 
 
-def check_actions(actions, horizon: int, action_dim: int) -> np.ndarray:
-    """Validates raw action chunks for `tokenize`: -> (B, H, D_a) float32 (finite), or ValueError naming the problem."""
-    x = np.asarray(actions)
-    if x.dtype == object or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise ValueError(f"actions must be a real-valued numeric array, got dtype {x.dtype}.")
-    if x.ndim != 3 or x.shape[1:] != (horizon, action_dim):
-        raise ValueError(f"actions must have shape (B, {horizon}, {action_dim}) = (batch, horizon, action_dim), got "
-                         f"{x.shape}; add a batch axis for a single chunk.")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"actions contain {int(np.sum(~np.isfinite(x)))} NaN/Inf values; tokenize finite actions.")
-    return x.astype(np.float32)
-
-
 def nan_chunks(batch: int, horizon: int, action_dim: int) -> np.ndarray:
     """(batch, H, D_a) float32 of NaN: what `detokenize` returns for invalid sequences."""
     return np.full((batch, horizon, action_dim), np.nan, np.float32)
-
-
-def write_tokenizer_json(path: str, description: dict[str, Any], files: Mapping[str, str] | None = None) -> str:
-    """Writes `description` (with a "type" key) to `path/action_tokenizer.json` and the text `files` (name ->
-    content) beside it, creating `path`, then the directory's integrity manifest (`oat_jax.integrity`); returns the
-    absolute directory path."""
-    path = os.path.abspath(os.fspath(path))
-    os.makedirs(path, exist_ok=True)
-    for name, text in (files or {}).items():
-        with open(os.path.join(path, name), "w") as f:
-            f.write(text)
-    with open(os.path.join(path, TOKENIZER_FILE), "w") as f:
-        json.dump(description, f, indent=1)
-    integrity.write_manifest(path)
-    return path
-
-
-def read_tokenizer_json(path: str, expected_type: str | None = None) -> dict[str, Any] | None:
-    """The dict in `path/action_tokenizer.json`, or None when `path` has no such file.
-
-    The directory's files are first checked against its integrity manifest (integrity.IntegrityError, a
-    ValueError naming a damaged file). Raises (only when `expected_type` is given): FileNotFoundError if the file is
-    missing, ValueError if it names another type.
-    """
-    file = os.path.join(os.fspath(path), TOKENIZER_FILE)
-    if not os.path.exists(file):
-        if expected_type is not None:
-            raise FileNotFoundError(f"No {TOKENIZER_FILE} in {path}: not a saved {expected_type!r} tokenizer; write "
-                                    f"one with .save(path).")
-        return None
-    integrity.verify(os.fspath(path), "action tokenizer")
-    try:
-        with open(file) as f:
-            description = json.load(f)
-    except ValueError as e:
-        raise ValueError(f"{file} is not valid JSON ({e}); save the tokenizer again.") from e
-    if expected_type is not None and description.get("type") != expected_type:
-        raise ValueError(f"{file} describes a {description.get('type')!r} tokenizer, not {expected_type!r}; load it "
-                         f"with oat_jax.action_tokenizers.load_action_tokenizer.")
-    return description

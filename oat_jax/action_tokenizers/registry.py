@@ -1,8 +1,9 @@
 """Loading and fitting action tokenizers by name: `load_action_tokenizer(path)`, `fit_action_tokenizer(name, ...)`.
 
 A saved tokenizer directory names its type in `action_tokenizer.json` ({"type": "oat" | "bin" | "fast", ...}).
-Directories without that file are read as OAT: an exported `OATTokenizer` directory, or a training workdir of
-`experiments.train` (OAT, OAT x or QueST-style; its `tokenizer/`, else a checkpoint), also at remote URLs (gs://).
+Paths without that file are read as OAT (`OATTokenizer.load`): a tokenizer directory of the first layout, a
+training workdir of `experiments.train` (OAT, OAT x or QueST-style; its `tokenizer/`, else a checkpoint) or one
+checkpoint step, also at remote URLs (gs://).
 """
 
 from __future__ import annotations
@@ -11,41 +12,38 @@ import os
 
 import numpy as np
 
+from oat_jax import artifacts
 from oat_jax.action_tokenizers.bin import BinActionTokenizer
 from oat_jax.action_tokenizers.fast import FASTActionTokenizer
-from oat_jax.action_tokenizers.oat import OATActionTokenizer
-from oat_jax.action_tokenizers.protocol import TOKENIZER_FILE, ActionTokenizer, read_tokenizer_json
+from oat_jax.action_tokenizers.protocol import ActionTokenizer
+from oat_jax.tokenizer import OATTokenizer
 
-TOKENIZER_TYPES = {"oat": OATActionTokenizer, "bin": BinActionTokenizer, "fast": FASTActionTokenizer}
+TOKENIZER_TYPES = {"oat": OATTokenizer, "bin": BinActionTokenizer, "fast": FASTActionTokenizer}
 FITTABLE = ("bin", "fast")  # fitted in seconds from data; learned tokenizers are trained with experiments.train
 
 
 def load_action_tokenizer(path: str, step=None) -> ActionTokenizer:
-    """Loads the tokenizer saved (or trained) at `path`.
+    """Loads the tokenizer saved (or trained) at `path`, of any type.
 
     Args:
-      path: a directory written by some tokenizer's `save`, an OAT tokenizer directory or a training workdir.
+      path: a directory written by some tokenizer's `save`, a training workdir or a checkpoint step directory.
       step: for an OAT training workdir only: None (its `tokenizer/`, else the latest checkpoint), 'latest',
-        'best' or a step number (see `oat_jax.load_pretrained`).
+        'best' or a step number (see `OATTokenizer.load`).
     Raises:
       FileNotFoundError: nothing at `path`, or nothing loadable there.
       ValueError: an unknown type in action_tokenizer.json, or `step` given for a non-OAT tokenizer.
     """
     path = os.fspath(path)
-    if "://" in path:  # remote: only OAT tokenizers / workdirs (read through etils by load_pretrained)
-        return OATActionTokenizer.load(path, step)
-    if not os.path.exists(path):
+    if "://" not in path and not os.path.exists(path):
         raise FileNotFoundError(f"No tokenizer at {path}: the path does not exist. Pass a saved tokenizer directory "
                                 f"or a training workdir of experiments.train.")
-    description = read_tokenizer_json(path)
-    if description is None:
-        return OATActionTokenizer.load(path, step)
-    kind = description.get("type")
+    description = artifacts.read_type(path)
+    kind = "oat" if description is None else description.get("type")
     if kind not in TOKENIZER_TYPES:
-        raise ValueError(f"{os.path.join(path, TOKENIZER_FILE)} names type {kind!r}; known types: "
+        raise ValueError(f"{os.path.join(path, artifacts.TYPE_FILE)} names type {kind!r}; known types: "
                          f"{sorted(TOKENIZER_TYPES)}.")
     if kind == "oat":
-        return OATActionTokenizer.load(path, step)
+        return OATTokenizer.load(path, step, verify=description is None)  # read_type already verified the files
     if step is not None:
         raise ValueError(f"step={step!r} applies to OAT training workdirs only; {path} holds a {kind!r} tokenizer.")
     return TOKENIZER_TYPES[kind].load(path)

@@ -1,35 +1,34 @@
 """`TokenPolicy`: a trained policy bundled with its frozen tokenizer and observation normalizer; save/load; act.
 
-Layout of a saved policy directory (self-contained: nothing refers to the tokenizer's training workdir):
-    <dir>/policy.json    PolicyConfig, SamplingConfig, observation normalizers, observation keys, n_action_steps
-    <dir>/params/        Orbax StandardCheckpointer checkpoint of the float32 (EMA) params
-    <dir>/tokenizer/     the frozen action tokenizer (`ActionTokenizer.save`)
-A training workdir holding such a directory as `<workdir>/policy/` is accepted by `load` too.
+A saved policy directory (`oat_jax.artifacts`): policy.json (`policy_metadata`), params/ (the EMA params) and
+tokenizer/ (the frozen action tokenizer, any type); self-contained. `TokenPolicy.load` also reads a policy
+training workdir (its `policy/`, or a checkpoint step with `step=`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
-from oat_jax import integrity
-from oat_jax.atomic_dir import atomic_directory
-from oat_jax.checkpoint import restore_params, save_params
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax import artifacts
+from oat_jax.action_tokenizers import ActionTokenizer, load_action_tokenizer
+from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
-from oat_jax.policy.tokenizer_io import as_action_tokenizer, load_tokenizer
 
-POLICY_FILE = "policy.json"
-PARAMS_DIR = "params"
-TOKENIZER_DIR = "tokenizer"
-WORKDIR_SUBDIR = "policy"  # <workdir>/policy: the exported EMA policy of a training run
 FORMAT = "oat_jax.policy/1"
+
+
+def policy_metadata(config: PolicyConfig, sampling: SamplingConfig, obs_normalizers: Mapping[str, Normalizer],
+                    obs_keys: Mapping[str, str], n_action_steps: int, tokenizer_name: str) -> dict:
+    """The JSON description of a policy besides its params and tokenizer (policy.json, and the `policy` item of a
+    policy run's checkpoints)."""
+    return {"format": FORMAT, "config": config.to_dict(), "sampling": dataclasses.asdict(sampling),
+            "obs_normalizers": {k: v.to_dict() for k, v in obs_normalizers.items()}, "obs_keys": dict(obs_keys),
+            "n_action_steps": int(n_action_steps), "tokenizer_name": tokenizer_name}
 
 
 class TokenPolicy:
@@ -38,18 +37,22 @@ class TokenPolicy:
     Args:
       config: the network's architecture.
       params: its float32 "params" collection.
-      tokenizer: the frozen `ActionTokenizer` the policy was trained on (an `OATTokenizer` is wrapped).
-      obs_normalizers: {"state": ActionNormalizer (gaussian) over obs_dim}; images are scaled inside the model.
+      tokenizer: the frozen `ActionTokenizer` the policy was trained on (`OATTokenizer`, Bin or FAST).
+      obs_normalizers: {"state": Normalizer (gaussian) over obs_dim}; images are scaled inside the model.
       sampling: temperature and top-k.
       obs_keys: {"state": dataset key path, ...}: where each observation comes from (documentation for users).
       n_action_steps: actions of each chunk executed before re-planning.
     """
 
-    def __init__(self, config: PolicyConfig, params: Any, tokenizer, obs_normalizers: Mapping[str, ActionNormalizer],
+    def __init__(self, config: PolicyConfig, params: Any, tokenizer: ActionTokenizer,
+                 obs_normalizers: Mapping[str, Normalizer],
                  sampling: SamplingConfig = SamplingConfig(), obs_keys: Mapping[str, str] | None = None,
                  n_action_steps: int = 16):
         self.config, self.params, self.sampling = config, params, sampling
-        self.tokenizer = as_action_tokenizer(tokenizer)
+        if not isinstance(tokenizer, ActionTokenizer):
+            raise ValueError(f"{type(tokenizer).__name__} does not implement oat_jax.action_tokenizers.ActionTokenizer "
+                             f"(vocab_size, max_tokens, fixed_length, horizon, action_dim, tokenize, detokenize, save).")
+        self.tokenizer = tokenizer
         self.obs_normalizers = dict(obs_normalizers)
         self.obs_keys = dict(obs_keys or {"state": "observation/state"})
         self.n_action_steps = int(n_action_steps)
@@ -111,64 +114,34 @@ class TokenPolicy:
 
     # ----- persistence -----
     def metadata(self) -> dict:
-        """The JSON content of policy.json."""
-        return {"format": FORMAT, "config": self.config.to_dict(), "sampling": dataclasses.asdict(self.sampling),
-                "obs_normalizers": {k: v.to_dict() for k, v in self.obs_normalizers.items()},
-                "obs_keys": self.obs_keys, "n_action_steps": self.n_action_steps,
-                "tokenizer_name": self.tokenizer.name}
+        """The JSON content of policy.json (see `policy_metadata`)."""
+        return policy_metadata(self.config, self.sampling, self.obs_normalizers, self.obs_keys, self.n_action_steps,
+                               self.tokenizer.name)
 
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path.
 
-        overwrite replaces an existing saved policy only; the new directory is swapped in when complete
-        (`oat_jax.atomic_dir`), so a crash leaves the old policy or the new one.
+        overwrite replaces an existing saved policy only; the new directory is swapped in when complete, so a crash
+        leaves the old policy or the new one.
         """
-        path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-        recognise = lambda d: os.path.isfile(os.path.join(d, POLICY_FILE))  # noqa: E731
-        with atomic_directory(path, overwrite, recognise=recognise, what="policy") as tmp:
-            save_params(os.path.join(tmp, PARAMS_DIR), self.params)
-            self.tokenizer.save(os.path.join(tmp, TOKENIZER_DIR))
-            with open(os.path.join(tmp, POLICY_FILE), "w", encoding="utf-8") as f:
-                json.dump(self.metadata(), f, indent=1)
-            integrity.write_manifest(tmp)
-        return path
+        return artifacts.write_policy(path, self.metadata(), self.params, self.tokenizer.save, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str, sampling: SamplingConfig | None = None, verify: bool = True) -> "TokenPolicy":
-        """Loads a saved policy (a policy directory or a training workdir holding `policy/`).
+    def load(cls, path: str, step=None, sampling: SamplingConfig | None = None, verify: bool = True) -> "TokenPolicy":
+        """Loads a policy: a policy directory, a policy training workdir (its `policy/`; with `step` 'latest',
+        'best' or an int: the EMA params of that checkpoint) or a checkpoint step directory.
 
         sampling: overrides the saved sampling settings (None keeps them).
         verify: check every file (tokenizer included) against the hashes recorded at save time.
         Raises FileNotFoundError when no saved policy is there.
         """
-        path = resolve_policy_dir(path)
-        if verify:
-            integrity.verify(path, "policy")
-        with open(os.path.join(path, POLICY_FILE), encoding="utf-8") as f:
-            meta = json.load(f)
-        config = PolicyConfig.from_dict(meta["config"])
-        params = restore_params(os.path.join(path, PARAMS_DIR), abstract_params(config))
-        tokenizer = load_tokenizer(os.path.join(path, TOKENIZER_DIR))
-        normalizers = {k: ActionNormalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}
-        return cls(config, params, tokenizer, normalizers, sampling or SamplingConfig(**meta["sampling"]),
-                   meta.get("obs_keys"), meta.get("n_action_steps", 16))
+        meta, params, tokenizer_dir = artifacts.read_policy(
+            path, step, lambda m: abstract_params(PolicyConfig.from_dict(m["config"])), verify=verify)
+        normalizers = {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}
+        return cls(PolicyConfig.from_dict(meta["config"]), params, load_action_tokenizer(tokenizer_dir), normalizers,
+                   sampling or SamplingConfig(**meta["sampling"]), meta.get("obs_keys"), meta.get("n_action_steps", 16))
 
     def __repr__(self) -> str:
         c = self.config
         return (f"TokenPolicy(tokenizer={self.tokenizer.name!r}, vocab={c.vocab_size}, max_tokens={c.max_tokens}, "
                 f"width={c.width}, depth={c.depth}, n_obs_steps={c.n_obs_steps})")
-
-
-def resolve_policy_dir(path: str) -> str:
-    """Absolute policy directory for `path` (a policy directory or a workdir holding `policy/`)."""
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    for candidate in (path, os.path.join(path, WORKDIR_SUBDIR)):
-        if os.path.exists(os.path.join(candidate, POLICY_FILE)):
-            return candidate
-    raise FileNotFoundError(f"No saved policy at {path!r}: expected {POLICY_FILE} there or in its {WORKDIR_SUBDIR}/ "
-                            f"subdirectory (training writes <workdir>/{WORKDIR_SUBDIR} at the end of a run).")
-
-
-def load_policy(path: str, sampling: SamplingConfig | None = None) -> TokenPolicy:
-    """`TokenPolicy.load(path, sampling)`."""
-    return TokenPolicy.load(path, sampling)

@@ -1,8 +1,9 @@
-"""Orbax checkpoints of a training run: `workdir/checkpoints/<step>/{params,train_state,config,dataset_stats}`.
+"""The training loop's Orbax CheckpointManager: `workdir/checkpoints/<step>/` with the items of `oat_jax.artifacts`.
 
 `params` holds the raw and EMA params (loadable without the optimizer), `train_state` the optimizer state, step,
-EMA counter and PRNG key, `config` the run's ConfigDict as JSON and `dataset_stats` the statistics the normalizer was
-fitted on, so a checkpoint is self-describing. Retention: the last `keep_last` checkpoints plus the `keep_best`
+EMA counter and PRNG key, `config` the run's ConfigDict as JSON, and the run kind's JSON assets (a tokenizer run's
+`dataset_stats` and `tokenizer`, a policy run's `policy` and `frozen_tokenizer`), so a step is self-describing and
+loadable (`OATTokenizer.load(step_dir)`, `TokenPolicy.load(step_dir)`). Retention: the last `keep_last` checkpoints plus the `keep_best`
 ones with the lowest validation MSE. Incomplete (temporary) step directories left by a killed run are ignored by
 `latest_step` and removed when the manager starts. Once a step is committed, process 0 records the SHA-256 of each
 of its files in `<step>/integrity.json` (`oat_jax.integrity`); `restore` verifies them (a damaged checkpoint is an
@@ -18,10 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as ocp_policy
 
-from oat_jax import integrity
-from oat_jax.pretrained import CHECKPOINT_ITEMS
-
-ITEMS = CHECKPOINT_ITEMS  # ("params", "train_state", "config", "dataset_stats"), read by oat_jax.pretrained too
+from oat_jax import artifacts, integrity
 
 
 class CheckpointStore:
@@ -29,6 +27,8 @@ class CheckpointStore:
 
     Args:
       directory: absolute or relative path of the checkpoints folder (created if missing).
+      json_items: names of the run kind's JSON items (artifacts.TOKENIZER_RUN_ITEMS / POLICY_RUN_ITEMS beyond
+        params, train_state and config).
       keep_last: number of most recent checkpoints always kept (>= 1).
       keep_best: number of checkpoints with the lowest `best_metric` kept in addition (0 disables).
       best_metric: key of the metrics dict passed to `save` used for ranking (lower is better).
@@ -36,7 +36,7 @@ class CheckpointStore:
       read_only: open an existing directory for restoring only (nothing is written or deleted).
     """
 
-    def __init__(self, directory: str, keep_last: int = 2, keep_best: int = 1, best_metric: str = "val_mse",
+    def __init__(self, directory: str, json_items: tuple[str, ...], keep_last: int = 2, keep_best: int = 1, best_metric: str = "val_mse",
                  async_save: bool = True, read_only: bool = False):
         if keep_last < 1:
             raise ValueError(f"config.checkpoint.keep_last must be >= 1, got {keep_last}.")
@@ -50,7 +50,10 @@ class CheckpointStore:
             best_fn=lambda m: float(m[best_metric]), best_mode="min",  # also makes Orbax persist the metrics
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
             read_only=read_only)
-        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=ITEMS)
+        self.json_items = tuple(json_items)
+        items = (artifacts.PARAMS_ITEM, artifacts.TRAIN_STATE_ITEM, artifacts.RUN_CONFIG_ITEM) + self.json_items
+        self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                             item_names=tuple(dict.fromkeys(items + artifacts.ALL_ITEMS)))
         self._unhashed: list[int] = []  # committed (or committing) steps whose integrity manifest is not written
         self._verified: set[int] = set()  # steps already checked (restore_json then restore read the same step)
 
@@ -95,52 +98,50 @@ class CheckpointStore:
             metrics = self.manager.metrics(step) or {}
             if self.best_metric in metrics:
                 scores[step] = float(metrics[self.best_metric])
-        return min(scores, key=lambda s: (scores[s], -s)) if scores else None
+        return artifacts.best_step(scores)
 
-    def save(self, step: int, state: Any, config_json: dict, dataset_stats: dict,
+    def save(self, step: int, state: Any, config_json: dict, assets: dict[str, dict],
              metrics: dict[str, float] | None = None) -> None:
         """Starts saving `state` (a `TrainState`) at `step`; asynchronous unless disabled. Collective: call on every
         process.
 
         Args:
+          assets: {item name: JSON content} for every name of `json_items`.
           metrics: scalar validation metrics of this step (must contain `best_metric` to count for best-k).
         """
         params = {"params": state.params, "ema_params": state.ema_params}
         rest = {"step": state.step, "opt_state": state.opt_state, "ema_count": state.ema_count, "rng": state.rng}
+        if set(assets) != set(self.json_items):
+            raise ValueError(f"checkpoint assets {sorted(assets)} do not match the items {sorted(self.json_items)}")
         args = ocp.args.Composite(params=ocp.args.StandardSave(params), train_state=ocp.args.StandardSave(rest),
                                   config=ocp.args.JsonSave(config_json),
-                                  dataset_stats=ocp.args.JsonSave(dataset_stats))
+                                  **{name: ocp.args.JsonSave(content) for name, content in assets.items()})
         if self._unhashed:
             self.manager.wait_until_finished()
             self._hash_committed()
         self.manager.save(step, args=args, metrics=metrics, force=True)
         self._unhashed.append(step)
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
-        """Restores the checkpoint at `step` into the shapes/dtypes/shardings of `abstract_state`.
-
-        Args:
-          abstract_state: a `TrainState` of jax.ShapeDtypeStruct (with `.sharding`) describing the target.
-        Returns:
-          (TrainState of jax.Arrays, config JSON dict, dataset statistics dict).
-        """
+    def restore(self, step: int, abstract_state: Any) -> Any:
+        """Restores the `TrainState` of the checkpoint at `step` (verified) into the shapes/dtypes/shardings of
+        `abstract_state` (a `TrainState` of jax.ShapeDtypeStruct with `.sharding`)."""
         self.verify(step)
         params = {"params": abstract_state.params, "ema_params": abstract_state.ema_params}
         rest = {"step": abstract_state.step, "opt_state": abstract_state.opt_state,
                 "ema_count": abstract_state.ema_count, "rng": abstract_state.rng}
         out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(params), train_state=ocp.args.StandardRestore(rest),
-            config=ocp.args.JsonRestore(), dataset_stats=ocp.args.JsonRestore()))
-        state = abstract_state.replace(params=out.params["params"], ema_params=out.params["ema_params"],
-                                       **out.train_state)
-        return state, out.config, out.dataset_stats
+            params=ocp.args.StandardRestore(params), train_state=ocp.args.StandardRestore(rest)))
+        return abstract_state.replace(params=out.params["params"], ema_params=out.params["ema_params"],
+                                      **out.train_state)
 
-    def restore_json(self, step: int) -> tuple[dict, dict]:
-        """(config JSON, dataset statistics) of the checkpoint at `step` (verified), without touching any array."""
+    def restore_json(self, step: int, names: tuple[str, ...] = ()) -> dict[str, Any]:
+        """{name: JSON content} of the run config and the items `names` that the checkpoint at `step` (verified)
+        holds (steps of the first layout lack some), without touching any array."""
         self.verify(step)
-        out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                                 dataset_stats=ocp.args.JsonRestore()))
-        return out.config, out.dataset_stats
+        present = [n for n in (artifacts.RUN_CONFIG_ITEM,) + tuple(names)
+                   if os.path.isdir(os.path.join(self.step_dir(step), n))]
+        out = self.manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in present}))
+        return {n: out[n] for n in present}
 
     def wait(self) -> None:
         """Blocks until the pending asynchronous save (if any) is committed, then records its integrity manifest."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -190,18 +190,6 @@ def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int) -> dict
             chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
         out[label] = chunks
     return out
-
-
-def padded_batches(chunks: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Global batches over `chunks` (M, H, D_a): yields (B, H, D_a) chunks and (B,) float32 weights, the last
-    batch padded with copies of the first chunk at weight 0."""
-    for start in range(0, len(chunks), batch_size):
-        part = chunks[start:start + batch_size]
-        weights = np.ones(batch_size, np.float32)
-        if len(part) < batch_size:
-            weights[len(part):] = 0.0
-            part = np.concatenate([part, np.repeat(chunks[:1], batch_size - len(part), axis=0)])
-        yield part, weights
 
 
 class InMemoryBatches:

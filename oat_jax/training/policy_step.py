@@ -15,7 +15,7 @@ import ml_collections
 import optax
 
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel, dummy_observation, teacher_forcing
-from oat_jax.training.train_step import TrainState, apply_gradients
+from oat_jax.training.train_state import TrainState, apply_gradients
 
 OBS_NAMES = ("state", "image")
 

@@ -1,10 +1,9 @@
-"""Train state and the pure train step (loss, gradient accumulation, optimizer update, EMA)."""
+"""The tokenizer's pure train step: nested-dropout reconstruction loss, gradient accumulation, update, EMA."""
 
 from __future__ import annotations
 
 from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,50 +14,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from oat_jax.config import OATConfig
 from oat_jax.decoder import keep_length_distribution, sample_keep_lengths
 from oat_jax.model import OATModel
-from oat_jax.normalizer import ActionNormalizer
-from oat_jax.pretrained import config_from_run
-from oat_jax.training import augment, ema
+from oat_jax.normalizer import Normalizer
+from oat_jax.training import augment
+from oat_jax.training.train_state import TrainState, apply_gradients
 from oat_jax.training.sharding import BATCH_AXES
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step needs and a checkpoint holds.
-
-    Attributes:
-      step: int32 scalar, number of updates done.
-      params: float32 param tree of `OATModel`.
-      ema_params: float32 EMA of `params` (used for evaluation and export).
-      opt_state: optax state of `params`.
-      ema_count: int32 scalar, number of EMA updates done (drives the EMA warm-up).
-      rng: uint32 (2,) base PRNG key; step s uses fold_in(rng, s), so a resumed run draws the same randomness.
-    """
-
-    step: jax.Array
-    params: Any
-    ema_params: Any
-    opt_state: Any
-    ema_count: jax.Array
-    rng: jax.Array
-
-
 def model_config(model_cfg: ml_collections.ConfigDict, action_dim: int) -> OATConfig:
-    """`OATConfig` from `config.model`; action_dim = -1 there means "the dataset's action dimension"
-    (the rule `oat_jax.pretrained.config_from_run` applies when a checkpoint is loaded)."""
-    return config_from_run(model_cfg.to_dict(), action_dim, "config.model")
-
-
-def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformation,
-                    ema_cfg: ml_collections.ConfigDict) -> tuple[TrainState, jax.Array]:
-    """One optimizer update and one EMA update; returns (the next state, the EMA decay used (float32 scalar)).
-
-    `grads` has the structure of `state.params`; `ema_cfg` holds `power` and `max_decay` (see `ema.ema_update`).
-    """
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params, decay = ema.ema_update(state.ema_params, params, state.ema_count, ema_cfg.power, ema_cfg.max_decay)
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
-                         ema_count=state.ema_count + 1), decay
+    """`OATConfig` from `config.model`; action_dim = -1 there means "the dataset's action dimension"."""
+    fields = model_cfg.to_dict()
+    if fields.get("action_dim", -1) in (-1, None):
+        fields["action_dim"] = action_dim
+    elif fields["action_dim"] != action_dim:
+        raise ValueError(f"config.model.action_dim={fields['action_dim']} but the dataset's actions have {action_dim} "
+                         f"dimensions; set it to -1 to follow the dataset.")
+    return OATConfig.from_dict(fields)
 
 
 def init_train_state(model: OATModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -187,7 +157,7 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array
 
 
 def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    normalizer: ActionNormalizer, ema_cfg: ml_collections.ConfigDict,
+                    normalizer: Normalizer, ema_cfg: ml_collections.ConfigDict,
                     accum_steps: int = 1,
                     mesh: Mesh | None = None,
                     loss_cfg: ml_collections.ConfigDict | None = None,

@@ -11,16 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from oat_jax.model import OATModel
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 
-def make_eval_step(model: OATModel, normalizer: ActionNormalizer) -> Callable[[Any, jax.Array, jax.Array], dict]:
-    """Builds `eval_step(params, actions, weights) -> sums` (pure; jit it with shardings outside).
+def make_eval_step(model: OATModel, normalizer: Normalizer) -> Callable[[Any, dict], dict]:
+    """Builds `eval_step(params, batch) -> sums` (pure; jit it with shardings outside).
 
     Args (of the returned function):
       params: float32 param tree (the EMA params).
-      actions: (B, H, D_a) float32, raw units.
-      weights: (B,) float32, 1 for real examples and 0 for padding rows.
+      batch: {"actions": (B, H, D_a) float32 raw units, "weights": (B,) float32, 1 for real examples and 0 for
+        padding rows}.
     Returns (sums over the batch, to be added over batches):
       {"se_norm": (N,) f32, "se_raw": (N,) f32: weighted sums of per-example MSE for k = 1..N,
        "count": () f32: sum of weights, "hist": (N, V) f32: weighted token counts per position}.
@@ -28,7 +28,8 @@ def make_eval_step(model: OATModel, normalizer: ActionNormalizer) -> Callable[[A
     c = model.config
     num_tokens, vocab = c.num_tokens, c.vocab_size
 
-    def eval_step(params, actions, weights):
+    def eval_step(params, batch):
+        actions, weights = batch["actions"], batch["weights"]
         variables = {"params": params}
         x = normalizer.normalize(actions)
         tokens = model.apply(variables, x, method=OATModel.tokenize)
