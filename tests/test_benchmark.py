@@ -1,4 +1,5 @@
-"""Smoke tests of `python -m experiments.benchmark` (tiny sizes, one repeat; no timing assertions)."""
+"""Smoke tests of the benchmark library (oat_jax.benchmarks) and of `python -m experiments.benchmark` (tiny sizes, one
+repeat; no timing assertions)."""
 
 import json
 import os
@@ -7,8 +8,8 @@ import sys
 
 import pytest
 
-from experiments import benchmark
 from experiments.configs import benchmark as benchmark_configs
+from oat_jax.benchmarks import report as bench_report, runner, targets as bench_targets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_FIELDS = ("median_s", "p10_s", "p90_s", "min_s", "samples")
@@ -25,13 +26,13 @@ def test_phase_env_sets_device_count_only_for_train_multi(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=8")
     config = benchmark_configs.get_config("quick")
     config.train.multi_devices = 4
-    single = benchmark.phase_env("tokenizer", config)["XLA_FLAGS"].split()
-    multi = benchmark.phase_env("train_multi", config)["XLA_FLAGS"].split()
+    single = runner.phase_env("tokenizer", config)["XLA_FLAGS"].split()
+    multi = runner.phase_env("train_multi", config)["XLA_FLAGS"].split()
     assert single == ["--xla_cpu_enable_fast_math=false"]
     assert multi == ["--xla_cpu_enable_fast_math=false", "--xla_force_host_platform_device_count=4"]
 
 
-def test_check_targets_compares_against_the_issue_limits():
+def test_check_targets_compares_against_the_limits():
     def tok(op, k, ms):
         return {"model": "paper", "dtype": "float32", "api": "jit", "batch": 1, "op": op, "k": k,
                 "median_s": ms / 1e3}
@@ -39,11 +40,11 @@ def test_check_targets_compares_against_the_issue_limits():
         "tokenizer": {"results": [tok("tokenize", None, 1.0), tok("detokenize", 1, 1.5), tok("detokenize", 8, 2.5)]},
         "train": {"results": [{"dtype": "float32", "batch": 64, "median_s": 0.4}]},
         "data": {"results": [{"pipeline": "tf.data", "items_per_s": 15000.0}]}}}
-    targets = {t["name"]: t for t in benchmark.check_targets(report)}
+    targets = {t["name"]: t for t in bench_targets.check_targets(report)}
     assert targets["detokenize, batch 1, paper fp32, slowest k"]["measured"] == pytest.approx(2.5)
     assert [t["met"] for t in targets.values()] == [False, True, True, False]
     report["config"]["model_overrides"] = {"enc_width": 32}  # not the paper's sizes: no targets
-    assert benchmark.check_targets(report) == []
+    assert bench_targets.check_targets(report) == []
 
 
 def test_quick_cli_writes_json_table_and_markdown(tmp_path):
@@ -68,7 +69,7 @@ def test_quick_cli_writes_json_table_and_markdown(tmp_path):
 
 def test_inprocess_tokenizer_and_data_phases_report_every_setting():
     config = benchmark_configs.get_config("quick")
-    report = benchmark.run_benchmark(config, ["tokenizer", "data"], isolate=False, log=lambda _: None)
+    report = runner.run_benchmark(config, ["tokenizer", "data"], isolate=False, log=lambda _: None)
     assert not [p["error"] for p in report["phases"].values() if "error" in p]
 
     rows = report["phases"]["tokenizer"]["results"]
@@ -95,24 +96,24 @@ def test_inprocess_tokenizer_and_data_phases_report_every_setting():
     assert data["pipeline"] == "tf.data" and data["items_per_s"] > 0
     for phase in report["phases"].values():
         assert phase["memory"]["peak_rss_mib"] > 0 and phase["wall_s"] > 0
-    text = benchmark.format_text(report)
+    text = bench_report.format_text(report)
     assert "Tokenizer" in text and "Data pipeline" in text
 
 
 def test_inprocess_train_multi_phase_counts_flops_on_every_device():
     config = benchmark_configs.get_config("quick")
     config.train.multi_devices = 2  # conftest gives 8 simulated CPU devices
-    report = benchmark.run_benchmark(config, ["train_multi"], isolate=False, log=lambda _: None)
+    report = runner.run_benchmark(config, ["train_multi"], isolate=False, log=lambda _: None)
     (step,) = report["phases"]["train_multi"]["results"]
     _check_timing(step)
     assert step["devices"] == 2 and step["batch"] == 8 and step["loss_finite"]
     assert step["flops"] > 0 and step["model_flops"] == pytest.approx(2 * step["flops"])
-    assert "Train step" in benchmark.format_text(report)
+    assert "Train step" in bench_report.format_text(report)
 
 
 def test_failed_phase_is_reported_not_raised():
     config = benchmark_configs.get_config("quick")
     config.train.multi_devices = 4096
-    report = benchmark.run_benchmark(config, ["train_multi"], isolate=False, log=lambda _: None)
+    report = runner.run_benchmark(config, ["train_multi"], isolate=False, log=lambda _: None)
     assert "4096 devices" in report["phases"]["train_multi"]["error"]
-    assert "ERROR" in benchmark.format_text(report)
+    assert "ERROR" in bench_report.format_text(report)

@@ -2,10 +2,14 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from experiments.recipes import policy_curves
+from oat_jax.eval import policy_curves
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(root, name, seed, losses, mean_length, max_length, vocab, variable_length=False):
@@ -36,7 +40,9 @@ def test_summary_averages_seeds_and_counts_eos_for_variable_length(tmp_path):
     rows = {r["type"]: r for r in policy_curves.summary_rows(by_type)}
     assert rows["oat"]["val_loss"] == pytest.approx(1.5) and rows["oat"]["nats_per_chunk"] == pytest.approx(12.0)
     assert rows["fast"]["nats_per_chunk"] == pytest.approx(0.5 * (9.0 + 1.0))  # + EOS
-    policy_curves.main(["--runs", str(tmp_path), "--output", str(tmp_path / "out")])
+    proc = subprocess.run([sys.executable, "-m", "experiments.recipes.policy_curves", f"--runs={tmp_path}",
+                           f"--output={tmp_path / 'out'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.path.getsize(tmp_path / "out" / "policy_curves.png") > 1000
     assert "| oat | 2 | 8.0 (8) | 1.500 | 12.0 |" in (tmp_path / "out" / "policy_training.md").read_text()
 

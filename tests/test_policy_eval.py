@@ -1,12 +1,17 @@
-"""Closed-loop evaluation: batched lock-step rollouts (toy environments), tables, and Meta-World end to end."""
+"""Closed-loop evaluation (oat_jax.eval): batched lock-step rollouts (toy environments), tables, the merge command
+line, and Meta-World end to end."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from experiments import eval_policy
+from oat_jax.eval import policy_eval, policy_report, rollouts
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class PointReach:
@@ -40,7 +45,7 @@ def test_batched_rollouts_replan_every_n_action_steps_with_one_call_for_all_envs
         direction = np.sign(history[:, -1, 1] - history[:, -1, 0])
         return np.repeat(direction[:, None, None], 8, axis=1).astype(np.float32), np.ones(len(history), bool)
 
-    out = eval_policy.run_batched_episodes(envs, act, n_obs_steps=2, n_action_steps=4, max_steps=30)
+    out = rollouts.run_batched_episodes(envs, act, n_obs_steps=2, n_action_steps=4, max_steps=30)
     assert out["success"].tolist() == [True, True, False]
     assert out["steps"].tolist() == [5, 3, 30]
     assert out["calls"] == 8 == len(seen)  # ceil(30 / 4) re-plans, each one batched call over all 3 envs
@@ -57,27 +62,39 @@ def test_invalid_chunks_hold_still():
     def act(history):
         return np.full((1, 8, 1), np.nan, np.float32), np.zeros(1, bool)
 
-    out = eval_policy.run_batched_episodes(envs, act, n_obs_steps=1, n_action_steps=8, max_steps=16)
+    out = rollouts.run_batched_episodes(envs, act, n_obs_steps=1, n_action_steps=8, max_steps=16)
     assert not out["success"][0] and envs[0].x == 0.0 and out["invalid_rate"] == 1.0
 
 
-def test_markdown_table_and_plot(tmp_path):
-    def result(label, ks, base):
-        return {"label": label, "tasks": ["a-v3", "b-v3"], "by_k": {str(k): {
-            "per_task": {"a-v3": {"mean": base, "se": 0.01}, "b-v3": {"mean": base + 0.1, "se": 0.02}},
-            "mean": base + 0.05, "se": 0.01, "latency_ms_b1": 3.0 * k, "latency_ms_batch": 5.0 * k,
-            "invalid_rate": 0.0, "mean_tokens": float(k)} for k in ks}}
+def _result(label, ks, base):
+    return {"label": label, "tasks": ["a-v3", "b-v3"], "by_k": {str(k): {
+        "per_task": {"a-v3": {"mean": base, "se": 0.01}, "b-v3": {"mean": base + 0.1, "se": 0.02}},
+        "mean": base + 0.05, "se": 0.01, "latency_ms_b1": 3.0 * k, "latency_ms_batch": 5.0 * k,
+        "invalid_rate": 0.0, "mean_tokens": float(k)} for k in ks}}
 
-    results = [result("OAT", [1, 2, 4, 8], 0.4), result("Bin", [128], 0.2)]
-    eval_policy.write_outputs(results, str(tmp_path), "table")
+
+def test_markdown_table_and_plot(tmp_path):
+    results = [_result("OAT", [1, 2, 4, 8], 0.4), _result("Bin", [128], 0.2)]
+    policy_report.write_outputs(results, str(tmp_path), "table")
     text = open(tmp_path / "table.md").read()
     assert "| OAT_8 | 40.0 ± 1.0 | 50.0 ± 2.0 | **45.0 ± 1.0**" in text and "| Bin |" in text
     assert os.path.getsize(tmp_path / "success_vs_k.png") > 1000
     assert len(json.load(open(tmp_path / "table.json"))) == 2
-    assert eval_policy.mean_se([0.2, 0.4]) == pytest.approx((0.3, 0.1))
+    assert policy_eval.mean_se([0.2, 0.4]) == pytest.approx((0.3, 0.1))
     # runs ordered (policy, evaluation seed): several policies (training seeds) -> one mean per policy
-    assert eval_policy.group_means([0.1, 0.3, 0.5, 0.7], 2) == pytest.approx([0.2, 0.6])
-    assert eval_policy.group_means([0.1, 0.3], 1) == [0.1, 0.3]
+    assert policy_eval.group_means([0.1, 0.3, 0.5, 0.7], 2) == pytest.approx([0.2, 0.6])
+    assert policy_eval.group_means([0.1, 0.3], 1) == [0.1, 0.3]
+
+
+def test_merge_cli_writes_one_table_of_every_result_file(tmp_path):
+    (tmp_path / "oat.json").write_text(json.dumps(_result("OAT", [1, 8], 0.4)))
+    (tmp_path / "bin.json").write_text(json.dumps([_result("Bin", [128], 0.2)]))
+    proc = subprocess.run([sys.executable, "-m", "experiments.eval_policy",
+                           f"--merge={tmp_path / 'oat.json'},{tmp_path / 'bin.json'}", f"--output={tmp_path / 'out'}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| OAT_8 |" in proc.stdout and "| Bin |" in (tmp_path / "out" / "table.md").read_text()
+    assert [r["label"] for r in json.loads((tmp_path / "out" / "table.json").read_text())] == ["OAT", "Bin"]
 
 
 def test_metaworld_evaluation_end_to_end(tmp_path):
@@ -85,24 +102,24 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
     from policy_helpers import save_tiny_oat, tiny_policy
     policy = tiny_policy(save_tiny_oat(str(tmp_path / "tok")))
     policy.save(str(tmp_path / "run" / "policy"))
-    res = eval_policy.evaluate([str(tmp_path / "run")], ["reach-v3"], episodes=2, seeds=[0], num_tokens=[1, 4],
+    res = policy_eval.evaluate([str(tmp_path / "run")], ["reach-v3"], episodes=2, seeds=[0], num_tokens=[1, 4],
                                max_steps=20, latency_repeats=2, log=lambda s: None)
     assert set(res["by_k"]) == {"1", "4"}
     for entry in res["by_k"].values():
         assert 0.0 <= entry["mean"] <= 1.0 and len(entry["per_task"]["reach-v3"]["per_run"]) == 1
         assert entry["latency_ms_b1"] > 0 and entry["mean_tokens"] in (1.0, 4.0)
-    eval_policy.write_outputs([res], str(tmp_path / "out"), "results")
+    policy_report.write_outputs([res], str(tmp_path / "out"), "results")
     assert os.path.exists(tmp_path / "out" / "results.md")
     for entry in res["by_k"].values():
         entry["latency_ms_b1"] = entry["latency_ms_batch"] = -1.0
-    eval_policy.remeasure_latency([res], repeats=2, log=lambda s: None)
+    policy_eval.remeasure_latency([res], repeats=2, log=lambda s: None)
     assert all(e["latency_ms_b1"] > 0 and e["latency_ms_batch"] > 0 for e in res["by_k"].values())
     # --paired: training seed i on evaluation seed i only; the mean and s.e. are over the workdirs
     run = str(tmp_path / "run")
-    paired = eval_policy.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0, 1], num_tokens=[4], max_steps=10,
+    paired = policy_eval.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0, 1], num_tokens=[4], max_steps=10,
                                   latency_repeats=1, log=lambda s: None, paired=True)
     entry = paired["by_k"]["4"]
     assert paired["paired"] and entry["se_over"] == "training seeds" and len(entry["per_run"]) == 2
     with pytest.raises(ValueError, match="one evaluation seed per workdir"):
-        eval_policy.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=10,
+        policy_eval.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=10,
                              paired=True)

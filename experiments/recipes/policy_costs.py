@@ -5,42 +5,41 @@ targets, at a given model size.
   python -m experiments.recipes.policy_costs --width=256 --depth=4 --heads=4 --batch=50 --train_batch=128
 """
 
-import argparse
 import json
-import time
+import types
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import app, flags
 
+from oat_jax import timing
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel, init_params, param_count
 from oat_jax.policy.sampling import SamplingConfig, Sampler
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
 
+flags.DEFINE_integer("width", 256, "Model width (and state MLP hidden size).")
+flags.DEFINE_integer("depth", 4, "Transformer blocks.")
+flags.DEFINE_integer("heads", 4, "Attention heads.")
+flags.DEFINE_integer("batch", 50, "Inference batch (parallel environments).")
+flags.DEFINE_integer("train_batch", 128, "Training batch.")
+flags.DEFINE_integer("obs_dim", 39, "State observation size.")
+flags.DEFINE_integer("repeats", 5, "Timed calls (median after one warm-up call).")
+flags.DEFINE_string("types", "oat:1000:8,bin:256:128", "Token types timed: name:vocab:max_tokens,...")
+_FLAGS = ("width", "depth", "heads", "batch", "train_batch", "obs_dim", "repeats", "types")
 
-def _time(fn, repeats):
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds of `fn()` (blocking on its result) over `repeats` calls after one warm-up call."""
+    return timing.time_calls(fn, repeats, warmup=1, block=jax.block_until_ready)["median_s"]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--batch", type=int, default=50, help="inference batch (parallel environments)")
-    p.add_argument("--train_batch", type=int, default=128)
-    p.add_argument("--obs_dim", type=int, default=39)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--types", default="oat:1000:8,bin:256:128", help="name:vocab:max_tokens,...")
-    args = p.parse_args(argv)
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    args = types.SimpleNamespace(**{name: flags.FLAGS[name].value for name in _FLAGS})
     out = {"args": vars(args), "devices": str(jax.devices())}
     for spec in args.types.split(","):
         name, vocab, n = spec.split(":")
@@ -75,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

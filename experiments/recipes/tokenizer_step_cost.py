@@ -7,14 +7,14 @@ reference shape (enc_patch 1, dec_patch 1, pow2 nested dropout) and of the defau
 its nested dropout), 5 rounds of 20 steps each, alternating. Prints the median ms per step and the ratio.
 """
 
-import time
-
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import app
 
+from oat_jax import timing
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, init_params
 from oat_jax.training.tokenizer_step import prefix_lengths_and_weights, reconstruction_loss
@@ -46,7 +46,9 @@ def make_step(config: OATConfig, actions: jax.Array):
     return jax.jit(step), params, tx.init(params)
 
 
-def main():
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     actions = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (BATCH, 32, 4)).astype(np.float32))
     state = {}
     for name, overrides in SHAPES.items():
@@ -56,13 +58,15 @@ def main():
         state[name] = [f, p, o]
     times: dict[str, list[float]] = {name: [] for name in SHAPES}
     for _ in range(ROUNDS):
-        for name, (f, p, o) in state.items():
-            start = time.perf_counter()
-            for i in range(STEPS):
-                p, o, loss = f(p, o, jax.random.PRNGKey(i))
-            jax.block_until_ready(loss)
-            times[name].append((time.perf_counter() - start) / STEPS)
-            state[name][1:] = [p, o]
+        for name, entry in state.items():
+            keys = iter(range(STEPS))
+
+            def one(entry=entry, keys=keys):
+                f, p, o = entry
+                entry[1], entry[2], loss = f(p, o, jax.random.PRNGKey(next(keys)))
+                return loss
+
+            times[name].append(timing.seconds_per_call(one, STEPS, block=jax.block_until_ready))
     for name, ts in times.items():
         print(f"{name}: median {1000 * np.median(ts):.1f} ms/step (rounds: "
               f"{', '.join(f'{1000 * t:.0f}' for t in ts)})")
@@ -71,4 +75,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

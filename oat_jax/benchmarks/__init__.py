@@ -1,0 +1,8 @@
+"""Benchmarks of tokenizer latency and throughput, train step time and FLOP utilisation, data throughput and peak
+host memory: the phases (`phases`, `tokenizer_phase`; the train and data phases live in
+`oat_jax.training.train_benchmarks` / `data_benchmarks` as they need the training code and the data pipelines),
+running them in subprocesses (`runner`), the machine description (`machine`), FLOP counts (`costs`), targets
+(`targets`) and the report tables (`report`). Timings use `oat_jax.timing`.
+
+The command line is `python -m experiments.benchmark`; one phase runs with `python -m oat_jax.benchmarks.phases`.
+"""

@@ -1,0 +1,132 @@
+"""Data throughput measurements: the tf.data chunk pipeline and the training loop's in-memory batcher (the `data`
+phase of `oat_jax.benchmarks.phases`, and `python -m experiments.benchmark_data`), and episodes/s of converting an
+image dataset single-process and on Apache Beam (`benchmark_data --convert`).
+
+`data_pipelines` (TensorFlow) is imported inside the functions, so a phase's memory increase includes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from oat_jax import timing
+
+CONVERT_WORKERS = {0: "single process (no Beam)", 1: "Beam, 1 worker", 2: "Beam, 2 workers"}
+
+
+def chunk_pipeline_seconds(dataset: str, *, horizon: int, batch_size: int, batches: int, warmup: int,
+                           cache: bool, seed: int = 0) -> float:
+    """Seconds per batch of the action-only tf.data chunk pipeline over the RLDS builder directory `dataset`
+    (training settings: shuffle + repeat; batches of (batch_size, horizon, D_a) actions), over `batches` batches
+    after `warmup` untimed ones (one pipelined window, `timing.seconds_per_call`)."""
+    from data_pipelines import loader
+
+    ds = loader.make_chunk_dataset(loader.DatasetSpec(path=dataset), split="train", horizon=horizon,
+                                   batch_size=batch_size, shuffle=True, repeat=True, seed=seed, cache=cache)
+    it = iter(ds)
+    for _ in range(warmup):
+        next(it)
+    return timing.seconds_per_call(lambda: next(it), batches, block=lambda batch: batch["actions"].numpy())
+
+
+def _in_memory_row(config: ml_collections.ConfigDict, dataset: str) -> dict[str, Any]:
+    """Loading time and per-batch timing of `oat_jax.training.data.InMemoryBatches` over `dataset`."""
+    from data_pipelines import loader
+    from experiments.configs import oat as oat_configs
+    from oat_jax.training import data as train_data
+
+    d = config.data
+    clock = timing.Stopwatch()
+    chunks = train_data.load_chunks(loader.DatasetSpec(path=dataset), oat_configs.get_config("").data, "train",
+                                    d.horizon)
+    load_s = clock.elapsed()
+    batcher = train_data.InMemoryBatches(chunks, d.batch_size, np.arange(d.batch_size), config.seed)
+    counter = iter(range(10 ** 9))
+    stats = timing.time_calls(lambda: batcher.local_batch(next(counter))["actions"], d.batches, config.max_seconds,
+                              warmup=d.warmup)
+    return {"pipeline": "in-memory", "batch": d.batch_size, **stats, "items_per_s": d.batch_size / stats["median_s"],
+            "load_s": load_s, "chunks_in_memory": int(len(chunks))}
+
+
+def run_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Chunks/s of the tf.data chunk pipeline (without / with its trajectory cache, `config.data.cache`; the
+    summary is over `config.data.repeats` windows) and of the in-memory batcher: {"results": [row dicts]}."""
+    from data_pipelines import EMBEDDED_DATASET_DIR
+
+    d = config.data
+    dataset = d.dataset or EMBEDDED_DATASET_DIR
+    rows = []
+    for cache in d.cache:
+        stats = timing.summarize([chunk_pipeline_seconds(dataset, horizon=d.horizon, batch_size=d.batch_size,
+                                                         batches=d.batches, warmup=d.warmup, cache=bool(cache))
+                                  for _ in range(d.repeats)])  # seconds per batch
+        rows.append({"pipeline": "tf.data" + (" cache" if cache else ""), "batch": d.batch_size, **stats,
+                     "items_per_s": d.batch_size / stats["median_s"]})
+    if d.in_memory:
+        rows.append(_in_memory_row(config, dataset))
+    return {"results": rows}
+
+
+def write_image_source(folder: str, episodes: int, files: int = 8, steps: int = 40, size: int = 64,
+                       seed: int = 0) -> str:
+    """A LIBERO-like folder of `files` HDF5 files holding `episodes` demos in all: per step a 7-D action, two
+    (size, size, 3) uint8 RGB cameras and 7 joint states. Returns `folder`."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    for f in range(files):
+        with h5py.File(os.path.join(folder, f"task_{f}.hdf5"), "w") as h:
+            data = h.create_group("data")
+            data.attrs["problem_info"] = json.dumps({"language_instruction": f"task {f}"})
+            for e in range(f, episodes, files):
+                demo = data.create_group(f"demo_{e}")
+                demo.create_dataset("actions", data=rng.normal(size=(steps, 7)))
+                obs = demo.create_group("obs")
+                base = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+                for cam in ("agentview_rgb", "eye_in_hand_rgb"):
+                    noise = rng.integers(0, 16, (steps, size, size, 3), dtype=np.uint8)
+                    obs.create_dataset(cam, data=base + noise)
+                obs.create_dataset("joint_states", data=rng.normal(size=(steps, 7)).astype(np.float32))
+    return folder
+
+
+def convert_episodes_per_s(source: str, workers: int) -> float:
+    """Episodes per second of one conversion of the HDF5 folder `source` (workers 0 = the single-process path,
+    else Apache Beam with that many worker processes)."""
+    from data_pipelines import convert
+    import tensorflow_datasets as tfds
+
+    out = tempfile.mkdtemp(prefix="oat_convert_bench_")
+    try:
+        clock = timing.Stopwatch()
+        argv = ["--format=hdf5", f"--input={source}", f"--output={out}/rlds", "--overwrite"]
+        if convert.main(argv + ([f"--num_workers={workers}"] if workers else [])) != 0:
+            raise RuntimeError(f"conversion with {workers} workers failed")
+        seconds = clock.elapsed()
+        return tfds.builder_from_directory(f"{out}/rlds").info.splits["train"].num_examples / seconds
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def convert_rates(episodes: int, repeats: int, steps: int = 40, size: int = 64) -> dict[int, list[float]]:
+    """{workers: [episodes/s per round]} for the `CONVERT_WORKERS` settings, measured interleaved over `repeats`
+    rounds on a generated source of `episodes` episodes (`write_image_source`)."""
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
+    source = write_image_source(tempfile.mkdtemp(prefix="oat_convert_src_"), episodes, steps=steps, size=size)
+    rates: dict[int, list[float]] = {w: [] for w in CONVERT_WORKERS}
+    try:
+        for _ in range(repeats):
+            for workers in rates:
+                rates[workers].append(convert_episodes_per_s(source, workers))
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
+    return rates
