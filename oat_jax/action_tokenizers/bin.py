@@ -110,6 +110,35 @@ class BinActionTokenizer:
                            nan_chunks(batch, horizon, dim))
         return actions.astype(np.float32), valid
 
+    # ----- report convention (see protocol.py) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts at which the tokenizer report measures the rate-distortion curve: whole steps,
+        D_a * (1, 2, 4, ..., H) (the last one H itself when H is not a power of two)."""
+        steps = [min(1 << i, self.horizon) for i in range((self.horizon - 1).bit_length() + 1)]
+        return [s * self.action_dim for s in steps]
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The Bin section of the tokenizer report: the measured error against the analytic bound.
+
+        Args:
+          chunks: (B, H, D_a) raw actions; reconstruction: (B, H, D_a) float32 their full-length round trip;
+            valid: (B,) bool (unused: Bin decodes every full-length sequence).
+        Returns:
+          {"bin_bound": {"bin_width": w, "half_width": w / 2, "uniform_mse": w^2 / 12 (normalized units),
+           "max_abs_error_in_range": largest |error| on values inside the fitted range, "mse_norm_own": MSE in this
+           tokenizer's normalized units, "fraction_out_of_range", "fraction_at_range_limits": of the values}}.
+        """
+        del valid
+        x = self.normalizer.normalize(np.asarray(chunks))
+        inside = (x >= -1.0) & (x <= 1.0)
+        err = np.abs(self.normalizer.normalize(np.asarray(reconstruction)) - x)
+        return {"bin_bound": {
+            "bin_width": self.bin_width, "half_width": self.bin_width / 2, "uniform_mse": self.bin_width ** 2 / 12,
+            "max_abs_error_in_range": float(err[inside].max()) if inside.any() else float("nan"),
+            "mse_norm_own": float(np.mean(np.square(err))),
+            "fraction_out_of_range": float(1.0 - inside.mean()),
+            "fraction_at_range_limits": float(np.mean(np.abs(x) >= 1.0 - 1e-6))}}
+
     # ----- persistence -----
     def to_dict(self) -> dict:
         """JSON-able description (the content of action_tokenizer.json)."""

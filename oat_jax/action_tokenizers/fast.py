@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from oat_jax.action_tokenizers import metrics
 from oat_jax.action_tokenizers.protocol import (check_actions, check_token_batch, nan_chunks, pad_sequences,
                                                 read_tokenizer_json, write_tokenizer_json)
 from oat_jax.normalizer import ActionNormalizer
@@ -207,6 +208,38 @@ class FASTActionTokenizer:
         actions = np.where(valid[:, None, None], self.normalizer.unnormalize(normalized),
                            nan_chunks(batch, self.horizon, self.action_dim))
         return actions.astype(np.float32), valid
+
+    # ----- report convention (see protocol.py) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts of the tokenizer report's rate-distortion curve: none (FAST prefixes do not decode)."""
+        return []
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The FAST section of the tokenizer report: the round-trip error against the quantization bound.
+
+        Args:
+          chunks: (B, H, D_a) raw actions; reconstruction: (B, H, D_a) float32 their round trip (NaN where
+            invalid); valid: (B,) bool.
+        Returns:
+          {"fast_quantization": {"scale", "mse_bound_per_chunk": (0.5 / scale)^2, "mse_uniform_rounding":
+           (1 / scale)^2 / 12, "max_chunk_mse_norm_own" / "mean_mse_norm_own": per-chunk MSE in this tokenizer's
+           normalized units over the clean chunks (no clipped coefficient, not truncated; None if there are none),
+           "chunks_clean", "chunks_with_clipped_coefficients", "chunks_truncated", "clean_chunks_decoded": fraction
+           of the clean chunks that are valid}}.
+        """
+        clipped, lengths = self.clipped_coefficients(chunks), self.token_lengths(chunks)
+        clean = (clipped == 0) & (lengths <= self.max_tokens)
+        own = metrics.per_chunk_mse(self.normalizer.normalize(np.asarray(reconstruction)),
+                                    self.normalizer.normalize(np.asarray(chunks)))
+        any_clean = bool(clean.any())
+        return {"fast_quantization": {
+            "scale": self.scale, "mse_bound_per_chunk": self.quantization_mse_bound,
+            "mse_uniform_rounding": (1.0 / self.scale) ** 2 / 12,
+            "max_chunk_mse_norm_own": float(np.max(own[clean])) if any_clean else None,
+            "mean_mse_norm_own": float(np.mean(own[clean])) if any_clean else None,
+            "chunks_clean": int(clean.sum()), "chunks_with_clipped_coefficients": int(np.sum(clipped > 0)),
+            "chunks_truncated": int(np.sum(lengths > self.max_tokens)),
+            "clean_chunks_decoded": float(np.asarray(valid)[clean].mean()) if any_clean else None}}
 
     # ----- persistence -----
     def to_dict(self) -> dict:

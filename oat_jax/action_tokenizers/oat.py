@@ -107,6 +107,17 @@ class OATActionTokenizer:
         actions[~valid] = np.nan
         return actions, valid
 
+    # ----- report convention (see protocol.py) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts at which the tokenizer report measures the rate-distortion curve: every prefix 1..N."""
+        return list(range(1, self.max_tokens + 1))
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The OAT section of the tokenizer report: {"config": the OATConfig as a dict}. The arrays (raw chunks
+        (B, H, D_a), their full-length reconstruction (B, H, D_a) float32 and valid (B,) bool) are not needed."""
+        del chunks, reconstruction, valid
+        return {"config": self.config.to_dict()}
+
     def save(self, path: str) -> str:
         """Writes the OATTokenizer directory (config.json, normalizer.json, params/) plus action_tokenizer.json;
         returns the absolute path. `path` must not exist or be empty (FileExistsError otherwise)."""
