@@ -24,7 +24,7 @@ import numpy as np
 
 from oat_jax.config import OATConfig
 from oat_jax.layers import sincos_table
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 from oat_jax.tokenizer import OATTokenizer
 
 IGNORED_KEYS = ("_dummy_variable",)
@@ -180,7 +180,7 @@ def infer_config(state_dict: Mapping[str, Any], prefix: str = "", **overrides: A
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], config: OATConfig | None = None,
-                       normalizer: ActionNormalizer | None = None, prefix: str = "",
+                       normalizer: Normalizer | None = None, prefix: str = "",
                        **overrides: Any) -> OATTokenizer:
     """Converts a reference OAT tokenizer state dict (name -> array, spec section 7) to an `OATTokenizer`.
 
@@ -235,7 +235,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: OATConfig | None =
     if normalizer is None:
         stats = {k: state[f"{NORMALIZER_PREFIX}input_stats.{k}"] for k in STATS_KEYS
                  if f"{NORMALIZER_PREFIX}input_stats.{k}" in state}
-        normalizer = ActionNormalizer("limits", state[NORMALIZER_PREFIX + "scale"],
+        normalizer = Normalizer("limits", state[NORMALIZER_PREFIX + "scale"],
                                       state[NORMALIZER_PREFIX + "offset"], stats)
     return OATTokenizer(config, params, normalizer)
 

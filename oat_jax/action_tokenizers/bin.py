@@ -1,6 +1,6 @@
 """`BinActionTokenizer`: uniform per-dimension binning (RT-2 / OpenVLA style), the long-but-total baseline.
 
-Each action value is normalized per dimension to [-1, 1] with the dataset's min/max (`ActionNormalizer` 'limits',
+Each action value is normalized per dimension to [-1, 1] with the dataset's min/max (`Normalizer` 'limits',
 fitted on the training chunks), cut into `num_bins` equal bins of width w = 2 / num_bins (values outside [-1, 1]
 fall into the edge bins) and decoded as the bin centre -1 + (i + 1/2) w. Tokens are time-major: token t * D_a + d
 holds step t, dimension d, so every chunk is H * D_a tokens (128 for Meta-World, 224 for 7-D actions).
@@ -21,7 +21,7 @@ import numpy as np
 from oat_jax.action_tokenizers.protocol import nan_chunks
 from oat_jax.artifacts import read_type, write_typed_directory
 from oat_jax.input_checks import check_action_batch, check_token_batch
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 
 class BinActionTokenizer:
@@ -35,7 +35,7 @@ class BinActionTokenizer:
 
     name = "bin"
 
-    def __init__(self, normalizer: ActionNormalizer, horizon: int, num_bins: int = 256):
+    def __init__(self, normalizer: Normalizer, horizon: int, num_bins: int = 256):
         if int(num_bins) < 2:
             raise ValueError(f"num_bins must be >= 2, got {num_bins}.")
         if int(horizon) < 1:
@@ -50,7 +50,7 @@ class BinActionTokenizer:
         chunks = np.asarray(chunks)
         if chunks.ndim != 3 or chunks.shape[0] == 0:
             raise ValueError(f"Bin fit needs raw training chunks of shape (M, H, D_a), got {chunks.shape}.")
-        return cls(ActionNormalizer.fit(chunks, normalizer_mode), chunks.shape[1], num_bins)
+        return cls(Normalizer.fit(chunks, normalizer_mode), chunks.shape[1], num_bins)
 
     # ----- sizes -----
     @property
@@ -111,6 +111,35 @@ class BinActionTokenizer:
                            nan_chunks(batch, horizon, dim))
         return actions.astype(np.float32), valid
 
+    # ----- report convention (see protocol.py) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts at which the tokenizer report measures the rate-distortion curve: whole steps,
+        D_a * (1, 2, 4, ..., H) (the last one H itself when H is not a power of two)."""
+        steps = [min(1 << i, self.horizon) for i in range((self.horizon - 1).bit_length() + 1)]
+        return [s * self.action_dim for s in steps]
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The Bin section of the tokenizer report: the measured error against the analytic bound.
+
+        Args:
+          chunks: (B, H, D_a) raw actions; reconstruction: (B, H, D_a) float32 their full-length round trip;
+            valid: (B,) bool (unused: Bin decodes every full-length sequence).
+        Returns:
+          {"bin_bound": {"bin_width": w, "half_width": w / 2, "uniform_mse": w^2 / 12 (normalized units),
+           "max_abs_error_in_range": largest |error| on values inside the fitted range, "mse_norm_own": MSE in this
+           tokenizer's normalized units, "fraction_out_of_range", "fraction_at_range_limits": of the values}}.
+        """
+        del valid
+        x = self.normalizer.normalize(np.asarray(chunks))
+        inside = (x >= -1.0) & (x <= 1.0)
+        err = np.abs(self.normalizer.normalize(np.asarray(reconstruction)) - x)
+        return {"bin_bound": {
+            "bin_width": self.bin_width, "half_width": self.bin_width / 2, "uniform_mse": self.bin_width ** 2 / 12,
+            "max_abs_error_in_range": float(err[inside].max()) if inside.any() else float("nan"),
+            "mse_norm_own": float(np.mean(np.square(err))),
+            "fraction_out_of_range": float(1.0 - inside.mean()),
+            "fraction_at_range_limits": float(np.mean(np.abs(x) >= 1.0 - 1e-6))}}
+
     # ----- persistence -----
     def to_dict(self) -> dict:
         """JSON-able description (the content of action_tokenizer.json)."""
@@ -125,7 +154,7 @@ class BinActionTokenizer:
     def load(cls, path: str) -> "BinActionTokenizer":
         """Reads a directory written by `save` (FileNotFoundError / ValueError when it is not one)."""
         d = read_type(path, cls.name)
-        return cls(ActionNormalizer.from_dict(d["normalizer"]), d["horizon"], d["num_bins"])
+        return cls(Normalizer.from_dict(d["normalizer"]), d["horizon"], d["num_bins"])
 
     def __repr__(self) -> str:
         return (f"BinActionTokenizer(H={self.horizon}, D_a={self.action_dim}, num_bins={self.num_bins}, "

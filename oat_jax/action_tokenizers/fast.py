@@ -1,6 +1,6 @@
 """`FASTActionTokenizer`: DCT + byte-pair encoding (FAST, Pertsch et al. 2025), the short-but-partial baseline.
 
-Tokenize: normalize each dimension to [-1, 1] (`ActionNormalizer`, 'limits' by default, 'quantile' as in FAST),
+Tokenize: normalize each dimension to [-1, 1] (`Normalizer`, 'limits' by default, 'quantile' as in FAST),
 orthonormal DCT-II over the H steps of each dimension, multiply by `scale` (default 10) and round to integers,
 flatten frequency-major (coefficient f * D_a + d: all dimensions' lowest frequency first), map each integer v to the
 character chr(CHAR_OFFSET + v - min_coeff) and encode the string with a byte-pair encoding trained on the dataset
@@ -27,10 +27,11 @@ import os
 
 import numpy as np
 
+from oat_jax.action_tokenizers import metrics
 from oat_jax.action_tokenizers.protocol import nan_chunks, pad_sequences
 from oat_jax.artifacts import read_type, write_typed_directory
 from oat_jax.input_checks import check_action_batch, check_token_batch
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 CHAR_OFFSET = 0x4E00  # first character of the alphabet (CJK ideographs: no whitespace, no combining characters)
 MAX_ALPHABET = 0x9FFF - 0x4E00 + 1  # contiguous characters available from CHAR_OFFSET
@@ -69,7 +70,7 @@ class FASTActionTokenizer:
 
     name = "fast"
 
-    def __init__(self, normalizer: ActionNormalizer, horizon: int, scale: float, min_coeff: int, max_coeff: int,
+    def __init__(self, normalizer: Normalizer, horizon: int, scale: float, min_coeff: int, max_coeff: int,
                  bpe, max_tokens: int = 128):
         if not scale > 0 or int(max_tokens) < 1 or int(max_coeff) < int(min_coeff):
             raise ValueError(f"FAST needs scale > 0, max_tokens >= 1 and max_coeff >= min_coeff; got scale={scale}, "
@@ -102,7 +103,7 @@ class FASTActionTokenizer:
         if chunks.ndim != 3 or chunks.shape[0] == 0:
             raise ValueError(f"FAST fit needs raw training chunks of shape (M, H, D_a), got {chunks.shape}.")
         tk = _tokenizers_lib()
-        normalizer = ActionNormalizer.fit(chunks, normalizer_mode)
+        normalizer = Normalizer.fit(chunks, normalizer_mode)
         coeffs = np.rint(dct_matrix(chunks.shape[1]) @ normalizer.normalize(chunks) * scale).astype(np.int64)
         lo, hi = int(coeffs.min()), int(coeffs.max())
         alphabet = hi - lo + 1
@@ -209,6 +210,38 @@ class FASTActionTokenizer:
                            nan_chunks(batch, self.horizon, self.action_dim))
         return actions.astype(np.float32), valid
 
+    # ----- report convention (see protocol.py) -----
+    def report_prefix_lengths(self) -> list[int]:
+        """Token counts of the tokenizer report's rate-distortion curve: none (FAST prefixes do not decode)."""
+        return []
+
+    def diagnostics(self, chunks: np.ndarray, reconstruction: np.ndarray, valid: np.ndarray) -> dict:
+        """The FAST section of the tokenizer report: the round-trip error against the quantization bound.
+
+        Args:
+          chunks: (B, H, D_a) raw actions; reconstruction: (B, H, D_a) float32 their round trip (NaN where
+            invalid); valid: (B,) bool.
+        Returns:
+          {"fast_quantization": {"scale", "mse_bound_per_chunk": (0.5 / scale)^2, "mse_uniform_rounding":
+           (1 / scale)^2 / 12, "max_chunk_mse_norm_own" / "mean_mse_norm_own": per-chunk MSE in this tokenizer's
+           normalized units over the clean chunks (no clipped coefficient, not truncated; None if there are none),
+           "chunks_clean", "chunks_with_clipped_coefficients", "chunks_truncated", "clean_chunks_decoded": fraction
+           of the clean chunks that are valid}}.
+        """
+        clipped, lengths = self.clipped_coefficients(chunks), self.token_lengths(chunks)
+        clean = (clipped == 0) & (lengths <= self.max_tokens)
+        own = metrics.per_chunk_mse(self.normalizer.normalize(np.asarray(reconstruction)),
+                                    self.normalizer.normalize(np.asarray(chunks)))
+        any_clean = bool(clean.any())
+        return {"fast_quantization": {
+            "scale": self.scale, "mse_bound_per_chunk": self.quantization_mse_bound,
+            "mse_uniform_rounding": (1.0 / self.scale) ** 2 / 12,
+            "max_chunk_mse_norm_own": float(np.max(own[clean])) if any_clean else None,
+            "mean_mse_norm_own": float(np.mean(own[clean])) if any_clean else None,
+            "chunks_clean": int(clean.sum()), "chunks_with_clipped_coefficients": int(np.sum(clipped > 0)),
+            "chunks_truncated": int(np.sum(lengths > self.max_tokens)),
+            "clean_chunks_decoded": float(np.asarray(valid)[clean].mean()) if any_clean else None}}
+
     # ----- persistence -----
     def to_dict(self) -> dict:
         """JSON-able description (action_tokenizer.json); the BPE itself is in BPE_FILE."""
@@ -226,7 +259,7 @@ class FASTActionTokenizer:
         d = read_type(path, cls.name)
         with open(os.path.join(path, d["bpe_file"])) as f:
             bpe = _tokenizers_lib().Tokenizer.from_str(f.read())
-        return cls(ActionNormalizer.from_dict(d["normalizer"]), d["horizon"], d["scale"], d["min_coeff"],
+        return cls(Normalizer.from_dict(d["normalizer"]), d["horizon"], d["scale"], d["min_coeff"],
                    d["max_coeff"], bpe, d["max_tokens"])
 
     def __repr__(self) -> str:

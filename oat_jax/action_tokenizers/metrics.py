@@ -75,35 +75,58 @@ def truncate_sequences(rng: np.random.Generator, tokens: np.ndarray,
     return out, cut.astype(np.int32), ok
 
 
+def position_counts(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Histogram of the ids at every position of real sequences.
+
+    Args:
+      tokens: (B, W) int ids, PAD_ID (or anything) past each row's length.
+      lengths: (B,) int in [0, W].
+      vocab_size: V.
+    Returns:
+      (W, V) int64: [p, i] = how many sequences hold id i at position p < length (ids outside [0, V) not counted).
+    """
+    tokens = np.asarray(tokens, np.int64)
+    width = tokens.shape[1]
+    kept = (np.arange(width)[None, :] < np.asarray(lengths)[:, None]) & (tokens >= 0) & (tokens < vocab_size)
+    flat = np.broadcast_to(np.arange(width)[None, :], tokens.shape)[kept] * vocab_size + tokens[kept]
+    return np.bincount(flat, minlength=width * vocab_size).reshape(width, vocab_size).astype(np.int64)
+
+
+def entropy_bits(counts: np.ndarray) -> np.ndarray:
+    """Shannon entropy in bits of each row of counts (or non-negative weights): the one per-position entropy of
+    this package (the report shows bits; policy statistics convert to nats, training logs perplexity 2**bits).
+
+    Args:
+      counts: (..., V) non-negative counts or weights, e.g. `position_counts` (W, V).
+    Returns:
+      (...) float64 entropy of each row normalized to a distribution; NaN where a row sums to 0.
+    """
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum(axis=-1, keepdims=True)
+    prob = np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
+    logs = np.log2(prob, out=np.zeros_like(prob), where=prob > 0)
+    entropy = np.maximum(-np.sum(prob * logs, axis=-1), 0.0)
+    return np.where(total[..., 0] > 0, entropy, np.nan)
+
+
 def token_statistics(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> dict:
     """Per-position token distribution statistics over a set of real sequences.
 
+    Args:
+      tokens: (B, W) int ids, PAD_ID past lengths; lengths: (B,) int; vocab_size: V.
     Returns:
       {"entropy_bits": list per position (Shannon entropy of the ids seen there; NaN where no sequence reaches),
        "usage": list per position (fraction of the vocabulary seen there), "count": list per position,
        "usage_total": fraction of the vocabulary seen at any position, "mean_entropy_bits": mean over the reached
        positions, "max_entropy_bits": log2(vocab_size)}.
     """
-    tokens = np.asarray(tokens, np.int64)
-    lengths = np.asarray(lengths)
-    kept = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    entropy, usage, count = [], [], []
-    for p in range(tokens.shape[1]):
-        ids = tokens[kept[:, p], p]
-        ids = ids[(ids >= 0) & (ids < vocab_size)]
-        count.append(int(ids.size))
-        if ids.size == 0:
-            entropy.append(float("nan"))
-            usage.append(0.0)
-            continue
-        freq = np.bincount(ids, minlength=vocab_size).astype(np.float64)
-        prob = freq[freq > 0] / ids.size
-        entropy.append(float(-np.sum(prob * np.log2(prob))))
-        usage.append(float(np.count_nonzero(freq) / vocab_size))
-    seen = tokens[kept]
-    seen = seen[(seen >= 0) & (seen < vocab_size)]
-    reached = [e for e in entropy if not np.isnan(e)]
-    return {"entropy_bits": entropy, "usage": usage, "count": count,
-            "usage_total": float(np.unique(seen).size / vocab_size),
-            "mean_entropy_bits": float(np.mean(reached)) if reached else float("nan"),
+    counts = position_counts(tokens, lengths, vocab_size)
+    per_position = counts.sum(axis=1)
+    entropy = entropy_bits(counts)
+    reached = entropy[per_position > 0]
+    return {"entropy_bits": [float(e) for e in entropy],
+            "usage": [float(u) for u in np.count_nonzero(counts, axis=1) / vocab_size],
+            "count": [int(c) for c in per_position],
+            "usage_total": float(np.count_nonzero(counts.sum(axis=0)) / vocab_size),
+            "mean_entropy_bits": float(np.mean(reached)) if reached.size else float("nan"),
             "max_entropy_bits": float(np.log2(vocab_size))}

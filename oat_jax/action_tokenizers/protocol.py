@@ -20,6 +20,16 @@ Conventions beyond the Protocol (followed by every implementation in this packag
 - Token ids outside [0, vocab_size) at positions < length make that example invalid (not an exception); a tokens
   array of the wrong rank/dtype/width or lengths outside [0, width] raise ValueError.
 - `lengths` = 0 is never valid (no tokens carry no chunk).
+
+Report convention (optional methods, not part of the runtime-checked Protocol; every tokenizer of this package has
+them, and `oat_jax.eval.tokenizer_report` uses them where present, so it never branches on `name`):
+- `report_prefix_lengths(self) -> list[int]`: the token counts k at which the report measures the rate-distortion
+  curve (MSE of detokenizing the first k tokens): OAT 1..N, Bin whole steps D_a * (1, 2, 4, ..., H), FAST [] (its
+  prefixes do not decode). Missing: [].
+- `diagnostics(self, chunks, reconstruction, valid) -> dict`: the tokenizer's own report section, from raw chunks
+  (B, H, D_a), their full-length round trip (B, H, D_a) float32 (NaN where invalid) and valid (B,) bool; a dict of
+  JSON-able values merged into that tokenizer's entry of report.json: OAT {"config": ...}, Bin {"bin_bound": ...},
+  FAST {"fast_quantization": ...}. Missing: {}.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, oxe, rlds_reader, statistics
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 _READ_BATCH = 1024
 
@@ -73,7 +73,7 @@ def member_statistics(members: Sequence[Member], data_cfg: ml_collections.Config
     return {**per_member[members[0].label], "datasets": per_member}
 
 
-def member_normalizers(stats: dict, members: Sequence[Member], mode: str) -> dict[str, ActionNormalizer]:
+def member_normalizers(stats: dict, members: Sequence[Member], mode: str) -> dict[str, Normalizer]:
     """{label: normalizer} of a mixture's members from `member_statistics` output; raises ValueError when the
     statistics (e.g. restored from a checkpoint) do not cover the configured members."""
     saved = stats.get("datasets", {})
@@ -81,10 +81,10 @@ def member_normalizers(stats: dict, members: Sequence[Member], mode: str) -> dic
     if missing:
         raise ValueError(f"The run's dataset statistics hold no entry for mixture member(s) {missing} (they have "
                          f"{sorted(saved)}); resume with the mixture the run was started with, or use a new workdir.")
-    return {m.label: ActionNormalizer.from_stats(saved[m.label]["action"], mode) for m in members}
+    return {m.label: Normalizer.from_stats(saved[m.label]["action"], mode) for m in members}
 
 
-def normalize_rows(actions: np.ndarray, member: np.ndarray, normalizers: Sequence[ActionNormalizer]) -> np.ndarray:
+def normalize_rows(actions: np.ndarray, member: np.ndarray, normalizers: Sequence[Normalizer]) -> np.ndarray:
     """Each row of raw `actions` (B, H, D_a) normalized with the normalizer of its dataset `member` (B,) int:
     float32 (B, H, D_a), numerically `normalizers[i].normalize` row by row."""
     out = np.empty(actions.shape, np.float32)
@@ -291,7 +291,7 @@ class StreamingMixtureBatches:
     """This process's batches of a weighted mixture streamed with `tf.data` (`loader.make_chunk_dataset` samples the
     members by weight), each row normalized on the host with its dataset's normalizer."""
 
-    def __init__(self, members: Sequence[Member], normalizers: Sequence[ActionNormalizer],
+    def __init__(self, members: Sequence[Member], normalizers: Sequence[Normalizer],
                  data_cfg: ml_collections.ConfigDict, horizon: int, local_batch: int, seed: int, start_step: int):
         ds = loader.make_chunk_dataset([(m.spec, m.weight) for m in members], split="train", horizon=horizon,
                                        batch_size=local_batch, shuffle=True, repeat=True,
@@ -309,7 +309,7 @@ class StreamingMixtureBatches:
                                           self.normalizers)}
 
 
-def make_mixture_batches(members: Sequence[Member], normalizers: Sequence[ActionNormalizer],
+def make_mixture_batches(members: Sequence[Member], normalizers: Sequence[Normalizer],
                          data_cfg: ml_collections.ConfigDict, horizon: int, global_batch: int, rows: np.ndarray,
                          seed: int, start_step: int):
     """`MixtureBatches` or `StreamingMixtureBatches` following `config.data.in_memory` (normalized chunks)."""

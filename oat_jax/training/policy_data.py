@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import loader
+from oat_jax.action_tokenizers import metrics
 from oat_jax.training import data
 
 _READ_BATCH = 1024
@@ -66,15 +67,20 @@ def tokenize_all(tokenizer, actions: np.ndarray, batch: int = 4096) -> tuple[np.
 
 def token_statistics(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -> dict[str, float]:
     """Summary of the targets: mean/max length, distinct ids used, and the per-position entropy (nats) of the first
-    positions (how predictable each position is; evidence when comparing tokenizers)."""
-    valid = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    positions (how predictable each position is; evidence when comparing tokenizers).
+
+    Args:
+      tokens: (M, max_tokens) int32 PAD-padded; lengths: (M,) int32; vocab_size: V.
+    Returns:
+      {"mean_length", "max_length", "distinct_ids", "vocab_size", "entropy_pos{p}" for the positions p < 8 that some
+       sequence reaches} floats; the entropy is `metrics.entropy_bits` of `metrics.position_counts` in nats.
+    """
+    counts = metrics.position_counts(tokens, lengths, vocab_size)
     stats = {"mean_length": float(lengths.mean()), "max_length": float(lengths.max()),
-             "distinct_ids": float(len(np.unique(tokens[valid]))), "vocab_size": float(vocab_size)}
-    for pos in range(min(tokens.shape[1], 8)):
-        ids = tokens[valid[:, pos], pos]
-        if len(ids):
-            p = np.bincount(ids, minlength=vocab_size) / len(ids)
-            stats[f"entropy_pos{pos}"] = float(-np.sum(p[p > 0] * np.log(p[p > 0])))
+             "distinct_ids": float(np.count_nonzero(counts.sum(axis=0))), "vocab_size": float(vocab_size)}
+    for pos, bits in enumerate(metrics.entropy_bits(counts[:8])):
+        if not np.isnan(bits):
+            stats[f"entropy_pos{pos}"] = float(bits * np.log(2.0))
     return stats
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oat_jax.action_tokenizers import metrics
 from oat_jax.model import OATModel
 from oat_jax.normalizer import Normalizer
 
@@ -70,11 +71,10 @@ def summarize(sums: dict) -> dict[str, float]:
         out[f"mse_raw/k{k}"] = se_raw[k - 1] / count
     vocab = hist.shape[1]
     out["codebook/usage"] = float(np.count_nonzero(hist.sum(0))) / vocab
+    perplexity = np.exp2(np.nan_to_num(metrics.entropy_bits(hist), nan=0.0))  # 1 at positions never reached
     for i, h in enumerate(hist):
-        p = h / max(h.sum(), 1e-12)
-        nz = p[p > 0]
         out[f"codebook/usage_pos{i}"] = float(np.count_nonzero(h)) / vocab
-        out[f"codebook/perplexity_pos{i}"] = float(np.exp(-np.sum(nz * np.log(nz))))
+        out[f"codebook/perplexity_pos{i}"] = float(perplexity[i])
     out["val_mse"] = out[f"mse_norm/k{len(se_norm)}"]
     return out
 
