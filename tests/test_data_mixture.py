@@ -136,7 +136,8 @@ def test_mixture_trains_from_the_cli_with_per_dataset_normalizers(data_dir, tmp_
     libero = OATTokenizer.load(workdir, dataset="libero_10_no_noops")
     assert libero.normalizer is libero.dataset_normalizers["libero_10_no_noops"]
     chunk = np.random.default_rng(0).uniform(-1, 1, (2, tok.horizon, 7)).astype(np.float32)
-    np.testing.assert_array_equal(libero.tokenize(chunk), tok.for_dataset("libero_10_no_noops").tokenize(chunk))
+    np.testing.assert_array_equal(libero.tokenize(chunk)[0],
+                                  tok.for_dataset("libero_10_no_noops").tokenize(chunk)[0])
     with pytest.raises(KeyError, match="No normalizer for dataset 'bridge_orig'"):
         tok.for_dataset("bridge_orig")
 

@@ -11,7 +11,8 @@ import pytest
 
 from oat_jax import OATTokenizer, integrity
 from oat_jax.config import OATConfig
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.artifacts import TYPE_FILE
+from oat_jax.normalizer import Normalizer
 
 CONFIG = OATConfig(action_dim=2, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
                    dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32)
@@ -20,7 +21,7 @@ CONFIG = OATConfig(action_dim=2, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("tok") / "tok")
-    OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), ActionNormalizer.identity(2)).save(path)
+    OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), Normalizer.identity(2)).save(path)
     return path
 
 
@@ -41,6 +42,7 @@ def test_every_saved_file_is_covered(saved):
     files = _saved_files(saved)
     assert set(f.replace(os.sep, "/") for f in files) == listed
     assert any(f.startswith("params") for f in files) and "config.json" in files and "normalizer.json" in files
+    assert TYPE_FILE in files
 
 
 def test_a_flipped_bit_in_any_file_is_an_error_naming_it(saved, tmp_path):
@@ -91,9 +93,10 @@ def test_verify_false_and_artifacts_without_a_manifest_still_load(saved, tmp_pat
     with pytest.raises(integrity.IntegrityError):
         OATTokenizer.load(copy)
     x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 2)).astype(np.float32)
-    np.testing.assert_array_equal(OATTokenizer.load(copy, verify=False).tokenize(x), reference.tokenize(x))
+    expected = reference.tokenize(x)[0]
+    np.testing.assert_array_equal(OATTokenizer.load(copy, verify=False).tokenize(x)[0], expected)
     os.remove(os.path.join(copy, integrity.MANIFEST_FILE))  # as saved by an older version
-    np.testing.assert_array_equal(OATTokenizer.load(copy).tokenize(x), reference.tokenize(x))
+    np.testing.assert_array_equal(OATTokenizer.load(copy).tokenize(x)[0], expected)
 
 
 def test_a_damaged_policy_file_is_an_error_naming_it(tmp_path):
@@ -127,7 +130,7 @@ def test_damaged_exported_and_bin_artifacts_are_errors_naming_the_file(tmp_path)
     from oat_jax.action_tokenizers.registry import fit_action_tokenizer, load_action_tokenizer
     from oat_jax.serialization import ExportedTokenizer, export_tokenizer
 
-    tok = OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), ActionNormalizer.identity(2))
+    tok = OATTokenizer.init(CONFIG, jax.random.PRNGKey(0), Normalizer.identity(2))
     exported = export_tokenizer(tok, str(tmp_path / "export"), batch_sizes=(1,))
     ExportedTokenizer(exported)
     params = os.path.join(exported, "params.npz")

@@ -13,7 +13,7 @@ import pytest
 
 from oat_jax import OATTokenizer
 from oat_jax.config import OATConfig
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 
 CONFIG = OATConfig(action_dim=2, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
                    dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32)
@@ -23,8 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import jax, numpy as np
-    from oat_jax import OATTokenizer, atomic_dir, checkpoint
-    from oat_jax.normalizer import ActionNormalizer
+    from oat_jax import OATTokenizer, artifacts, atomic_dir
     sys.path.insert(0, {tests!r})
     from test_faults_save import CONFIG, normalizer
     path, seed, point, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -36,7 +35,7 @@ CHILD = textwrap.dedent("""
             die()
         setattr(obj, name, wrapped)
     if point == "params_written":
-        after(checkpoint, "save_params")
+        after(artifacts, "save_params")
     elif point == "synced":
         after(atomic_dir, "_fsync_tree")
     elif point == "exchanged":
@@ -61,7 +60,7 @@ CHILD = textwrap.dedent("""
 
 def normalizer(seed):
     """A normalizer that tells savers apart: its range is [-1 - seed, 1 + seed] in every dimension."""
-    return ActionNormalizer.from_stats({"action": {"min": [-1.0 - seed] * 2, "max": [1.0 + seed] * 2}}, "limits")
+    return Normalizer.from_stats({"action": {"min": [-1.0 - seed] * 2, "max": [1.0 + seed] * 2}}, "limits")
 
 
 def _which(path):

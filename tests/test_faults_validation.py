@@ -45,7 +45,7 @@ def test_nan_in_a_validation_episode_is_an_error_naming_it(tmp_path, monkeypatch
 
 def test_non_finite_held_out_metric_stops_without_a_best_checkpoint(tmp_path, monkeypatch, tiny_dataset,  # noqa: F811
                                                                     compilation_cache):  # noqa: F811
-    real = trainer._Run.evaluate
+    real = trainer.TokenizerRun.evaluate
     calls = []
 
     def evaluate(self, params):
@@ -55,7 +55,7 @@ def test_non_finite_held_out_metric_stops_without_a_best_checkpoint(tmp_path, mo
             metrics = {k: (float("nan") if "mse" in k else v) for k, v in metrics.items()}
         return metrics
 
-    monkeypatch.setattr(trainer._Run, "evaluate", evaluate)
+    monkeypatch.setattr(trainer.TokenizerRun, "evaluate", evaluate)
     config = train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 8, "train.eval_every": 2,
                                                         "checkpoint.every": 2})
     workdir = str(tmp_path / "run")

@@ -12,7 +12,7 @@ FORBIDDEN = ("tensorflow", "data_pipelines", "oat_jax.training")
 def _core_modules():
     names = [m.name for m in pkgutil.walk_packages(oat_jax.__path__, "oat_jax.")
              if not m.name.startswith("oat_jax.training")]
-    assert {"oat_jax.tokenizer", "oat_jax.checkpoint", "oat_jax.model", "oat_jax.fsq"} <= set(names)
+    assert {"oat_jax.tokenizer", "oat_jax.artifacts", "oat_jax.model", "oat_jax.fsq"} <= set(names)
     # the evaluation and benchmark libraries and the timing helper are core modules too (walked, imported and
     # checked); the train and data benchmark phases live in oat_jax.training
     assert {"oat_jax.timing", "oat_jax.eval.rollouts", "oat_jax.eval.policy_eval", "oat_jax.eval.policy_report",

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from oat_helpers import TINY, random_params, smooth_actions
 
-from oat_jax import ActionNormalizer, OATTokenizer, fsq
+from oat_jax import Normalizer, OATTokenizer, fsq
 from oat_jax.decoder import OATDecoder
 
 N = TINY.num_tokens
@@ -17,7 +17,7 @@ N = TINY.num_tokens
 
 @functools.lru_cache(maxsize=None)
 def _normalizer():
-    return ActionNormalizer.fit(smooth_actions(64, TINY.horizon, TINY.action_dim) * 3.0 + 1.0, "limits")
+    return Normalizer.fit(smooth_actions(64, TINY.horizon, TINY.action_dim) * 3.0 + 1.0, "limits")
 
 
 def _tokenizer():
@@ -27,6 +27,13 @@ def _tokenizer():
 
 def _tokens(batch, seed=0):
     return np.random.default_rng(seed).integers(0, TINY.vocab_size, size=(batch, N))
+
+
+def _detokenize(tok, tokens, lengths=None):
+    """tok.detokenize's actions, checking that every example is valid (in-range ids, lengths >= 1)."""
+    actions, valid = tok.detokenize(tokens, lengths)
+    assert valid.shape == (len(tokens),) and valid.all()
+    return actions
 
 
 @jax.jit
@@ -45,8 +52,8 @@ def test_prefix_slice_equals_lengths_equals_mask_vector_decoding():
     tok, tokens = _tokenizer(), _tokens(6)
     outputs = []
     for k in range(1, N + 1):
-        sliced = np.asarray(tok.detokenize(tokens[:, :k]))
-        np.testing.assert_array_equal(sliced, tok.detokenize(tokens, lengths=k))
+        sliced = _detokenize(tok, tokens[:, :k])
+        np.testing.assert_array_equal(sliced, _detokenize(tok, tokens, lengths=k))
         reference = tok.normalizer.unnormalize(_decode_with_mask_vector(tok.params, jnp.asarray(tokens), k))
         np.testing.assert_allclose(sliced, reference, rtol=1e-5, atol=1e-5)
         outputs.append(sliced)
@@ -60,16 +67,17 @@ def test_ids_after_the_prefix_are_ignored():
     garbage[:, 3:] = _tokens(4, seed=1)[:, 3:]
     detok = jax.jit(tok.detokenize_fn)
     np.testing.assert_array_equal(detok(tok.params, tokens, 3), detok(tok.params, garbage, 3))
-    np.testing.assert_array_equal(tok.detokenize(tokens, lengths=3), tok.detokenize(garbage, lengths=3))
+    np.testing.assert_array_equal(_detokenize(tok, tokens, lengths=3), _detokenize(tok, garbage, lengths=3))
     assert np.abs(np.asarray(detok(tok.params, tokens, 4) - detok(tok.params, garbage, 4))).max() > 1e-4
 
 
 def test_mixed_prefix_lengths_in_one_batch_match_single_length_calls():
     tok, tokens = _tokenizer(), _tokens(N)
     lengths = np.arange(1, N + 1)[::-1].copy()
-    mixed = np.asarray(tok.detokenize(tokens, lengths=lengths))
+    mixed = _detokenize(tok, tokens, lengths=lengths)
     for i, k in enumerate(lengths):
-        np.testing.assert_allclose(mixed[i], tok.detokenize(tokens[i, :k]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mixed[i], _detokenize(tok, tokens[i:i + 1, :k])[0], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(mixed[i], tok.detokenize_fn(tok.params, tokens[i, :k]), rtol=1e-5, atol=1e-5)
 
 
 def test_one_trace_serves_every_prefix_length():
@@ -100,7 +108,7 @@ def test_detokenize_vmaps_over_prefix_length():
     all_k = jax.jit(jax.vmap(lambda k: tok.detokenize_fn(tok.params, tokens, k)))(jnp.arange(1, N + 1))
     assert all_k.shape == (N, 3, TINY.horizon, TINY.action_dim)
     for k in (1, 4, N):
-        np.testing.assert_allclose(all_k[k - 1], tok.detokenize(tokens[:, :k]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(all_k[k - 1], _detokenize(tok, tokens[:, :k]), rtol=1e-5, atol=1e-5)
 
 
 @functools.lru_cache(maxsize=None)

@@ -25,7 +25,8 @@ def test_param_tree_and_shapes():
     tok = OATTokenizer(CONV, random_params(CONV))
     x = np.random.default_rng(0).uniform(-1, 1, (2, 16, 3)).astype(np.float32)
     assert tok.encode(x, quantize=False).shape == (2, 4, 3)
-    assert tok.tokenize(x).shape == (2, 4) and tok.detokenize(tok.tokenize(x), 2).shape == (2, 16, 3)
+    tokens, _ = tok.tokenize(x)
+    assert tokens.shape == (2, 4) and tok.detokenize(tokens, 2)[0].shape == (2, 16, 3)
 
 
 def test_token_j_depends_only_on_actions_up_to_the_end_of_its_block():

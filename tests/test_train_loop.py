@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from oat_jax import OATTokenizer
+from oat_jax import OATTokenizer, artifacts
 from oat_jax.model import OATModel
 from oat_jax.training import checkpointing, data, train_and_evaluate
 from oat_jax.training.faults import NonFiniteLossError
@@ -22,17 +22,23 @@ from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
+def _store(workdir):
+    return checkpointing.CheckpointStore(os.path.join(workdir, "checkpoints"), artifacts.TOKENIZER_RUN_ITEMS[3:],
+                                         read_only=True)
+
+
 def _restore(workdir, step, config):
-    """The TrainState saved at `step` (single device) and the JSON items."""
-    store = checkpointing.CheckpointStore(os.path.join(workdir, "checkpoints"), read_only=True)
+    """(the TrainState saved at `step` (single device), the run config JSON, the dataset statistics)."""
+    store = _store(workdir)
     try:
-        stats = store.restore_json(step)[1]
+        saved = store.restore_json(step, (artifacts.STATS_ITEM,))
+        stats = saved[artifacts.STATS_ITEM]
         model = OATModel(model_config(config.model, len(stats["action"]["min"])))
         tx, _ = make_optimizer(config.optim, config.train.num_steps)
         abstract = jax.eval_shape(functools.partial(init_train_state, model, tx, 0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         shardings = jax.tree.map(lambda _: device, abstract)
-        return store.restore(step, checkpointing.abstract_like(abstract, shardings))
+        return store.restore(step, checkpointing.abstract_like(abstract, shardings)), saved["config"], stats
     finally:
         store.close()
 
@@ -75,8 +81,14 @@ def _check_workdir_artefacts(full):
     for key in ("eval/mse_norm/k1", "eval/mse_raw/k4", "eval/codebook/usage", "eval/codebook/perplexity_pos3"):
         assert key in evals[-1], key
     assert {r["step"] for r in records if "train/steps_per_sec" in r} == {1, 2, 3, 4}
-    steps = checkpointing.CheckpointStore(os.path.join(full, "checkpoints"), read_only=True).all_steps()
+    steps = _store(full).all_steps()
     assert steps == [2, 4]  # checkpoint.every = 2, keep_last = 2
+    # a checkpoint step is a tokenizer: the final step equals the exported EMA tokenizer
+    from_step, exported = OATTokenizer.load(full, step=4), OATTokenizer.load(full)
+    assert from_step.config == exported.config
+    assert from_step.normalizer.to_dict() == exported.normalizer.to_dict()
+    for x, y in zip(jax.tree.leaves(from_step.params), jax.tree.leaves(exported.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _check_exported_tokenizer_reproduces_evaluation(full, metrics, tiny_dataset):
@@ -85,9 +97,9 @@ def _check_exported_tokenizer_reproduces_evaluation(full, metrics, tiny_dataset)
     tok = OATTokenizer.load(full)  # no training code involved
     config = train_helpers.tiny_config(tiny_dataset)
     chunks = data.eval_chunks(data.dataset_spec(config.data), config.data, tok.horizon)
-    tokens = np.asarray(tok.tokenize(chunks))
+    tokens = tok.tokenize(chunks)[0]
     for k in range(1, tok.num_tokens + 1):
-        recon = np.asarray(tok.detokenize(tokens, lengths=k))
+        recon = tok.detokenize(tokens, lengths=k)[0]
         raw = np.mean((recon - chunks) ** 2)
         norm = np.mean((tok.normalizer.normalize(recon) - tok.normalizer.normalize(chunks)) ** 2)
         assert raw == pytest.approx(metrics[f"mse_raw/k{k}"], rel=1e-4), k
@@ -112,7 +124,7 @@ def test_nan_loss_stops_without_nan_checkpoint(tiny_dataset, tmp_path):
         train_and_evaluate(config, str(tmp_path))
     records = read_metrics(str(tmp_path))
     assert not os.path.exists(os.path.join(tmp_path, "tokenizer"))
-    store = checkpointing.CheckpointStore(os.path.join(tmp_path, "checkpoints"), read_only=True)
+    store = _store(str(tmp_path))
     saved = store.all_steps()
     store.close()
     bad_steps = [r["step"] for r in records if "train/loss" in r and r["train/loss"] is None]

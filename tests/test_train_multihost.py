@@ -12,7 +12,7 @@ import pytest
 
 import train_helpers
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
-from oat_jax import OATTokenizer
+from oat_jax import OATTokenizer, artifacts
 from oat_jax.model import OATModel
 from oat_jax.training import checkpointing, train_and_evaluate
 from oat_jax.training.metrics import read_metrics
@@ -55,13 +55,14 @@ def test_two_processes_match_one(tmp_path, tiny_dataset):
     np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
 
     # The multi-process checkpoint restores in this single process, onto one device.
-    store = checkpointing.CheckpointStore(os.path.join(multi, "checkpoints"), read_only=True)
+    store = checkpointing.CheckpointStore(os.path.join(multi, "checkpoints"), artifacts.TOKENIZER_RUN_ITEMS[3:],
+                                          read_only=True)
     model = OATModel(model_config(config.model, train_helpers.ACTION_DIM))
     tx, _ = make_optimizer(config.optim, 3)
     abstract = jax.eval_shape(functools.partial(init_train_state, model, tx, 0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    state, config_json, _ = store.restore(3, checkpointing.abstract_like(abstract, jax.tree.map(lambda _: device,
-                                                                                                 abstract)))
+    state = store.restore(3, checkpointing.abstract_like(abstract, jax.tree.map(lambda _: device, abstract)))
+    config_json = store.restore_json(3)["config"]
     store.close()
     assert int(state.step) == 3 and config_json["distributed"]["num_processes"] == 2
     reference = OATTokenizer.load(single)

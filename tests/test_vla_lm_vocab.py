@@ -98,6 +98,9 @@ def test_extracted_span_decodes_with_detokenize_fn_inside_jit():
         return tok.detokenize_fn(params, span.tokens, span.lengths), span.valid
 
     actions, valid = decode(tok.params, generated)
-    np.testing.assert_allclose(actions[0], tok.detokenize(np.array([5, 17, 33])), atol=1e-6)
-    np.testing.assert_allclose(actions[1], tok.detokenize(np.arange(8)), atol=1e-6)
+    expected, expected_valid = tok.detokenize(np.array([[5, 17, 33, -1, -1, -1, -1, -1], list(range(8))]))
+    assert expected_valid.all()
+    np.testing.assert_allclose(actions[0], expected[0], atol=1e-6)
+    np.testing.assert_allclose(actions[1], expected[1], atol=1e-6)
+    np.testing.assert_allclose(actions[0], tok.detokenize_fn(tok.params, np.array([5, 17, 33])), atol=1e-6)
     assert bool(valid.all())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from oat_helpers import TINY, random_params, smooth_actions
-from oat_jax import ActionNormalizer, OATTokenizer
+from oat_jax import Normalizer, OATTokenizer
 from oat_jax import serialization
 
 # Runs in a fresh interpreter: loads oat_jax/serialization.py as a standalone file (not the oat_jax package) and
@@ -33,7 +33,7 @@ assert not leaked, leaked
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    normalizer = ActionNormalizer.fit(smooth_actions(16, TINY.horizon, TINY.action_dim, seed=7) * 3.0 - 1.0)
+    normalizer = Normalizer.fit(smooth_actions(16, TINY.horizon, TINY.action_dim, seed=7) * 3.0 - 1.0)
     tok = OATTokenizer(TINY, random_params(TINY, seed=4), normalizer)
     directory = serialization.export_tokenizer(tok, str(tmp_path_factory.mktemp("export") / "art"),
                                                batch_sizes=(4, 1))
@@ -53,8 +53,10 @@ def test_artifacts_reloaded_in_a_fresh_process_match_the_library(exported, tmp_p
                             capture_output=True, text=True, env=dict(env, JAX_PLATFORMS="cpu"), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = np.load(tmp_path / "out.npz")
-    np.testing.assert_allclose(out["detok"], tok.detokenize(tokens, lengths), atol=1e-5)
-    np.testing.assert_array_equal(out["tok"], tok.tokenize(actions))
+    expected, valid = tok.detokenize(tokens, lengths)
+    assert valid.all()
+    np.testing.assert_allclose(out["detok"], expected, atol=1e-5)
+    np.testing.assert_array_equal(out["tok"], tok.tokenize(actions)[0])
     assert np.abs(out["detok"][0] - out["detok"][3]).max() > 1e-3  # different tokens/prefixes decode differently
 
 
@@ -66,7 +68,7 @@ def test_manifest_and_batch_size_checks(exported):
     assert manifest["config"] == TINY.to_dict()
     loaded = serialization.ExportedTokenizer(directory)
     one = loaded.detokenize(np.array([[7] * TINY.num_tokens]), 2)
-    np.testing.assert_allclose(one, tok.detokenize(np.array([[7, 7]])), atol=1e-5)
+    np.testing.assert_allclose(one, tok.detokenize(np.array([[7, 7]]))[0], atol=1e-5)
     with pytest.raises(ValueError, match="batch sizes \\[1, 4\\]"):
         loaded.detokenize(np.zeros((3, TINY.num_tokens), np.int32))
     np.testing.assert_allclose(loaded.detokenize(np.full((1, 2), 7, np.int32)), one, atol=1e-5)  # a 2-token prefix

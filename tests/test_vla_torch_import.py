@@ -171,7 +171,8 @@ def test_converted_tokenizer_reproduces_numpy_reference_forward(converted):
     lo, hi = sd["normalizer.params_dict.action.input_stats.min"], sd["normalizer.params_dict.action.input_stats.max"]
     actions = rng.uniform(lo, hi, (6, SIZES["horizon"], SIZES["action_dim"])).astype(np.float32)
     latents = np.asarray(tok.encode(actions, quantize=False))
-    tokens = np.asarray(tok.tokenize(actions))
+    tokens, token_lengths = tok.tokenize(actions)
+    np.testing.assert_array_equal(token_lengths, [SIZES["num_tokens"]] * len(actions))
     assert len(np.unique(tokens)) > 3  # the weights give non-trivial tokens
     for b in range(len(actions)):
         ref_latents = np_encode(sd, SIZES, actions[b].astype(np.float64))
@@ -180,7 +181,8 @@ def test_converted_tokenizer_reproduces_numpy_reference_forward(converted):
         near_boundary = np.any(np.abs(np.abs(bounded - np.floor(bounded)) - 0.5) < 1e-3, axis=-1)
         assert np.all((tokens[b] == ref_tokens) | near_boundary)
     lengths = np.array([1, 2, 3, 4, 4, 1])
-    decoded = np.asarray(tok.detokenize(tokens, lengths))
+    decoded, valid = tok.detokenize(tokens, lengths)
+    assert valid.all()
     for b in range(len(actions)):
         ref = np_decode(sd, SIZES, tokens[b], lengths[b])
         np.testing.assert_allclose(decoded[b], ref, atol=2e-4, rtol=1e-4)
@@ -233,7 +235,9 @@ def test_prefix_and_explicit_normalizer(converted):
     other = torch_import.convert_state_dict(nested, prefix="tokenizer.", normalizer=tok.normalizer,
                                             levels=SIZES["levels"], **HEADS)
     tokens = np.array([[1, 5, 7, 9]])
-    np.testing.assert_array_equal(other.detokenize(tokens), tok.detokenize(tokens))
+    actions, valid = tok.detokenize(tokens)
+    assert valid.all()
+    np.testing.assert_array_equal(other.detokenize(tokens)[0], actions)
 
 
 def test_select_state_dict_payload_forms():
@@ -264,8 +268,10 @@ def test_torch_file_cli_round_trip(tmp_path, converted):
     result = run(f"--input={bare}", f"--output={tmp_path / 'bare_tok'}", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     tokens = np.array([[3, 1, 4, 1], [5, 9, 2, 6]])
-    np.testing.assert_allclose(OATTokenizer.load(str(tmp_path / "bare_tok")).detokenize(tokens),
-                               tok.detokenize(tokens), atol=1e-6)
+    expected, valid = tok.detokenize(tokens)
+    assert valid.all()
+    np.testing.assert_allclose(OATTokenizer.load(str(tmp_path / "bare_tok")).detokenize(tokens)[0], expected,
+                               atol=1e-6)
 
     payload = tmp_path / "payload.pt"
     # A non-tensor config object, like the reference's pickled config: weights_only=True refuses it.
@@ -280,5 +286,5 @@ def test_torch_file_cli_round_trip(tmp_path, converted):
     assert not (tmp_path / "p_tok").exists()
     accepted = run(f"--input={payload}", f"--output={tmp_path / 'p_tok'}", "--allow_unsafe_unpickle", *flags)
     assert accepted.returncode == 0, accepted.stderr[-2000:]
-    np.testing.assert_allclose(OATTokenizer.load(str(tmp_path / "p_tok")).detokenize(tokens),
-                               tok.detokenize(tokens), atol=1e-6)
+    np.testing.assert_allclose(OATTokenizer.load(str(tmp_path / "p_tok")).detokenize(tokens)[0], expected,
+                               atol=1e-6)

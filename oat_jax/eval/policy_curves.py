@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from oat_jax.policy.policy import POLICY_FILE, WORKDIR_SUBDIR
+from oat_jax.artifacts import POLICY_FILE, WORKDIR_POLICY
 
 EVAL_KEYS = ("eval/val_loss", "eval/val_token_acc", "eval/val_acc_first")
 RUN_DIR = re.compile(r"policy_(?P<type>[a-z0-9]+)_s(?P<seed>\d+)$")
@@ -46,7 +46,7 @@ def load_runs(runs: str) -> dict[str, list[dict]]:
         curve = {k: tuple(np.array(v).T) for k, v in points.items()}  # key -> (steps (n,), values (n,))
         with open(final_path, encoding="utf-8") as f:
             final = json.load(f)
-        with open(os.path.join(work, WORKDIR_SUBDIR, POLICY_FILE), encoding="utf-8") as f:
+        with open(os.path.join(work, WORKDIR_POLICY, POLICY_FILE), encoding="utf-8") as f:
             variable_length = bool(json.load(f)["config"]["variable_length"])
         by_type[m["type"]].append({"seed": int(m["seed"]), "curve": curve, "final": final,
                                    "variable_length": variable_length})

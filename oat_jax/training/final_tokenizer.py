@@ -34,18 +34,16 @@ def write_in_subprocess(workdir: str, step: int) -> str:
     return os.path.join(workdir, artifacts.WORKDIR_TOKENIZER)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "training run directory")
-_STEP = flags.DEFINE_string("step", "latest", "'latest', 'best' or a step number")
-_OUTPUT = flags.DEFINE_string("output", None, "tokenizer directory (default <workdir>/tokenizer)")
-
-
 def main(argv) -> None:
-    """Command-line entry point (see the module docstring)."""
+    """Command-line entry point (see the module docstring); flags are defined only when run as a program."""
     del argv
-    step = _STEP.value if _STEP.value in ("latest", "best") else int(_STEP.value)
-    print(write_from_checkpoint(_WORKDIR.value, step, _OUTPUT.value))
+    f = flags.FLAGS
+    step = f.step if f.step in ("latest", "best") else int(f.step)
+    print(write_from_checkpoint(f.workdir, step, f.output))
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_string("workdir", None, "training run directory", required=True)
+    flags.DEFINE_string("step", "latest", "'latest', 'best' or a step number")
+    flags.DEFINE_string("output", None, "tokenizer directory (default <workdir>/tokenizer)")
     app.run(main)
