@@ -306,8 +306,8 @@ def resolve_tokenizer(path, step: Step = None) -> Location:
         return Location("checkpoint", root, root.parent.parent, int(root.name))
     if step is None and is_tokenizer_dir(root / WORKDIR_TOKENIZER):
         return Location("directory", root / WORKDIR_TOKENIZER)
-    if (root / TYPE_FILE).exists():
-        kind = read_json(root / TYPE_FILE).get("type")
+    kind = read_json(root / TYPE_FILE).get("type") if (root / TYPE_FILE).exists() else None
+    if kind not in (None, "oat"):
         raise FileNotFoundError(f"{root} holds a {kind!r} tokenizer, not an OAT one; load it with "
                                 f"oat_jax.action_tokenizers.load_action_tokenizer.")
     if not (root / CHECKPOINTS_DIR).exists():
@@ -373,6 +373,8 @@ def read_tokenizer(path, step: Step = None, sharding: ShardingLike = None, verif
         if (location.path / DATASET_NORMALIZERS_FILE).exists():
             assets["dataset_normalizers"] = read_json(location.path / DATASET_NORMALIZERS_FILE).get("datasets")
         params_dir, key, source = location.path / PARAMS_DIR, None, str(location.path)
+        files = {"config": location.path / CONFIG_FILE, "normalizer": location.path / NORMALIZER_FILE,
+                 "dataset_normalizers": location.path / DATASET_NORMALIZERS_FILE}
     else:
         if verify:
             _verify(location.path, f"checkpoint of step {location.step}")
@@ -386,11 +388,12 @@ def read_tokenizer(path, step: Step = None, sharding: ShardingLike = None, verif
         else:
             assets = _legacy_tokenizer_assets(saved.get(RUN_CONFIG_ITEM, {}), saved.get(STATS_ITEM, {}), source)
         params_dir, key = location.path / PARAMS_ITEM, "ema_params"
-    config = _parse(lambda: OATConfig.from_dict(assets["config"]), f"The tokenizer config of {source}")
-    normalizer = _parse(lambda: Normalizer.from_dict(assets["normalizer"]), f"The normalizer of {source}")
+        files = {name: f"the {name} of {source}" for name in ("config", "normalizer", "dataset_normalizers")}
+    config = _parse(lambda: OATConfig.from_dict(assets["config"]), str(files["config"]))
+    normalizer = _parse(lambda: Normalizer.from_dict(assets["normalizer"]), str(files["normalizer"]))
     members = assets.get("dataset_normalizers")
-    dataset_normalizers = (_parse(lambda: _dataset_normalizers(members, source), f"The dataset normalizers of "
-                                  f"{source}") if members is not None else {})
+    dataset_normalizers = (_parse(lambda: _dataset_normalizers(members, source), str(files["dataset_normalizers"]))
+                           if members is not None else {})
     check = lambda saved: check_params(config, saved, source=f"the params saved in {params_dir}")  # noqa: E731
     params = restore_params(params_dir, abstract_params(config), sharding, key=key, check=check)
     return TokenizerParts(config, params, normalizer, dataset_normalizers, source)

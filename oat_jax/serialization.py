@@ -175,7 +175,8 @@ class ExportedTokenizer:
     def tokenize(self, actions) -> jax.Array:
         """Raw actions (B, H, D_a) (any real dtype, finite in float32) -> token ids (B, N) int32.
 
-        Validated like `OATTokenizer.tokenize` (ValueError for a bad shape, dtype or non-finite values)."""
+        Validated like `OATTokenizer.tokenize`, single chunks (H, D_a) also accepted (ValueError for a bad shape,
+        dtype or non-finite values)."""
         x, unbatched = input_checks.check_actions(actions, self.horizon, self.action_dim)
         if unbatched:
             raise ValueError(f"actions must have shape (B, {self.horizon}, {self.action_dim}), got "
@@ -184,8 +185,9 @@ class ExportedTokenizer:
 
     def detokenize(self, tokens, lengths=None) -> jax.Array:
         """Token ids (B, k) int, 1 <= k <= N, + prefix lengths (None = k, int, or (B,) int in 1..k) -> raw actions
-        (B, H, D_a) float32. Validated like `OATTokenizer.detokenize`: ids in [0, vocab_size) for the kept
-        positions, integer lengths in range (ValueError otherwise); positions >= length are ignored."""
+        (B, H, D_a) float32. Stricter than `OATTokenizer.detokenize` (`input_checks.check_tokens`): ids outside
+        [0, vocab_size) at kept positions and lengths outside 1..k raise ValueError instead of giving an invalid
+        (NaN) example; positions >= length are ignored."""
         if np.ndim(tokens) != 2:
             raise ValueError(f"tokens must have shape (B, k) with 1 <= k <= {self.num_tokens}, got {np.shape(tokens)}.")
         t, lens, _ = input_checks.check_tokens(tokens, lengths, self.num_tokens, self.vocab_size)

@@ -10,10 +10,10 @@ import pytest
 from absl import flags
 
 from experiments import evaluate_tokenizers
-from oat_jax.action_tokenizers import (BinActionTokenizer, FASTActionTokenizer, OATActionTokenizer,
-                                       load_action_tokenizer, metrics)
+from oat_jax import OATTokenizer
+from oat_jax.action_tokenizers import BinActionTokenizer, FASTActionTokenizer, load_action_tokenizer, metrics
 from oat_jax.eval import tokenizer_report, tokenizer_report_render
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import Normalizer
 from oat_jax.training import policy_data, train_and_evaluate
 import train_helpers
 from test_tok_oat import TINY, random_oat, random_params
@@ -88,7 +88,7 @@ def test_fast_report_methods_no_prefixes_and_the_quantization_section():
 
 
 def test_oat_report_methods_every_prefix_and_the_config():
-    tok = OATActionTokenizer(random_oat())
+    tok = random_oat()
     assert tok.report_prefix_lengths() == [1, 2, 3, 4]
     x = np.zeros((2, TINY.horizon, TINY.action_dim), np.float32)
     assert tok.diagnostics(x, x, np.ones(2, bool)) == {"config": TINY.to_dict()}
@@ -133,7 +133,7 @@ class _Plain:
 def test_evaluate_tokenizer_uses_the_report_methods_and_works_without_them():
     train = _chunks(200, 4, 2)
     val = _chunks(30, 4, 2, seed=1)
-    common = ActionNormalizer.fit(train, "limits")
+    common = Normalizer.fit(train, "limits")
     tok = BinActionTokenizer.fit(train, num_bins=32)
     results = tokenizer_report.evaluate_all({"bin": tok, "plain": _Plain(tok)}, val, common, {"again": val},
                                             np.random.default_rng(0), num_random=3)
@@ -208,9 +208,9 @@ def quest_workdir(tiny_dataset, tmp_path_factory):
 
 def test_quest_config_trains_and_loads_as_an_action_tokenizer(quest_workdir):
     tok = load_action_tokenizer(quest_workdir)
-    assert isinstance(tok, OATActionTokenizer)
+    assert isinstance(tok, OATTokenizer)
     assert (tok.config.encoder, tok.config.nested_dropout, tok.config.causal_decoder) == ("conv", "none", True)
-    assert "conv_0" in tok.tokenizer.params["encoder"]
+    assert "conv_0" in tok.params["encoder"]
     x = np.random.default_rng(0).normal(size=(3, tok.horizon, tok.action_dim)).astype(np.float32)
     recon, valid = tok.detokenize(*tok.tokenize(x))
     assert valid.all() and recon.shape == x.shape
@@ -218,9 +218,9 @@ def test_quest_config_trains_and_loads_as_an_action_tokenizer(quest_workdir):
 
 def test_evaluation_cli_end_to_end(quest_workdir, tiny_dataset, tmp_path):
     # A second OAT-family tokenizer: random params in the registers architecture of the same run.
-    trained = load_action_tokenizer(quest_workdir).tokenizer
+    trained = load_action_tokenizer(quest_workdir)
     config = trained.config.replace(encoder="registers", nested_dropout="pow2")
-    oat_dir = OATActionTokenizer(type(trained)(config, random_params(config), trained.normalizer)).save(
+    oat_dir = type(trained)(config, random_params(config), trained.normalizer).save(
         str(tmp_path / "oat"))
     out = str(tmp_path / "report")
     report = evaluate_tokenizers.main(["evaluate_tokenizers", f"--dataset={tiny_dataset}", f"--oat={oat_dir}",

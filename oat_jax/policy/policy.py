@@ -50,8 +50,9 @@ class TokenPolicy:
                  n_action_steps: int = 16):
         self.config, self.params, self.sampling = config, params, sampling
         if not isinstance(tokenizer, ActionTokenizer):
-            raise ValueError(f"{type(tokenizer).__name__} does not implement oat_jax.action_tokenizers.ActionTokenizer "
-                             f"(vocab_size, max_tokens, fixed_length, horizon, action_dim, tokenize, detokenize, save).")
+            raise ValueError(f"{type(tokenizer).__name__} does not implement oat_jax.action_tokenizers."
+                             f"ActionTokenizer (vocab_size, max_tokens, fixed_length, horizon, action_dim, tokenize, "
+                             f"detokenize, save).")
         self.tokenizer = tokenizer
         self.obs_normalizers = dict(obs_normalizers)
         self.obs_keys = dict(obs_keys or {"state": "observation/state"})

@@ -1,13 +1,13 @@
 """The training loop's Orbax CheckpointManager: `workdir/checkpoints/<step>/` with the items of `oat_jax.artifacts`.
 
-`params` holds the raw and EMA params (loadable without the optimizer), `train_state` the optimizer state, step,
-EMA counter and PRNG key, `config` the run's ConfigDict as JSON, and the run kind's JSON assets (a tokenizer run's
+`params` holds the raw and EMA params (loadable without the optimizer), `train_state` the optimizer state, step, EMA
+counter and PRNG key, `config` the run's ConfigDict as JSON, and the run kind's JSON assets (a tokenizer run's
 `dataset_stats` and `tokenizer`, a policy run's `policy` and `frozen_tokenizer`), so a step is self-describing and
-loadable (`OATTokenizer.load(step_dir)`, `TokenPolicy.load(step_dir)`). Retention: the last `keep_last` checkpoints plus the `keep_best`
-ones with the lowest validation MSE. Incomplete (temporary) step directories left by a killed run are ignored by
-`latest_step` and removed when the manager starts. Once a step is committed, process 0 records the SHA-256 of each
-of its files in `<step>/integrity.json` (`oat_jax.integrity`); `restore` verifies them (a damaged checkpoint is an
-error naming the file, never silently wrong params).
+loadable (`OATTokenizer.load(step_dir)`, `TokenPolicy.load(step_dir)`). Retention: the last `keep_last` checkpoints
+plus the `keep_best` ones with the lowest validation MSE. Incomplete (temporary) step directories left by a killed
+run are ignored by `latest_step` and removed when the manager starts. Once a step is committed, process 0 records the
+SHA-256 of each of its files in `<step>/integrity.json` (`oat_jax.integrity`); `restore` verifies them (a damaged
+checkpoint is an error naming the file, never silently wrong params).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class CheckpointStore:
       read_only: open an existing directory for restoring only (nothing is written or deleted).
     """
 
-    def __init__(self, directory: str, json_items: tuple[str, ...], keep_last: int = 2, keep_best: int = 1, best_metric: str = "val_mse",
+    def __init__(self, directory: str, json_items: tuple[str, ...], keep_last: int = 2, keep_best: int = 1,
+                 best_metric: str = "val_mse",
                  async_save: bool = True, read_only: bool = False):
         if keep_last < 1:
             raise ValueError(f"config.checkpoint.keep_last must be >= 1, got {keep_last}.")

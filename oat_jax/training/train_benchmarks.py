@@ -17,7 +17,7 @@ from oat_jax import timing
 from oat_jax.benchmarks.costs import flops_of, rate_fields
 from oat_jax.benchmarks.inputs import random_normalizer
 from oat_jax.model import OATModel
-from oat_jax.training import optim, sharding, train_step
+from oat_jax.training import optim, sharding, tokenizer_step
 
 
 def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devices: list):
@@ -27,20 +27,20 @@ def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devi
 
     tcfg = oat_configs.get_config(config.train.config)
     tcfg.model.update(dtype=dtype, **config.model_overrides.to_dict())
-    mcfg = train_step.model_config(tcfg.model, int(config.train.action_dim))
+    mcfg = tokenizer_step.model_config(tcfg.model, int(config.train.action_dim))
     rng = np.random.default_rng(config.seed)
     normalizer = random_normalizer(rng, mcfg.action_dim)
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
     sharding.check_batch_divisible(batch, mesh)
     model = OATModel(mcfg)
     tx, schedule = optim.make_optimizer(tcfg.optim, int(tcfg.train.num_steps))
-    init_fn = lambda: train_step.init_train_state(model, tx, int(config.seed))  # noqa: E731
+    init_fn = lambda: tokenizer_step.init_train_state(model, tx, int(config.seed))  # noqa: E731
     state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, tcfg.sharding)
     state = jax.jit(init_fn, out_shardings=state_sharding)()
     batch_sharding = sharding.batch_sharding(mesh)
     actions = rng.uniform(-2.0, 2.0, (batch, mcfg.horizon, mcfg.action_dim)).astype(np.float32)
     data = {"actions": jax.device_put(actions, batch_sharding)}
-    step = jax.jit(train_step.make_train_step(model, tx, schedule, normalizer, tcfg.ema, 1, mesh),
+    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, normalizer, tcfg.ema, 1, mesh),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     return step.lower(state, data).compile(), state, data
