@@ -277,6 +277,16 @@ def resolve_step(workdir, step: Step = "latest") -> int:
         manager.close()
 
 
+def _checkpoint_location(workdir: epath.Path, step: Step, kind: str) -> Location:
+    """The checkpoint of `workdir` that `step` (None = 'latest') names, ranked by `kind`'s validation metric."""
+    manager = checkpoint_manager(workdir)
+    try:
+        chosen = choose_step(manager, workdir, "latest" if step is None else step, BEST_METRIC[kind])
+    finally:
+        manager.close()
+    return Location("checkpoint", workdir / CHECKPOINTS_DIR / str(chosen), workdir, chosen)
+
+
 def _exists(path: epath.Path, recognise: Callable[[str], bool]) -> None:
     if not path.exists() and "://" not in str(path):
         recover(str(path), recognise)  # a save killed mid-swap (non-Linux fallback) left its copy beside path
@@ -315,12 +325,7 @@ def resolve_tokenizer(path, step: Step = None) -> Location:
             f"{root} holds no saved tokenizer: expected {CONFIG_FILE}, {NORMALIZER_FILE} and {PARAMS_DIR}/ there or "
             f"in its {WORKDIR_TOKENIZER}/ subdirectory, or training checkpoints in {CHECKPOINTS_DIR}/ (write one with "
             f"OATTokenizer.save or python -m experiments.train).")
-    manager = checkpoint_manager(root)
-    try:
-        chosen = choose_step(manager, root, "latest" if step is None else step, BEST_METRIC["tokenizer"])
-    finally:
-        manager.close()
-    return Location("checkpoint", root / CHECKPOINTS_DIR / str(chosen), root, chosen)
+    return _checkpoint_location(root, step, "tokenizer")
 
 
 # ----- tokenizers -----
@@ -473,12 +478,7 @@ def resolve_policy(path, step: Step = None) -> Location:
         raise FileNotFoundError(f"No saved policy at {root}: expected {POLICY_FILE} there or in its {WORKDIR_POLICY}/ "
                                 f"subdirectory (training writes <workdir>/{WORKDIR_POLICY} at the end of a run), or "
                                 f"training checkpoints in {CHECKPOINTS_DIR}/.")
-    manager = checkpoint_manager(root)
-    try:
-        chosen = choose_step(manager, root, "latest" if step is None else step, BEST_METRIC["policy"])
-    finally:
-        manager.close()
-    return Location("checkpoint", root / CHECKPOINTS_DIR / str(chosen), root, chosen)
+    return _checkpoint_location(root, step, "policy")
 
 
 def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None = None,
