@@ -52,9 +52,8 @@ class CheckpointStore:
             enable_async_checkpointing=async_save, cleanup_tmp_directories=not read_only, create=not read_only,
             read_only=read_only)
         self.json_items = tuple(json_items)
-        items = (artifacts.PARAMS_ITEM, artifacts.TRAIN_STATE_ITEM, artifacts.RUN_CONFIG_ITEM) + self.json_items
         self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                             item_names=tuple(dict.fromkeys(items + artifacts.ALL_ITEMS)))
+                                             item_names=artifacts.ALL_ITEMS)
         self._unhashed: list[int] = []  # committed (or committing) steps whose integrity manifest is not written
         self._verified: set[int] = set()  # steps already checked (restore_json then restore read the same step)
 

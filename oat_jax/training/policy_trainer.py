@@ -32,7 +32,6 @@ from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
 from oat_jax.policy.sampling import SamplingConfig
 from oat_jax.training import policy_data
-from oat_jax.training.faults import mark_setup_error
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import (init_policy_state, make_policy_eval_step, make_policy_train_step,
@@ -192,10 +191,4 @@ def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, f
     Workdir: checkpoints/, frozen_tokenizer/, policy/ (the EMA policy, `TokenPolicy.load(workdir)`), metrics.jsonl,
     tb/, final_metrics.json (metrics + target token statistics).
     """
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        run = PolicyRun(config, workdir)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # the config or the data: the message says what to fix
-        raise mark_setup_error(e)
-    return run.run()
+    return PolicyRun.launch(config, workdir)

@@ -18,7 +18,7 @@ import numpy as np
 
 from oat_jax import artifacts
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
-from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, tree_all_finite
+from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, mark_setup_error, tree_all_finite
 from oat_jax.training.loop import config_json, run_steps
 from oat_jax.training.metrics import MetricWriter
 from oat_jax.training.progress import Progress
@@ -178,6 +178,18 @@ class Runner:
                                      f"checkpoint is step {self.ckpt.latest_step()}; {self.loss_hint}.")
         scored = None if metrics is None else {self.best_metric: float(metrics[self.best_metric])}
         self.ckpt.save(step, self.state, config_json(self.config), self.assets(), scored)
+
+    @classmethod
+    def launch(cls, config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+        """Creates `workdir`, sets the run up (an error of the config or the data is marked as a setup error: the
+        command line prints it as one line) and runs it; returns `run()`'s metrics."""
+        workdir = os.path.abspath(os.path.expanduser(workdir))
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            run = cls(config, workdir)
+        except (ValueError, FileNotFoundError, KeyError) as e:  # the config or the data: the message says what to fix
+            raise mark_setup_error(e)
+        return run.run()
 
     def run(self) -> dict[str, float]:
         """Trains to config.train.num_steps (resuming), then `finish`; returns the final held-out metrics ({} when

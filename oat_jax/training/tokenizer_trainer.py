@@ -26,7 +26,6 @@ from oat_jax.model import OATModel
 from oat_jax.normalizer import Normalizer
 from oat_jax.tokenizer import OATTokenizer
 from oat_jax.training import data, plots, tokenizer_eval
-from oat_jax.training.faults import mark_setup_error
 from oat_jax.training.final_tokenizer import write_in_subprocess
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
@@ -245,10 +244,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       ValueError: inconsistent config (batch not divisible by the devices, unknown variant, ...).
     """
     maybe_initialize_distributed(config.distributed)
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
-    try:
-        run = TokenizerRun(config, workdir)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # the config or the data: the message says what to fix
-        raise mark_setup_error(e)
-    return run.run()
+    return TokenizerRun.launch(config, workdir)
