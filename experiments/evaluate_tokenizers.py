@@ -9,9 +9,7 @@ tokenizer dirs; any may be left out. Bin and FAST are fitted on the train split 
 measured on the validation episodes (at most --max_chunks, evenly spaced) and on every episode of each --unseen
 dataset ('auto': the embedded unseen Meta-World tasks, made with `python -m data_pipelines.metaworld
 --tasks=heldout`, when --dataset is the embedded MT10 data). Writes <out>/report.md, report.json and plots.
-
-This file loads the data (TensorFlow); the measurements and acceptance checks are `oat_jax.eval.tokenizer_report`,
-the Markdown and plots `oat_jax.eval.tokenizer_report_render`.
+This file loads the data; measurements and checks: `oat_jax.eval.tokenizer_report`; rendering: `..._render`.
 """
 
 from __future__ import annotations
@@ -60,31 +58,23 @@ def define_flags(fv: flags.FlagValues) -> None:
     flags.mark_flag_as_required("out", flag_values=fv)
 
 
-def load_data(dataset: str, horizon: int, val_fraction: float, split_seed: int, max_chunks: int):
-    """-> (train chunks (M, H, D_a), val chunks (V, H, D_a) float32 raw, train statistics dict)."""
-    from data_pipelines import loader, statistics
-    from oat_jax.training.data import load_chunks
+def load_data(fv: flags.FlagValues, horizon: int):
+    """-> (train chunks (M, H, D_a), val chunks (V, H, D_a) float32 raw, train statistics dict, {unseen label:
+    (U, H, D_a) chunks of every episode}); --unseen=auto means the embedded unseen tasks with the embedded data."""
+    from data_pipelines import loader
+    from oat_jax.training import data
 
-    spec = loader.DatasetSpec(path=dataset)
-    data_cfg = ml_collections.ConfigDict(dict(val_fraction=val_fraction, split_seed=split_seed))
-    stats = statistics.get_dataset_statistics(spec, split="train", val_fraction=val_fraction, split_seed=split_seed)
-    val = tr.evenly_spaced(load_chunks(spec, data_cfg, "val", horizon), max_chunks)
-    return load_chunks(spec, data_cfg, "train", horizon), val, stats
-
-
-def load_unseen(unseen: str, dataset: str, horizon: int, max_chunks: int) -> dict[str, np.ndarray]:
-    """{label: (M, H, D_a) float32 raw chunks of every episode} for --unseen ('auto': the embedded unseen-task set
-    when `dataset` is the embedded MT10 dataset)."""
-    from oat_jax.training.data import eval_dataset_specs, load_chunks
-
-    if unseen == "auto":
-        unseen = "metaworld_heldout" if os.path.abspath(dataset) == os.path.abspath(EMBEDDED_DATASET_DIR) else ""
-    data_cfg = ml_collections.ConfigDict(dict(val_fraction=0.1, split_seed=0))
-    return {label: tr.evenly_spaced(load_chunks(spec, data_cfg, "all", horizon), max_chunks)
-            for label, spec in eval_dataset_specs(unseen, flag="--unseen").items()}
+    embedded = os.path.abspath(fv.dataset) == os.path.abspath(EMBEDDED_DATASET_DIR)
+    unseen = ("metaworld_heldout" if embedded else "") if fv.unseen == "auto" else fv.unseen
+    cfg = ml_collections.ConfigDict(dict(val_fraction=fv.val_fraction, split_seed=fv.split_seed,
+                                         max_eval_chunks=fv.max_chunks, eval_datasets=unseen))
+    spec = loader.DatasetSpec(path=fv.dataset)
+    return (data.load_chunks(spec, cfg, "train", horizon), data.eval_chunks(spec, cfg, horizon),
+            data.train_statistics(spec, cfg), data.extra_eval_chunks(cfg, horizon, flag="--unseen"))
 
 
 def _load_learned(key: str, path: str):
+    """The tokenizer at `path` (a workdir or a tokenizer dir); the error says how to train it."""
     try:
         return load_action_tokenizer(path)
     except FileNotFoundError as e:
@@ -97,8 +87,7 @@ def run(fv: flags.FlagValues, command: str = "") -> dict:
     start = time.perf_counter()
     learned = {key: _load_learned(key, fv[key].value) for key, _ in tr.LEARNED if fv[key].value}
     horizon, learned_dim = tr.learned_shape(learned) or (fv.horizon, None)
-    train, val, stats = load_data(fv.dataset, horizon, fv.val_fraction, fv.split_seed, fv.max_chunks)
-    unseen = load_unseen(fv.unseen, fv.dataset, horizon, fv.max_chunks)
+    train, val, stats, unseen = load_data(fv, horizon)
     action_dim = tr.check_action_dims(val, fv.dataset, learned_dim, unseen)
     common = Normalizer.from_stats(stats["action"], "limits")
     os.makedirs(fv.out, exist_ok=True)
@@ -116,8 +105,7 @@ def run(fv: flags.FlagValues, command: str = "") -> dict:
                        "val_fraction": fv.val_fraction, "split_seed": fv.split_seed, "seed": fv.seed,
                        "unseen": {label: {"num_chunks": int(len(c))} for label, c in unseen.items()},
                        "workdirs": {key: fv[key].value for key in learned},
-                       "normalizer_is_identity": tr.normalizer_is_identity(common), "command": command,
-                       "wall_s": 0.0},
+                       "normalizer_is_identity": tr.normalizer_is_identity(common), "command": command},
               "tokenizers": results, "checks": tr.acceptance_checks(results, horizon, action_dim)}
     report["plots"] = render.write_plots(results, fv.out)
     report["meta"]["wall_s"] = time.perf_counter() - start

@@ -52,3 +52,22 @@ def test_action_tokenizers_import_the_bpe_library_only_when_fast_is_used():
             f"sys.exit(1 if before or 'tokenizers' not in sys.modules else 0)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"heavy modules imported: {result.stdout}{result.stderr[-2000:]}"
+
+
+def test_library_never_imports_experiments():
+    """Data flows one way: no module of oat_jax or data_pipelines imports `experiments` (scripts and configs), not
+    even inside a function, so the library works from an installed wheel."""
+    import ast
+    import pathlib
+
+    import data_pipelines
+
+    offenders = []
+    for package in (oat_jax, data_pipelines):
+        for path in pathlib.Path(package.__path__[0]).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                offenders += [f"{path}:{node.lineno} imports {n}" for n in names
+                              if n == "experiments" or n.startswith("experiments.")]
+    assert not offenders, "\n".join(offenders)

@@ -44,7 +44,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
 
 @pytest.mark.slow  # about 25 s on 2 idle cores (two training runs: data loading, compilations, Orbax)
 def test_trainer_writes_a_self_contained_policy(tiny_dataset, tmp_path):  # noqa: F811
-    tok_dir = save_tiny_oat(str(tmp_path / "tok_run" / "tokenizer"), action_dim=ACTION_DIM)
+    save_tiny_oat(str(tmp_path / "tok_run" / "tokenizer"), action_dim=ACTION_DIM)
     config = policy_configs.get_config("oat,test")
     config.data.path = tiny_dataset
     config.tokenizer.path = str(tmp_path / "tok_run")  # a workdir holding tokenizer/

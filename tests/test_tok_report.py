@@ -146,7 +146,14 @@ def test_evaluate_tokenizer_uses_the_report_methods_and_works_without_them():
     assert r["unseen"]["again"]["mse_norm"] == pytest.approx(r["mse_norm"])
     assert r["decodability"]["random"] == r["decodability"]["replace_one"] == 1.0
     assert len(r["decodability"]["random_by_length"]) == 8 and r["token_stats"]["count"] == [30] * 8
-    assert tokenizer_report.evenly_spaced(np.arange(10), 3).tolist() == [0, 4, 9]
+
+
+def test_evenly_spaced_keeps_first_and_last_and_every_row_when_under_the_limit():
+    from oat_jax.eval.subsets import evenly_spaced
+
+    assert evenly_spaced(np.arange(10), 3).tolist() == [0, 4, 9]
+    assert evenly_spaced(np.arange(10), 0).tolist() == evenly_spaced(np.arange(10), 10).tolist() == list(range(10))
+    assert evenly_spaced(np.zeros((7, 2, 3)), 4).shape == (4, 2, 3)
 
 
 def _results(oat_curve, oatx_curve=None, unseen_curves=None):

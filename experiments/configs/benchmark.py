@@ -10,6 +10,8 @@ Any field can be overridden with --config.<field>=<value>.
 
 import ml_collections
 
+from experiments.configs import oat as oat_configs
+
 VARIANTS = ("quick",)
 
 
@@ -60,7 +62,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.tokenizer.api_repeats = 200  # timed calls of the validated Python API (tok.tokenize/detokenize).
 
     config.train = ml_collections.ConfigDict()
-    config.train.config = "paper"  # variant of experiments/configs/oat.py giving optimizer and EMA settings.
+    config.train.config = "paper"  # name of the experiments/configs/oat.py variant below (a label in the results).
+    # The training config whose model, optimizer, EMA and data settings the train and data phases use.
+    config.training = oat_configs.get_config(config.train.config)
     config.train.action_dim = 7  # D_a of the trained model (the paper's LIBERO setting).
     config.train.dtypes = ("float32", "bfloat16")  # compute dtypes of the model.
     config.train.batch_sizes = (64, 256)  # global batches timed on one device.

@@ -36,14 +36,6 @@ _LOG = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------------------------
 # measurements
 # ----------------------------------------------------------------------------------------------------------------
-def evenly_spaced(chunks: np.ndarray, max_chunks: int) -> np.ndarray:
-    """At most `max_chunks` rows of chunks (M, ...) taken evenly spaced (first and last kept); all when
-    max_chunks <= 0 or M <= max_chunks. Same dtype."""
-    if 0 < max_chunks < len(chunks):
-        return chunks[np.linspace(0, len(chunks) - 1, max_chunks).round().astype(np.int64)]
-    return chunks
-
-
 def detokenize_blocks(tok, tokens: np.ndarray, lengths: np.ndarray,
                       block: int = DECODE_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """`tok.detokenize` in blocks of `block` rows: tokens (B, W) int, lengths (B,) int -> actions (B, H, D_a)

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import EMBEDDED_DATASET_DIR, EMBEDDED_DATASETS, loader, oxe, rlds_reader, statistics
+from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 
 _READ_BATCH = 1024
@@ -142,11 +143,7 @@ def load_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, s
 
 def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int) -> np.ndarray:
     """At most `config.data.max_eval_chunks` validation chunks, evenly spaced over the split: (M, H, D_a) f32."""
-    chunks = load_chunks(spec, data_cfg, "val", horizon)
-    limit = int(data_cfg.max_eval_chunks)
-    if 0 < limit < len(chunks):
-        chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
-    return chunks
+    return evenly_spaced(load_chunks(spec, data_cfg, "val", horizon), int(data_cfg.max_eval_chunks))
 
 
 def eval_dataset_specs(entries: str, flag: str = "config.data.eval_datasets") -> dict[str, loader.DatasetSpec]:
@@ -172,24 +169,19 @@ def eval_dataset_specs(entries: str, flag: str = "config.data.eval_datasets") ->
     return specs
 
 
-def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int) -> dict[str, np.ndarray]:
+def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int,
+                      flag: str = "config.data.eval_datasets") -> dict[str, np.ndarray]:
     """{label: (M, H, D_a) float32 chunks} of every episode of each `config.data.eval_datasets` entry (at most
     `max_eval_chunks` per dataset, evenly spaced): data the model never trains on, e.g. unseen tasks.
 
     'auto' means the embedded unseen-task set ('metaworld_heldout') when training on the embedded Meta-World MT10
-    dataset (config.data.path, name and mixture empty), and nothing otherwise.
+    dataset (config.data.path, name and mixture empty), and nothing otherwise. Errors name `flag`.
     """
     entries = data_cfg.get("eval_datasets", "")
     if entries == "auto":
         entries = "" if (data_cfg.path or data_cfg.name or data_cfg.get("mixture")) else "metaworld_heldout"
-    out = {}
-    for label, spec in eval_dataset_specs(entries).items():
-        chunks = load_chunks(spec, data_cfg, "all", horizon)
-        limit = int(data_cfg.max_eval_chunks)
-        if 0 < limit < len(chunks):
-            chunks = chunks[np.linspace(0, len(chunks) - 1, limit).round().astype(np.int64)]
-        out[label] = chunks
-    return out
+    return {label: evenly_spaced(load_chunks(spec, data_cfg, "all", horizon), int(data_cfg.max_eval_chunks))
+            for label, spec in eval_dataset_specs(entries, flag).items()}
 
 
 class InMemoryBatches:

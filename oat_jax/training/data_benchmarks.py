@@ -40,12 +40,11 @@ def chunk_pipeline_seconds(dataset: str, *, horizon: int, batch_size: int, batch
 def _in_memory_row(config: ml_collections.ConfigDict, dataset: str) -> dict[str, Any]:
     """Loading time and per-batch timing of `oat_jax.training.data.InMemoryBatches` over `dataset`."""
     from data_pipelines import loader
-    from experiments.configs import oat as oat_configs
     from oat_jax.training import data as train_data
 
     d = config.data
     clock = timing.Stopwatch()
-    chunks = train_data.load_chunks(loader.DatasetSpec(path=dataset), oat_configs.get_config("").data, "train",
+    chunks = train_data.load_chunks(loader.DatasetSpec(path=dataset), config.training.data, "train",
                                     d.horizon)
     load_s = clock.elapsed()
     batcher = train_data.InMemoryBatches(chunks, d.batch_size, np.arange(d.batch_size), config.seed)

@@ -27,6 +27,7 @@ import numpy as np
 
 from oat_jax import artifacts
 from oat_jax.action_tokenizers import fit_action_tokenizer, load_action_tokenizer
+from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
@@ -116,10 +117,7 @@ class PolicyRun(Runner):
         train_arrays = _arrays(train_pairs, tokenizer, self.normalizer)
         self.token_stats = policy_data.token_statistics(train_arrays["tokens"], train_arrays["lengths"],
                                                         tokenizer.vocab_size)
-        limit = int(config.data.max_eval_chunks)
-        if 0 < limit < len(val_pairs["actions"]):
-            keep = np.linspace(0, len(val_pairs["actions"]) - 1, limit).round().astype(np.int64)
-            val_pairs = {name: v[keep] for name, v in val_pairs.items()}
+        val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
         self.val_arrays = _arrays(val_pairs, tokenizer, self.normalizer)
         self.num_train_pairs = len(train_arrays["tokens"])
         self.pconfig = _policy_config(config, tokenizer, int(train_pairs["state"].shape[-1]))

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 
 from oat_jax import artifacts
 from oat_jax.decoder import keep_length_distribution
+from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.model import OATModel
 from oat_jax.normalizer import Normalizer
 from oat_jax.tokenizer import OATTokenizer
@@ -199,7 +200,7 @@ class TokenizerRun(Runner):
                                                  c.nested_dropout_full)
         plots.plot_rate_distortion(curves, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
         num = int(self.config.plots.num_chunks)
-        chunks = self.eval_chunks[np.linspace(0, len(self.eval_chunks) - 1, num).round().astype(np.int64)]
+        chunks = evenly_spaced(self.eval_chunks, num)
         tokens, _ = tok.tokenize(chunks)
         ks = [k for k in self.config.plots.prefix_lengths if k <= self.model_config.num_tokens]
         decodes = {k: tok.detokenize(tokens, lengths=k)[0] for k in ks}

@@ -1,8 +1,8 @@
 """The train-step benchmark phases (`oat_jax.benchmarks.phases`): step time, chunks/s and FLOP/s of the compiled
 training step (AdamW, clipping, EMA) on one device (`run_train`) and data-parallel over several (`run_train_multi`).
 
-The optimizer and EMA settings come from a variant of experiments/configs/oat.py (`config.train.config`), so this
-runs from a checkout of the repository.
+The model, optimizer and EMA settings come from the training config the benchmark config carries
+(`config.training`, a variant of experiments/configs/oat.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ from oat_jax.training import optim, sharding, tokenizer_step
 
 def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devices: list):
     """(compiled train step, state, batch {"actions": (batch, H, D_a) float32}) for the training config
-    `config.train.config` on a data-parallel mesh of `devices`."""
-    from experiments.configs import oat as oat_configs
-
-    tcfg = oat_configs.get_config(config.train.config)
+    `config.training` on a data-parallel mesh of `devices`."""
+    tcfg = ml_collections.ConfigDict(config.training.to_dict())
     tcfg.model.update(dtype=dtype, **config.model_overrides.to_dict())
     mcfg = tokenizer_step.model_config(tcfg.model, int(config.train.action_dim))
     rng = np.random.default_rng(config.seed)
