@@ -34,6 +34,7 @@ HELDOUT_TASKS = (
     "push-wall-v3", "reach-wall-v3", "shelf-place-v3", "soccer-v3", "stick-pull-v3", "stick-push-v3",
     "sweep-into-v3", "sweep-v3")
 TASK_SETS = {"mt10": MT10_TASKS, "heldout": HELDOUT_TASKS}  # keywords accepted by --tasks
+DATASET_NAME = "metaworld_scripted"  # TFDS name of the generated datasets
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -121,9 +122,23 @@ def task_episodes(task: str, episodes: int, *, seed: int = 0, max_steps: int = 5
             progress.update(1)
 
 
+def description(tasks: Sequence[str], episodes_per_task: int, seed: int) -> str:
+    """The dataset description of a generated dataset."""
+    return (f"Scripted Meta-World v3 demonstrations, tasks {list(tasks)}, {episodes_per_task} successful episodes "
+            f"each, seed {seed}.")
+
+
 def generate(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed: int = 0, max_steps: int = 500,
-             overwrite: bool = False) -> str:
-    """Roll out every task and write one RLDS dataset (tasks in the given order); returns `output`."""
+             overwrite: bool = False, num_workers: int = 0, beam_pipeline_options: str = "") -> str:
+    """Roll out every task and write one RLDS dataset (tasks in the given order); returns `output`.
+
+    With `num_workers` > 0 or `beam_pipeline_options` the tasks are simulated in parallel on Apache Beam
+    (`data_pipelines.beam_convert`; the same dataset); otherwise in this process with a progress bar."""
+    if num_workers > 0 or beam_pipeline_options:
+        from data_pipelines.beam_convert import generate_metaworld_beam
+        return generate_metaworld_beam(tasks, episodes_per_task, output, seed=seed, max_steps=max_steps,
+                                       overwrite=overwrite, num_workers=num_workers,
+                                       beam_pipeline_options=beam_pipeline_options)
     from tqdm import tqdm
 
     def all_episodes(progress):
@@ -131,9 +146,8 @@ def generate(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed:
             yield from task_episodes(task, episodes_per_task, seed=seed, max_steps=max_steps, progress=progress)
 
     with tqdm(total=len(tasks) * episodes_per_task, desc="Meta-World demos", unit="episode") as progress:
-        return write_rlds(all_episodes(progress), output, name="metaworld_scripted", overwrite=overwrite,
-                          description=f"Scripted Meta-World v3 demonstrations, tasks {list(tasks)}, "
-                                      f"{episodes_per_task} successful episodes each, seed {seed}.")
+        return write_rlds(all_episodes(progress), output, name=DATASET_NAME, overwrite=overwrite,
+                          description=description(tasks, episodes_per_task, seed))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -147,10 +161,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed of the first 50 goals per task")
     parser.add_argument("--max_steps", type=int, default=500, help="step limit of an episode")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="simulate the tasks in parallel on Apache Beam's DirectRunner with this many processes "
+                             "(0: one process, no Beam)")
+    parser.add_argument("--beam_pipeline_options", default="",
+                        help="run on Apache Beam with these 'key=value,...' pipeline options; see "
+                             "data_pipelines/beam_convert.py")
     args = parser.parse_args(argv)
     tasks = parse_tasks(args.tasks)
     out = generate(tasks, args.episodes_per_task, args.output, seed=args.seed, max_steps=args.max_steps,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, num_workers=args.num_workers,
+                   beam_pipeline_options=args.beam_pipeline_options)
     print(f"wrote {out}")
     return 0
 

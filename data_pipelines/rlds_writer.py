@@ -4,13 +4,16 @@ Layout of every written episode (RLDS):
   steps: {"action": (D_a,) float32, "observation": {name: ...}, <extras: reward, success, ...>,
           "is_first", "is_last", "is_terminal": bool, "language_instruction": string}
   episode_metadata: {"file_path": string, "episode_name": string, <extra metadata>}
-The result loads with plain `tfds.builder_from_directory(output)`.
+The result loads with plain `tfds.builder_from_directory(output)`. The action statistics of the train split
+(`TRAIN_STATISTICS_SPLIT`, the training configs' default episode split) are computed while writing and stored
+beside the episodes, where `data_pipelines.statistics.get_dataset_statistics` finds them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import re
 import shutil
@@ -21,6 +24,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 VERSION = "1.0.0"
+# (val_fraction, split_seed) of the episode split whose train statistics a conversion stores with the dataset.
+TRAIN_STATISTICS_SPLIT = (0.1, 0)
 
 
 class EpisodeError(ValueError):
@@ -215,7 +220,8 @@ def _remove_stale_tmp(output: str) -> None:
 def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = None, overwrite: bool = False,
                description: str = "Converted by data_pipelines.", inputs: Sequence[str] = (),
                image_encoding: str = "png",
-               splits: Mapping[str, Callable[[], Iterable[Episode]]] | None = None) -> str:
+               splits: Mapping[str, Callable[[], Iterable[Episode]]] | None = None,
+               statistics_split: tuple[float, int] | None = TRAIN_STATISTICS_SPLIT) -> str:
     """Validate `episodes` and write them, in order, as an RLDS builder directory at `output`.
 
     `episodes` is the 'train' split; `splits` maps more split names to functions returning their episodes (each
@@ -225,7 +231,9 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
     written; on any error nothing is left behind (temporary directories of killed runs are removed by the next
     write to the same output). `overwrite` replaces only a previous dataset (`is_builder_dir`) or an empty
     directory; `output` may not be, contain or lie inside any of `inputs`. Images are stored as `image_encoding`
-    ('jpeg' as published Open X-Embodiment datasets, or lossless 'png'). Returns `output`.
+    ('jpeg' as published Open X-Embodiment datasets, or lossless 'png'). The train statistics of the
+    `statistics_split` (val_fraction, split_seed) episode split are written with the dataset (None: not).
+    Returns `output`.
     """
     if image_encoding not in IMAGE_ENCODINGS:
         raise ValueError(f"image_encoding={image_encoding!r} is not one of {IMAGE_ENCODINGS}.")
@@ -238,10 +246,13 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
     reference = validate_episode(first)
     features = episode_features(first, image_encoding)
 
+    actions = []  # (T_i, D_a) float32 per train episode, as stored: the statistics pass
+
     def examples():
-        yield "0", _example(first)
-        for index, episode in enumerate(iterator, start=1):
-            validate_episode(episode, reference)
+        for index, episode in enumerate(itertools.chain([first], iterator)):
+            if index:
+                validate_episode(episode, reference)
+            actions.append(np.asarray(episode.action, np.float32))
             yield str(index), _example(episode)
 
     def split_examples(make: Callable[[], Iterable[Episode]]):
@@ -254,8 +265,21 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
             name=name, version=VERSION, features=features, data_dir=tmp,
             split_datasets={"train": examples(), **{k: split_examples(v) for k, v in (splits or {}).items()}},
             description=description, disable_shuffling=True)
+        if statistics_split is not None:
+            write_train_statistics(str(builder.data_dir), actions, *statistics_split)
         commit(str(builder.data_dir), output, tmp)
     return output
+
+
+def write_train_statistics(builder_directory: str, actions: Sequence[np.ndarray], val_fraction: float,
+                           split_seed: int) -> str | None:
+    """Stores the statistics of the train episodes (split `val_fraction`, `split_seed`) of the dataset written at
+    `builder_directory`, given every episode's (T_i, D_a) float32 actions in dataset order; returns the path."""
+    from data_pipelines import splits, statistics
+
+    ids = splits.split_episode_ids(len(actions), "train", val_fraction, split_seed)
+    stats = statistics.summarize_episodes([actions[i] for i in ids], "train", val_fraction, split_seed)
+    return statistics.store_train_statistics(builder_directory, stats)
 
 
 def prepare_output(output: str, overwrite: bool, inputs: Sequence[str] = ()) -> str:

@@ -74,11 +74,27 @@ def _summary(x: np.ndarray) -> dict:
             "p99": q99.tolist(), "count": int(x.shape[0])}
 
 
+def summarize_episodes(actions: Sequence[np.ndarray], split: str, val_fraction: float, split_seed: int,
+                       proprio: Sequence[np.ndarray] = ()) -> dict:
+    """The statistics dict of the module docstring (without "fingerprint") from the `split` episodes' actions, in
+    episode order: each (T_i, D_a) as stored (float32), and optionally their proprio (T_i, D_p)."""
+    dims = {a.shape[-1] for a in actions}
+    if len(dims) != 1:
+        raise ValueError(f"Datasets have different action dims {sorted(dims)}; select matching dims with "
+                         "DatasetSpec.action_dims.")
+    stats = {"action": _summary(np.concatenate(actions))}  # (N, D_a)
+    if len(proprio):
+        stats["proprio"] = _summary(np.concatenate(proprio))  # (N, D_p)
+    stats.update(num_episodes=len(actions), num_transitions=stats["action"]["count"], split=split,
+                 val_fraction=float(val_fraction), split_seed=int(split_seed))
+    return stats
+
+
 def compute_dataset_statistics(specs: Union[DatasetSpec, str, Sequence[Union[DatasetSpec, str]]],
                                split: str = "train", *, val_fraction: float = 0.1, split_seed: int = 0) -> dict:
     """One pass over the `split` episodes of every dataset (concatenated, unweighted); no cache."""
     specs = [as_spec(specs)] if isinstance(specs, (DatasetSpec, str)) else [as_spec(s) for s in specs]
-    actions, proprio, episodes = [], [], 0
+    actions, proprio = [], []
     for spec in specs:
         ids = splits.split_episode_ids(num_episodes(spec), split, val_fraction, split_seed)
         obs_keys = {"proprio": spec.proprio_key} if spec.proprio_key is not None else {}
@@ -89,17 +105,7 @@ def compute_dataset_statistics(specs: Union[DatasetSpec, str, Sequence[Union[Dat
             actions.append(traj["actions"])
             if obs_keys:
                 proprio.append(np.asarray(traj["observation"]["proprio"]).reshape(len(traj["actions"]), -1))
-            episodes += 1
-    dims = {a.shape[-1] for a in actions}
-    if len(dims) != 1:
-        raise ValueError(f"Datasets have different action dims {sorted(dims)}; select matching dims with "
-                         "DatasetSpec.action_dims.")
-    stats = {"action": _summary(np.concatenate(actions))}  # (N, D_a)
-    if proprio:
-        stats["proprio"] = _summary(np.concatenate(proprio))  # (N, D_p)
-    stats.update(num_episodes=episodes, num_transitions=stats["action"]["count"], split=split,
-                 val_fraction=float(val_fraction), split_seed=int(split_seed))
-    return stats
+    return summarize_episodes(actions, split, val_fraction, split_seed, proprio)
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -132,6 +138,15 @@ def _write_json(directory: str, name: str, data: dict) -> Optional[str]:
 def cache_file_name(fingerprint: str) -> str:
     """File name of the statistics JSON for `fingerprint`."""
     return f"{_CACHE_PREFIX}{fingerprint[:24]}.json"
+
+
+def store_train_statistics(builder_directory: str, stats: dict) -> Optional[str]:
+    """Writes `stats` (`summarize_episodes` of the train split of the dataset at `builder_directory`, default
+    DatasetSpec options) where `get_dataset_statistics` finds it, so training never recomputes them; returns the
+    path (None if the directory is not writable). Call it once the dataset's files are final."""
+    spec = DatasetSpec(path=builder_directory)
+    fingerprint = statistics_fingerprint([spec], "train", stats["val_fraction"], stats["split_seed"])
+    return _write_json(builder_directory, cache_file_name(fingerprint), {**stats, "fingerprint": fingerprint})
 
 
 def cache_dirs(specs: Sequence[DatasetSpec], cache_dir: Optional[str] = None) -> list[str]:

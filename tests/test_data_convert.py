@@ -189,6 +189,23 @@ def test_convert_cli_writes_loadable_dataset(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+def test_conversion_stores_the_train_statistics_a_fresh_pass_computes(tmp_path):
+    """The statistics computed while writing are found next to the dataset and equal, field for field, those of a
+    separate pass over the written train split (so training never re-reads the dataset for them)."""
+    from data_pipelines import statistics
+    from data_pipelines.rlds_writer import TRAIN_STATISTICS_SPLIT
+
+    source = write_npz_dir(str(tmp_path / "in"), make_episodes(seed=6))
+    output = str(tmp_path / "out")
+    assert convert.main(["--format=npz", f"--input={source}", f"--output={output}"]) == 0
+    val_fraction, split_seed = TRAIN_STATISTICS_SPLIT
+    stored = statistics.get_dataset_statistics(output, val_fraction=val_fraction, split_seed=split_seed)
+    assert os.path.dirname(stored["cache_path"]) == output
+    fresh = statistics.compute_dataset_statistics(output, "train", val_fraction=val_fraction, split_seed=split_seed)
+    assert {k: v for k, v in stored.items() if k not in ("cache_path", "fingerprint")} == fresh
+    assert 0 < fresh["num_episodes"] < len(LENGTHS)  # the train split only
+
+
 # ---------------------------------------------------------------- malformed inputs
 def _corrupt(kind):
     episodes = make_episodes(seed=5)
