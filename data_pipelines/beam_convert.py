@@ -21,6 +21,7 @@ filesystem the workers share.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import itertools
 import json
 import os
@@ -197,12 +198,13 @@ def pipeline_options(num_workers: int = 0, beam_pipeline_options: str = "") -> A
 
 def _require_beam() -> None:
     try:
-        import apache_beam  # noqa: F401
+        importlib.import_module("apache_beam")
     except ImportError as e:
         raise ImportError('--num_workers / --beam_pipeline_options need Apache Beam: pip install -e ".[beam]"') from e
 
 
-def build(config: SourceConfig, output: str, *, name: str, description: str, masks: Sequence[str] = (), num_workers: int = 2, beam_pipeline_options: str = "") -> str:
+def build(config: SourceConfig, output: str, *, name: str, description: str, masks: Sequence[str] = (),
+          num_workers: int = 2, beam_pipeline_options: str = "") -> str:
     """Runs the Beam conversion of `config` into the RLDS builder directory `output` (`masks`: robomimic masks,
     each its own split) and returns `output`; nothing is left there on failure. Raises the sources' errors:
     EpisodeError naming the file and episode, RuntimeError of an unreliable Meta-World task."""
@@ -213,7 +215,8 @@ def build(config: SourceConfig, output: str, *, name: str, description: str, mas
     first = next(iter(read_item(config, first_item.head())), None) if first_item else None
     if first is None:
         raise EpisodeError("The input has no episodes; nothing to convert.")
-    builder_cls = type(name, (RLDSSourceBuilder,), {"name": name}, skip_registration=True)
+    builder_cls = type(name, (RLDSSourceBuilder,), {"name": name, "BUILDER_CONFIGS": [config]},
+                       skip_registration=True)
     with staging_dir(output) as tmp:
         stats_path = os.path.join(tmp, "train_statistics.json")
         builder = builder_cls(config=config, splits_items=split_items, data_dir=tmp, reference=validate_episode(first),
