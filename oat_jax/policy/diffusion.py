@@ -2,9 +2,12 @@
 conditioned on the same observation memory as the token policy, trained to predict the noise of the DDIM
 schedule (`oat_jax.policy.ddim`) and sampled with 10 deterministic DDIM steps.
 
-Denoiser: x = Dense(E)(noisy actions) + learned position embedding + MLP(sinusoidal(t)) (added to every step);
-`depth` `PolicyBlock`s with non-causal self-attention over the H steps and cross-attention to the observation
-memory; final RMSNorm; Dense(action_dim). Actions are normalized to [-1, 1] by the caller.
+Denoiser: x = Dense(E)(noisy actions) + learned position embedding; `depth` `PolicyBlock`s with non-causal
+self-attention over the H steps and cross-attention to the conditioning memory [time token, observation tokens]
+(the time token = MLP(sinusoidal(t)), first in the memory as in the reference Diffusion Policy transformer);
+final RMSNorm; Dense(action_dim). Cross-attention keys/values are per-token projections, so when sampling the
+observation tokens' K/V are computed once and only the time token's per DDIM step. Actions are normalized to
+[-1, 1] by the caller.
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ class DiffusionPolicyModel(nn.Module):
 
       __call__(obs, noisy_actions (B, H, D_a) f32, timesteps (B,) int32, deterministic) -> (B, H, D_a) float32
       encode(obs, deterministic) -> memory (B, M, E) float32 (as `TokenPolicyModel.encode`)
-      memory_kv(memory) -> per-block cross-attention (k, v), each (B, M, heads, hd)
-      denoise(noisy_actions, timesteps, mem_kv, deterministic) -> (B, H, D_a) float32
+      memory_kv(memory) -> per-block cross-attention (k, v) of the observation tokens, each (B, M, heads, hd)
+      denoise(noisy_actions, timesteps, mem_kv, deterministic) -> (B, H, D_a) float32 (adds the time token's K/V)
     """
 
     config: DiffusionConfig
@@ -149,6 +152,7 @@ class DiffusionPolicyModel(nn.Module):
         self.blocks = [PolicyBlock(c.embed_dim, c.num_heads, c.mlp_dim, c.dropout, dtype=dtype, name=f"block_{i}")
                        for i in range(c.depth)]
         self.memory_norm = RMSNorm()
+        self.time_norm = RMSNorm()
         self.final_norm = RMSNorm()
         self.output_proj = dense(c.action_dim, "output_proj")
         self.drop = nn.Dropout(c.dropout)
@@ -174,11 +178,13 @@ class DiffusionPolicyModel(nn.Module):
         c = self.config
         length = noisy_actions.shape[1]
         temb = self.time_fc2(nn.gelu(self.time_fc1(timestep_embedding(timesteps, c.embed_dim))))
+        time_token = self.time_norm(temb.astype(jnp.float32)[:, None, :])  # (B, 1, E): first memory token
         x = self.input_proj(noisy_actions.astype(jnp.float32)).astype(jnp.float32) + self.pos_embed[:length]
-        x = self.drop(x + temb.astype(jnp.float32)[:, None, :], deterministic=deterministic)
+        x = self.drop(x, deterministic=deterministic)
         mask = jnp.ones((length, length), bool)  # non-causal: every step sees the whole chunk
-        for block, kv in zip(self.blocks, mem_kv):
-            x = block(x, kv, mask, deterministic)
+        for block, (k, v) in zip(self.blocks, mem_kv):
+            tk, tv = block.memory_kv(time_token.astype(jnp.dtype(c.dtype)))  # (B, 1, heads, hd) each
+            x = block(x, (jnp.concatenate([tk, k], axis=1), jnp.concatenate([tv, v], axis=1)), mask, deterministic)
         return self.output_proj(self.final_norm(x)).astype(jnp.float32)
 
     def __call__(self, obs: Observation, noisy_actions: jax.Array, timesteps: jax.Array,
