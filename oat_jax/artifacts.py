@@ -59,6 +59,7 @@ STATS_ITEM, TOKENIZER_ITEM = "dataset_stats", "tokenizer"
 POLICY_ITEM, FROZEN_TOKENIZER_ITEM = "policy", "frozen_tokenizer"
 TOKENIZER_RUN_ITEMS = (PARAMS_ITEM, TRAIN_STATE_ITEM, RUN_CONFIG_ITEM, STATS_ITEM, TOKENIZER_ITEM)
 POLICY_RUN_ITEMS = (PARAMS_ITEM, TRAIN_STATE_ITEM, RUN_CONFIG_ITEM, POLICY_ITEM, FROZEN_TOKENIZER_ITEM)
+DIFFUSION_RUN_ITEMS = (PARAMS_ITEM, TRAIN_STATE_ITEM, RUN_CONFIG_ITEM, POLICY_ITEM)  # no tokenizer
 ALL_ITEMS = tuple(dict.fromkeys(TOKENIZER_RUN_ITEMS + POLICY_RUN_ITEMS + (STATS_ITEM,)))
 BEST_METRIC = {"tokenizer": "val_mse", "policy": "val_loss"}  # lower is better; logged as eval/<name>
 
@@ -481,6 +482,15 @@ def resolve_policy(path, step: Step = None) -> Location:
     return _checkpoint_location(root, step, "policy")
 
 
+def read_policy_metadata(path, step: Step = None) -> dict:
+    """The policy.json content of the policy at (`path`, `step`) (see `resolve_policy`) without its params ({} for a
+    checkpoint of the first layout, whose policies are token policies)."""
+    location = resolve_policy(path, step)
+    if location.kind == "directory":
+        return read_json(location.path / POLICY_FILE)
+    return _checkpoint_json(location, (POLICY_ITEM,)).get(POLICY_ITEM, {})
+
+
 def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None = None,
                 verify: bool = True) -> tuple[dict, Any, str]:
     """Reads a policy at (`path`, `step`) (see `resolve_policy`).
@@ -488,7 +498,8 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
     Args:
       abstract: metadata dict -> ShapeDtypeStruct tree of the params (the policy model's).
     Returns:
-      (policy.json content, params (the EMA params of a checkpoint), local directory of its frozen tokenizer).
+      (policy.json content, params (the EMA params of a checkpoint), local directory of its frozen tokenizer, or
+      None for a policy without one: a diffusion policy).
     """
     location = resolve_policy(path, step)
     if location.kind == "directory":
@@ -496,7 +507,8 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
             _verify(location.path, "policy")
         meta = read_json(location.path / POLICY_FILE)
         params = restore_params(location.path / PARAMS_DIR, abstract(meta))
-        return meta, params, str(location.path / POLICY_TOKENIZER_DIR)
+        tokenizer_dir = location.path / POLICY_TOKENIZER_DIR
+        return meta, params, str(tokenizer_dir) if tokenizer_dir.exists() else None
     if verify:
         _verify(location.path, f"checkpoint of step {location.step}")
     saved = _checkpoint_json(location, (POLICY_ITEM, FROZEN_TOKENIZER_ITEM))
@@ -505,17 +517,19 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
                                 f"checkpoint of the first layout: load that run's {WORKDIR_POLICY}/ directory).")
     meta = saved[POLICY_ITEM]
     params = restore_params(location.path / PARAMS_ITEM, abstract(meta), key="ema_params")
-    return meta, params, str(location.workdir / saved[FROZEN_TOKENIZER_ITEM]["dir"])
+    frozen = saved.get(FROZEN_TOKENIZER_ITEM)
+    return meta, params, str(location.workdir / frozen["dir"]) if frozen else None
 
 
-def write_policy(path: str, meta: dict, params: Any, save_tokenizer: Callable[[str], Any],
+def write_policy(path: str, meta: dict, params: Any, save_tokenizer: Callable[[str], Any] | None,
                  overwrite: bool = False) -> str:
     """Writes a policy directory atomically: policy.json (`meta`), params/ and tokenizer/ (written by
-    `save_tokenizer(directory)`); returns its absolute path."""
+    `save_tokenizer(directory)`; None: the policy has no tokenizer); returns its absolute path."""
     path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     with atomic_directory(path, overwrite, recognise=is_policy_dir, what="policy") as tmp:
         save_params(os.path.join(tmp, PARAMS_DIR), params)
-        save_tokenizer(os.path.join(tmp, POLICY_TOKENIZER_DIR))
+        if save_tokenizer is not None:
+            save_tokenizer(os.path.join(tmp, POLICY_TOKENIZER_DIR))
         with open(os.path.join(tmp, POLICY_FILE), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=1)
         integrity.write_manifest(tmp)

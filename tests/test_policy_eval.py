@@ -123,3 +123,35 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="one evaluation seed per workdir"):
         policy_eval.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=10,
                              paired=True)
+
+
+def test_metaworld_evaluation_of_a_diffusion_policy(tmp_path):
+    """A diffusion policy runs through the same evaluation: one row keyed "0" (no tokens), latencies measured, and
+    asking it for k tokens is an error naming the policy kind."""
+    pytest.importorskip("metaworld")
+    import jax
+
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.policy.diffusion import DiffusionConfig, init_params
+    from oat_jax.policy.diffusion_policy import DiffusionPolicy
+
+    config = DiffusionConfig(action_dim=4, horizon=8, obs_dim=39, embed_dim=32, depth=1, num_heads=2,
+                             state_hidden=32, num_inference_steps=2)
+    rng = np.random.default_rng(0)
+    policy = DiffusionPolicy(config, init_params(config, jax.random.PRNGKey(0)),
+                             Normalizer.fit(rng.uniform(-1, 1, (64, 4)), "limits"),
+                             {"state": Normalizer.fit(rng.normal(size=(64, 39)), "gaussian")}, n_action_steps=4)
+    run = str(tmp_path / "dp_run")
+    policy.save(os.path.join(run, "policy"))
+    res = policy_eval.evaluate([run], ["reach-v3"], episodes=2, seeds=[0], num_tokens=[None], max_steps=12,
+                               latency_repeats=2, log=lambda s: None)
+    assert res["label"] == "dp" and set(res["by_k"]) == {"0"}
+    entry = res["by_k"]["0"]
+    assert 0.0 <= entry["mean"] <= 1.0 and entry["mean_tokens"] == 0.0 and entry["invalid_rate"] == 0.0
+    assert entry["latency_ms_b1"] > 0
+    policy_eval.remeasure_latency([res], repeats=2, log=lambda s: None)
+    assert entry["latency_ms_batch"] > 0
+    policy_report.write_outputs([res], str(tmp_path / "out"), "table")
+    assert "| dp |" in (tmp_path / "out" / "table.md").read_text()
+    with pytest.raises(ValueError, match="diffusion policy"):
+        policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=4)

@@ -10,6 +10,8 @@ Variants (comma-separated, combinable with runlocal / test):
   :bin     per-dimension binning (256 bins, H * D_a tokens), fitted on the train chunks at start
            (or a saved Bin directory in config.tokenizer.path)
   :fast    FAST (DCT + BPE, variable length, EOS), fitted on the train chunks at start (or a saved FAST dir)
+  :dp      the Diffusion Policy baseline: no tokenizer; the same model sizes as a transformer denoiser (DDIM, 100
+           train / 10 sampling steps, cosine betas, epsilon prediction, clipped samples), actions in [-1, 1]
   :runlocal  small model, a few hundred steps (minutes on a CPU)
   :test      tiny model, 4 steps (unit tests)
 Every variant shares the model, data and training budget; only the tokenizer differs.
@@ -20,7 +22,8 @@ The dataset defaults to the embedded Meta-World MT10 dataset; the recipe uses th
 import ml_collections
 
 TOKENIZERS = ("oat", "oatx", "quest", "bin", "fast")
-VARIANTS = TOKENIZERS + ("runlocal", "test")
+POLICY_TYPES = TOKENIZERS + ("dp",)  # one per comparison row
+VARIANTS = POLICY_TYPES + ("runlocal", "test")
 
 
 def _parse(arg: str) -> set[str]:
@@ -28,8 +31,8 @@ def _parse(arg: str) -> set[str]:
     unknown = sorted(chosen - set(VARIANTS))
     if unknown:
         raise ValueError(f"Unknown config variant(s) {unknown}; choose from {VARIANTS} (comma-separated).")
-    if len(chosen & set(TOKENIZERS)) > 1:
-        raise ValueError(f"Choose one tokenizer variant among {TOKENIZERS}, got {sorted(chosen & set(TOKENIZERS))}.")
+    if len(chosen & set(POLICY_TYPES)) > 1:
+        raise ValueError(f"Choose one policy variant among {POLICY_TYPES}, got {sorted(chosen & set(POLICY_TYPES))}.")
     return chosen
 
 
@@ -41,7 +44,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.seed = 0  # PRNG seed of param init, dropout and data order.
 
     config.tokenizer = ml_collections.ConfigDict()
-    config.tokenizer.name = next(iter(variants & set(TOKENIZERS)), "oat")  # which token type (for logs/tables).
+    config.tokenizer.name = next(iter(variants & set(POLICY_TYPES)), "oat")  # which row (token type or dp).
     config.tokenizer.path = ""  # saved tokenizer dir or OAT/QueST training workdir; '' with fit = fit at start.
     config.tokenizer.fit = ""  # 'bin' | 'fast': fit this tokenizer on the train chunks when path is ''.
     config.tokenizer.fit_options = ml_collections.ConfigDict()  # keyword options of the fit (e.g. num_bins).
@@ -76,6 +79,17 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     config.policy = ml_collections.ConfigDict()
     config.policy.n_action_steps = 16  # actions of each chunk executed before re-planning (paper 16 of 32).
+    config.policy.type = "diffusion" if "dp" in variants else "token"  # 'token' (AR over tokens) | 'diffusion'.
+
+    config.diffusion = ml_collections.ConfigDict()  # the Diffusion Policy (policy.type 'diffusion') only
+    config.diffusion.num_train_timesteps = 100  # T of the DDIM training schedule (reference DP 100).
+    config.diffusion.num_inference_steps = 10  # DDIM steps when acting (reference DP 10).
+    config.diffusion.prediction_type = "epsilon"  # network target: 'epsilon' | 'sample' | 'v_prediction'.
+    config.diffusion.clip_sample = True  # clip the predicted clean chunk to [-1, 1] while sampling.
+    config.diffusion.eval_sample_steps = 10  # DDIM steps of the held-out sampled-chunk MSE (0 = skip it).
+
+    config.action_normalizer = ml_collections.ConfigDict()
+    config.action_normalizer.mode = "limits"  # diffusion policy: train-split actions mapped to [-1, 1].
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 3e-4  # peak learning rate.
@@ -133,4 +147,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4, eval_batch_size=32)
         config.checkpoint.update(every=2, async_save=False)
         config.data.max_eval_chunks = 64
+        config.data.horizon = 8  # the tiny tokenizers' H; a diffusion policy denoises chunks of this length
+        config.diffusion.eval_sample_steps = 2
     return config

@@ -19,6 +19,7 @@ import numpy as np
 
 from oat_jax import timing
 from oat_jax.eval.rollouts import first_history, make_metaworld_envs, run_batched_episodes
+from oat_jax.policy import load_policy
 from oat_jax.policy.policy import TokenPolicy
 
 
@@ -49,10 +50,13 @@ def measure_latency(policy: TokenPolicy, obs: np.ndarray, num_tokens: int | None
 
 def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: list) -> Callable:
     """histories (B, K, obs_dim) -> (actions (B, H, D_a) float32, valid (B,) bool), a fresh key per call; appends
-    the mean number of generated tokens of each call to `tokens_used`."""
+    the mean number of generated tokens of each call to `tokens_used` (0 for a diffusion policy)."""
     counter = itertools.count(1)
 
     def act(history):
+        if not hasattr(policy, "tokenizer"):  # a diffusion policy: no tokens
+            tokens_used.append(0.0)
+            return policy.act({"state": history}, jax.random.fold_in(base, next(counter)))
         tokens, lengths = policy.sample_tokens({"state": history}, jax.random.fold_in(base, next(counter)), k)
         tokens_used.append(float(np.mean(lengths)))
         actions, valid = policy.tokenizer.detokenize(tokens, lengths)
@@ -83,12 +87,15 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
     if paired and len(seeds) != len(workdirs):
         raise ValueError(f"--paired needs one evaluation seed per workdir: {len(workdirs)} workdirs, seeds {seeds}.")
     clock = timing.Stopwatch()
-    policies = [TokenPolicy.load(w) for w in workdirs]
-    label = label or policies[0].tokenizer.name
+    policies = [load_policy(w) for w in workdirs]
+    label = label or policies[0].label
+    if not hasattr(policies[0], "tokenizer") and any(k is not None for k in num_tokens):
+        raise ValueError(f"num_tokens={list(num_tokens)}: {workdirs[0]} holds a diffusion policy, which generates no "
+                         f"tokens; evaluate it without --num_tokens.")
     results: dict = {"label": label, "workdirs": list(workdirs), "tasks": list(tasks), "episodes": episodes,
                      "seeds": list(seeds), "paired": paired, "max_steps": max_steps, "by_k": {}}
     for k in num_tokens:
-        key_k = str(k if k is not None else policies[0].config.max_tokens)
+        key_k = str(k if k is not None else getattr(policies[0].config, "max_tokens", 0))  # "0": no tokens (DP)
         per_task = {t: [] for t in tasks}
         call_ms, invalid, tokens_used = [], [], []
         sample_obs = None
@@ -136,14 +143,14 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
     evaluation batch (`episodes`), with the median of `repeats` calls after a warm-up call.
     """
     for res in results:
-        policy = TokenPolicy.load(res["workdirs"][0])
+        policy = load_policy(res["workdirs"][0])
         env = make_metaworld_envs(res["tasks"][0], 1, res["seeds"][0])[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             history = first_history(env.reset()[0][None], policy.config.n_obs_steps)  # (1, K, obs_dim)
         batch = np.repeat(history, res["episodes"], axis=0)  # (episodes, K, obs_dim)
         for key_k, entry in res["by_k"].items():
-            k = int(key_k)
+            k = int(key_k) or None  # 0: a diffusion policy
             entry["latency_ms_b1"] = measure_latency(policy, history, k, repeats)
             entry["latency_ms_batch"] = measure_latency(policy, batch, k, repeats)
             log(f"{res['label']} k={k}: {entry['latency_ms_b1']:.2f} ms at batch 1, "

@@ -44,7 +44,7 @@ def plot_success_vs_k(results: Sequence[dict], path: str) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5, 3.5))
     swept = [r for r in results if len(r["by_k"]) > 1]
-    ks_all = sorted({int(k) for r in (swept or results) for k in r["by_k"]})
+    ks_all = sorted({int(k) for r in (swept or results) for k in r["by_k"] if int(k) > 0}) or [1]  # 0: DP
     colors = plt.get_cmap("tab10").colors
     for i, res in enumerate(results):
         color = colors[i % len(colors)]
@@ -56,7 +56,8 @@ def plot_success_vs_k(results: Sequence[dict], path: str) -> None:
         else:
             mean_tokens = res["by_k"][str(ks[0])].get("mean_tokens", ks[0])
             tokens = f"{ks[0]}" if round(mean_tokens) == ks[0] else f"≤ {ks[0]}, {mean_tokens:.0f} on average"
-            ax.axhline(means[0], linestyle="--", color=color, label=f"{res['label']} ({tokens} tokens)")
+            tokens = f"{tokens} tokens" if ks[0] else "no tokens"
+            ax.axhline(means[0], linestyle="--", color=color, label=f"{res['label']} ({tokens})")
             ax.axhspan(means[0] - ses[0], means[0] + ses[0], color=color, alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks_all, [str(k) for k in ks_all])

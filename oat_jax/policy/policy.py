@@ -17,6 +17,7 @@ from oat_jax import artifacts
 from oat_jax.action_tokenizers import ActionTokenizer, load_action_tokenizer
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
+from oat_jax.policy.observations import prepare_observation
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
 
 FORMAT = "oat_jax.policy/1"
@@ -68,6 +69,11 @@ class TokenPolicy:
         self.sampler = make_sampler(config, sampling)
 
     @property
+    def label(self) -> str:
+        """Name in tables: the tokenizer's name."""
+        return self.tokenizer.name
+
+    @property
     def horizon(self) -> int:
         """H of the action chunks."""
         return self.tokenizer.horizon
@@ -79,22 +85,7 @@ class TokenPolicy:
 
     def normalize_observation(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8} -> model input."""
-        c = self.config
-        out = {}
-        if c.obs_dim:
-            state = np.asarray(obs["state"], np.float32)
-            if state.ndim != 3 or state.shape[1:] != (c.n_obs_steps, c.obs_dim):
-                raise ValueError(f"obs['state'] must have shape (B, {c.n_obs_steps}, {c.obs_dim}) = (batch, "
-                                 f"n_obs_steps, obs_dim), got {state.shape}.")
-            norm = self.obs_normalizers.get("state")
-            out["state"] = norm.normalize(state) if norm is not None else state
-        if c.num_cameras:
-            image = np.asarray(obs["image"])
-            expected = (c.n_obs_steps, c.num_cameras) + c.image_shape
-            if image.ndim != 6 or image.shape[1:] != expected:
-                raise ValueError(f"obs['image'] must have shape (B,) + {expected}, got {image.shape}.")
-            out["image"] = image
-        return out
+        return prepare_observation(self.config, self.obs_normalizers, obs)
 
     def sample_tokens(self, obs: Mapping[str, np.ndarray], rng: jax.Array,
                       num_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -136,8 +127,7 @@ class TokenPolicy:
         verify: check every file (tokenizer included) against the hashes recorded at save time.
         Raises FileNotFoundError when no saved policy is there.
         """
-        meta, params, tokenizer_dir = artifacts.read_policy(
-            path, step, lambda m: abstract_params(PolicyConfig.from_dict(m["config"])), verify=verify)
+        meta, params, tokenizer_dir = artifacts.read_policy(path, step, _abstract_params, verify=verify)
         normalizers = {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}
         return cls(PolicyConfig.from_dict(meta["config"]), params, load_action_tokenizer(tokenizer_dir), normalizers,
                    sampling or SamplingConfig(**meta["sampling"]), meta.get("obs_keys"), meta.get("n_action_steps", 16))
@@ -146,3 +136,12 @@ class TokenPolicy:
         c = self.config
         return (f"TokenPolicy(tokenizer={self.tokenizer.name!r}, vocab={c.vocab_size}, max_tokens={c.max_tokens}, "
                 f"width={c.width}, depth={c.depth}, n_obs_steps={c.n_obs_steps})")
+
+
+def _abstract_params(meta: dict) -> Any:
+    """ShapeDtypeStruct tree of the params of the token policy described by policy.json content `meta`;
+    ValueError for a diffusion policy's."""
+    if meta.get("type", "token") != "token":
+        raise ValueError(f"This is a {meta['type']} policy, not a token policy; load it with "
+                         f"oat_jax.policy.load_policy (any kind) or its class's load.")
+    return abstract_params(PolicyConfig.from_dict(meta["config"]))

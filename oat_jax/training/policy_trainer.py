@@ -52,6 +52,15 @@ def frozen_tokenizer(tok_cfg: ml_collections.ConfigDict, train_chunks: np.ndarra
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
 
 
+def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+    """ValueError naming the field when `config.data` asks for observations the policy trainers cannot feed."""
+    if data_cfg.n_obs_steps < 1:
+        raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
+    if [k.split("/")[-1] for k in data_cfg.obs_keys] != ["state"]:
+        raise ValueError(f"config.data.obs_keys={tuple(data_cfg.obs_keys)}: the trainer feeds state vectors; "
+                         f"give one key whose last component is 'state' (e.g. 'observation/state').")
+
+
 def _policy_config(config: ml_collections.ConfigDict, tokenizer, obs_dim: int) -> PolicyConfig:
     m = config.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
@@ -74,12 +83,7 @@ class PolicyRun(Runner):
 
     def before_checkpoints(self) -> None:
         """Checks of the data config (before anything is created in the workdir)."""
-        data_cfg = self.config.data
-        if data_cfg.n_obs_steps < 1:
-            raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
-        if [k.split("/")[-1] for k in data_cfg.obs_keys] != ["state"]:
-            raise ValueError(f"config.data.obs_keys={tuple(data_cfg.obs_keys)}: the trainer feeds state vectors; "
-                             f"give one key whose last component is 'state' (e.g. 'observation/state').")
+        check_data_config(self.config.data)
 
     def setup(self) -> None:
         """Tokenizer (and its copy in the workdir), data, normalizer, model, (restored) state, jitted steps."""
@@ -183,10 +187,18 @@ class PolicyRun(Runner):
 
 
 def train_policy(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains a token policy following `config` (experiments/configs/policy.py) in `workdir`, resuming from its
-    latest checkpoint. Returns the final held-out metrics ({} when stopped by a signal).
+    """Trains a policy following `config` (experiments/configs/policy.py) in `workdir`, resuming from its latest
+    checkpoint: a token policy, or the Diffusion Policy baseline when config.policy.type is 'diffusion'
+    (`oat_jax.training.diffusion_trainer`). Returns the final held-out metrics ({} when stopped by a signal).
 
-    Workdir: checkpoints/, frozen_tokenizer/, policy/ (the EMA policy, `TokenPolicy.load(workdir)`), metrics.jsonl,
-    tb/, final_metrics.json (metrics + target token statistics).
+    Workdir: checkpoints/, frozen_tokenizer/ (token policies), policy/ (the EMA policy, `TokenPolicy.load(workdir)`
+    or `DiffusionPolicy.load`; `oat_jax.policy.load_policy` for either), metrics.jsonl, tb/, final_metrics.json
+    (metrics, and the target token statistics of a token policy).
     """
+    policy_type = config.policy.get("type", "token")
+    if policy_type == "diffusion":
+        from oat_jax.training.diffusion_trainer import DiffusionRun
+        return DiffusionRun.launch(config, workdir)
+    if policy_type != "token":
+        raise ValueError(f"config.policy.type={policy_type!r} must be 'token' or 'diffusion'.")
     return PolicyRun.launch(config, workdir)

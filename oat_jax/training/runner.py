@@ -52,6 +52,7 @@ class Runner:
     """
 
     kind = ""
+    run_items: tuple[str, ...] = ()  # checkpoint items (default: artifacts' items of `kind`)
     loss_hint = "lower config.optim.lr or check the data"
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
@@ -63,7 +64,8 @@ class Runner:
         check_batch_divisible(int(config.train.eval_batch_size), self.mesh)
         self.batch_sharding = batch_sharding(self.mesh)
         self.best_metric = artifacts.BEST_METRIC[self.kind]
-        json_items = (artifacts.TOKENIZER_RUN_ITEMS if self.kind == "tokenizer" else artifacts.POLICY_RUN_ITEMS)[3:]
+        json_items = (self.run_items or (artifacts.TOKENIZER_RUN_ITEMS if self.kind == "tokenizer"
+                                         else artifacts.POLICY_RUN_ITEMS))[3:]
         self.before_checkpoints()
         self.ckpt = CheckpointStore(os.path.join(workdir, artifacts.CHECKPOINTS_DIR), json_items,
                                     config.checkpoint.keep_last, config.checkpoint.keep_best, self.best_metric,

@@ -1,0 +1,131 @@
+"""`DiffusionPolicy`: a trained Diffusion Policy (the paper's DP baseline) with its action and observation
+normalizers; save/load in the policy directory layout of `oat_jax.artifacts` (policy.json + params/, no tokenizer);
+act with a jit-compiled DDIM sampler whose number of denoising steps is an argument.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from oat_jax import artifacts
+from oat_jax.normalizer import Normalizer
+from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
+from oat_jax.policy.observations import prepare_observation
+
+FORMAT = "oat_jax.diffusion_policy/1"
+POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "token")
+
+
+def diffusion_metadata(config: DiffusionConfig, action_normalizer: Normalizer,
+                       obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str],
+                       n_action_steps: int) -> dict:
+    """The JSON description of a diffusion policy besides its params (policy.json, and the `policy` item of its
+    training run's checkpoints)."""
+    return {"format": FORMAT, "type": POLICY_TYPE, "config": config.to_dict(),
+            "action_normalizer": action_normalizer.to_dict(),
+            "obs_normalizers": {k: v.to_dict() for k, v in obs_normalizers.items()}, "obs_keys": dict(obs_keys),
+            "n_action_steps": int(n_action_steps)}
+
+
+@functools.lru_cache(maxsize=16)
+def _sampler(config: DiffusionConfig):
+    """jit(params, obs, rng, num_inference_steps static) -> (B, H, D_a) normalized actions, one per config."""
+    model = DiffusionPolicyModel(config)
+    return jax.jit(functools.partial(sample_actions, model), static_argnums=(3,))
+
+
+class DiffusionPolicy:
+    """Observation history -> action chunk by DDIM denoising (`oat_jax.policy.diffusion`).
+
+    Args:
+      config: the denoiser's architecture and noise schedule.
+      params: its float32 "params" collection.
+      action_normalizer: maps raw actions to the [-1, 1] range the denoiser works in ('limits' mode).
+      obs_normalizers: {"state": Normalizer (gaussian)}; images are scaled inside the model.
+      obs_keys: {"state": dataset key path, ...}: where each observation comes from (documentation for users).
+      n_action_steps: actions of each chunk executed before re-planning.
+    """
+
+    label = "dp"  # name in tables
+
+    def __init__(self, config: DiffusionConfig, params: Any, action_normalizer: Normalizer,
+                 obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str] | None = None,
+                 n_action_steps: int = 16):
+        self.config, self.params = config, params
+        self.action_normalizer = action_normalizer
+        self.obs_normalizers = dict(obs_normalizers)
+        self.obs_keys = dict(obs_keys or {"state": "observation/state"})
+        self.n_action_steps = int(n_action_steps)
+        if not 1 <= self.n_action_steps <= config.horizon:
+            raise ValueError(f"n_action_steps={n_action_steps} must be in 1..horizon={config.horizon}.")
+        if action_normalizer.action_dim != config.action_dim:
+            raise ValueError(f"The action normalizer does not have action_dim={config.action_dim} dimensions.")
+
+    @property
+    def horizon(self) -> int:
+        """H of the action chunks."""
+        return self.config.horizon
+
+    @property
+    def action_dim(self) -> int:
+        """D_a."""
+        return self.config.action_dim
+
+    def normalize_observation(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8} -> model input."""
+        return prepare_observation(self.config, self.obs_normalizers, obs)
+
+    def act(self, obs: Mapping[str, np.ndarray], rng: jax.Array, num_tokens: int | None = None,
+            num_inference_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Raw observations (batch B) -> action chunks (B, H, D_a) float32 raw units, valid (B,) bool (all True).
+
+        num_inference_steps: DDIM steps (None = config.num_inference_steps; each value compiles once).
+        num_tokens: must be None (the token policies' anytime-decoding argument; a diffusion policy has no tokens).
+        """
+        if num_tokens is not None:
+            raise ValueError(f"num_tokens={num_tokens}: a diffusion policy generates no tokens; leave it None.")
+        steps = int(num_inference_steps or self.config.num_inference_steps)
+        if not 1 <= steps <= self.config.num_train_timesteps:
+            raise ValueError(f"num_inference_steps={steps} must be in 1..{self.config.num_train_timesteps}.")
+        normalized = _sampler(self.config)(self.params, self.normalize_observation(obs), rng, steps)
+        actions = self.action_normalizer.unnormalize(np.asarray(normalized, np.float32))
+        return np.asarray(actions, np.float32), np.ones((actions.shape[0],), bool)
+
+    # ----- persistence -----
+    def metadata(self) -> dict:
+        """The JSON content of policy.json (see `diffusion_metadata`)."""
+        return diffusion_metadata(self.config, self.action_normalizer, self.obs_normalizers, self.obs_keys,
+                                  self.n_action_steps)
+
+    def save(self, path: str, overwrite: bool = False) -> str:
+        """Writes policy.json and params/ to directory `path` (atomically, as `TokenPolicy.save`); returns its path."""
+        return artifacts.write_policy(path, self.metadata(), self.params, None, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str, step=None, verify: bool = True) -> "DiffusionPolicy":
+        """Loads a diffusion policy: a policy directory, a training workdir (its `policy/`; with `step` 'latest',
+        'best' or an int: the EMA params of that checkpoint) or a checkpoint step directory.
+        Raises FileNotFoundError when no saved policy is there, ValueError when it is a token policy."""
+        meta, params, _ = artifacts.read_policy(path, step, _abstract_params, verify=verify)
+        return cls(DiffusionConfig.from_dict(meta["config"]), params, Normalizer.from_dict(meta["action_normalizer"]),
+                   {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}, meta.get("obs_keys"),
+                   meta.get("n_action_steps", 16))
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"DiffusionPolicy(horizon={c.horizon}, action_dim={c.action_dim}, width={c.embed_dim}, "
+                f"depth={c.depth}, ddim_steps={c.num_inference_steps}/{c.num_train_timesteps})")
+
+
+def _abstract_params(meta: dict) -> Any:
+    """ShapeDtypeStruct tree of the params of the diffusion policy described by policy.json content `meta`;
+    ValueError for a token policy's."""
+    if meta.get("type") != POLICY_TYPE:
+        raise ValueError("This is a token policy; load it with TokenPolicy.load (or oat_jax.policy.load_policy for "
+                         "either kind).")
+    config = DiffusionConfig.from_dict(meta["config"])
+    return jax.eval_shape(lambda: init_params(config, jax.random.PRNGKey(0)))
