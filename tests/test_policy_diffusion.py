@@ -165,3 +165,21 @@ def test_tiny_image_model_forward_and_train_step():
     assert moved["image_encoder"]["conv0"]["kernel"] and moved["output_proj"]["kernel"]
     sampled = functools.partial(sample_actions, model, num_inference_steps=2)(params, obs, jax.random.PRNGKey(4))
     assert sampled.shape == actions.shape
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_causal_attention_hides_later_action_steps(causal):
+    """With causal_attn (the reference setting) the output at step t does not depend on noisy actions after t;
+    with full attention it does."""
+    config = DiffusionConfig(action_dim=2, horizon=6, obs_dim=3, embed_dim=16, depth=2, num_heads=2,
+                             state_hidden=16, causal_attn=causal)
+    model = DiffusionPolicyModel(config)
+    params = init_params(config, jax.random.PRNGKey(0))
+    obs = {"state": jnp.ones((1, 2, 3), jnp.float32)}
+    x = jax.random.normal(jax.random.PRNGKey(1), (1, 6, 2))
+    t = jnp.array([5], jnp.int32)
+    out = model.apply({"params": params}, obs, x, t)
+    out2 = model.apply({"params": params}, obs, x.at[:, 4:].add(1.0), t)
+    early_same = np.allclose(out[:, :4], out2[:, :4], atol=1e-6)
+    assert early_same == causal
+    assert not np.allclose(out[:, 4:], out2[:, 4:])

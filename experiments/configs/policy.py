@@ -86,6 +86,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.diffusion.num_inference_steps = 10  # DDIM steps when acting (reference DP 10).
     config.diffusion.prediction_type = "epsilon"  # network target: 'epsilon' | 'sample' | 'v_prediction'.
     config.diffusion.clip_sample = True  # clip the predicted clean chunk to [-1, 1] while sampling.
+    config.diffusion.causal_attn = True  # causal self-attention over the chunk's steps (reference DP: True).
     config.diffusion.eval_sample_steps = 10  # DDIM steps of the held-out sampled-chunk MSE (0 = skip it).
 
     config.action_normalizer = ml_collections.ConfigDict()

@@ -3,7 +3,8 @@
 #   1. scripted demonstrations of the four paper tasks,
 #   2. tokenizers: OAT, OAT x and QueST-style trained with experiments.train, one per training seed (seed s trains
 #      tokenizer s and policy s); Bin and FAST fitted at policy start,
-#   3. one autoregressive policy per token type and training seed, same model, data, steps and seeds,
+#   3. one autoregressive policy per token type and training seed, and the Diffusion Policy baseline (dp, no
+#      tokenizer) per training seed, with the same model sizes, data, steps and seeds,
 #   4. closed-loop evaluation with the same tasks, goals, episodes and seeds for every policy
 #      (OAT is evaluated at k = 1, 2, 4, 8 tokens: OAT_1 .. OAT_8), and one merged table + plot; with several
 #      training seeds the table's mean ± s.e. is over training seeds.
@@ -18,7 +19,7 @@ set -euo pipefail
 RUNS=${RUNS:-runs/metaworld_policy}                       # output root
 TASKS=${TASKS:-box-close-v3,coffee-pull-v3,disassemble-v3,stick-pull-v3}
 DEMOS=${DEMOS:-50}                                        # scripted demonstrations per task
-TYPES=${TYPES:-"oat oatx quest bin fast"}                 # token types to compare
+TYPES=${TYPES:-"oat oatx quest bin fast dp"}              # token types (and dp, the diffusion baseline) to compare
 TOKENIZER_FLAGS=${TOKENIZER_FLAGS:-}                      # extra flags for every tokenizer run
 POLICY_STEPS=${POLICY_STEPS:-5000}                        # policy updates (same for every token type)
 POLICY_FLAGS=${POLICY_FLAGS:-}                            # extra flags for every policy run (same for all)
@@ -80,7 +81,7 @@ results=()
 for t in $TYPES; do
   works=$(for s in $(seeds_of "$t"); do printf "%s," "$RUNS/policy_${t}_s$s"; done)
   ks=""
-  label=$(echo "$t" | sed 's/^oatx$/OATx/; s/^oat$/OAT/; s/^quest$/QueST/; s/^bin$/Bin/; s/^fast$/FAST/')
+  label=$(echo "$t" | sed 's/^oatx$/OATx/; s/^oat$/OAT/; s/^quest$/QueST/; s/^bin$/Bin/; s/^fast$/FAST/; s/^dp$/DP/')
   [ "$t" = "oat" ] && ks="--num_tokens=$OAT_KS"
   out="$RUNS/eval/$t"
   if [ ! -f "$out/results.json" ]; then

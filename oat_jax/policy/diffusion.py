@@ -2,8 +2,8 @@
 conditioned on the same observation memory as the token policy, trained to predict the noise of the DDIM
 schedule (`oat_jax.policy.ddim`) and sampled with 10 deterministic DDIM steps.
 
-Denoiser: x = Dense(E)(noisy actions) + learned position embedding; `depth` `PolicyBlock`s with non-causal
-self-attention over the H steps and cross-attention to the conditioning memory [time token, observation tokens]
+Denoiser: x = Dense(E)(noisy actions) + learned position embedding; `depth` `PolicyBlock`s with causal
+(`causal_attn`, the reference DP transformer's setting) or full self-attention over the H steps and cross-attention to the conditioning memory [time token, observation tokens]
 (the time token = MLP(sinusoidal(t)), first in the memory as in the reference Diffusion Policy transformer);
 final RMSNorm; Dense(action_dim). Cross-attention keys/values are per-token projections, so when sampling the
 observation tokens' K/V are computed once and only the time token's per DDIM step. Actions are normalized to
@@ -45,6 +45,7 @@ class DiffusionConfig:
     num_heads: int = 4  # attention heads (head_dim = embed_dim // num_heads).
     mlp_ratio: float = 4.0  # MLP hidden size of the blocks = mlp_ratio * embed_dim.
     dropout: float = 0.0  # dropout after each sub-layer during training.
+    causal_attn: bool = True  # causal self-attention over the action steps (as the reference DP transformer).
     state_hidden: int = 256  # hidden size of the state MLP encoder.
     conv_channels: tuple[int, ...] = (32, 64, 64)  # channels of the conv image encoder's stride-2 layers.
     keypoints: int = 32  # spatial-softmax keypoints of the image encoder.
@@ -181,7 +182,9 @@ class DiffusionPolicyModel(nn.Module):
         time_token = self.time_norm(temb.astype(jnp.float32)[:, None, :])  # (B, 1, E): first memory token
         x = self.input_proj(noisy_actions.astype(jnp.float32)).astype(jnp.float32) + self.pos_embed[:length]
         x = self.drop(x, deterministic=deterministic)
-        mask = jnp.ones((length, length), bool)  # non-causal: every step sees the whole chunk
+        mask = jnp.ones((length, length), bool)  # full: every step sees the whole chunk
+        if c.causal_attn:
+            mask = jnp.tril(mask)  # step t sees steps <= t
         for block, (k, v) in zip(self.blocks, mem_kv):
             tk, tv = block.memory_kv(time_token.astype(jnp.dtype(c.dtype)))  # (B, 1, heads, hd) each
             x = block(x, (jnp.concatenate([tk, k], axis=1), jnp.concatenate([tv, v], axis=1)), mask, deterministic)

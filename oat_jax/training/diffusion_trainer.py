@@ -45,7 +45,7 @@ def diffusion_config(config: ml_collections.ConfigDict, action_dim: int, obs_dim
                            num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                            state_hidden=m.state_hidden, num_train_timesteps=d.num_train_timesteps,
                            num_inference_steps=d.num_inference_steps, prediction_type=d.prediction_type,
-                           clip_sample=d.clip_sample, dtype=m.dtype)
+                           clip_sample=d.clip_sample, causal_attn=d.causal_attn, dtype=m.dtype)
 
 
 class DiffusionRun(Runner):
