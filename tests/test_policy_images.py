@@ -123,6 +123,38 @@ def test_executor_feeds_image_histories():
     np.testing.assert_array_equal(calls[1]["state"][:, :, 0], [[0, 1], [0, 0]])
 
 
+class _CountingEnv:
+    """Gymnasium-like env whose state and camera frame both hold its step count; done after `length` steps."""
+
+    def __init__(self, length: int):
+        self.length, self.t = length, 0
+
+    def reset(self):
+        self.t = 0
+        return np.array([0.0]), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.array([float(self.t)]), 0.0, False, self.t >= self.length, {"success": False}
+
+
+def test_batched_episodes_feed_images_aligned_with_states():
+    seen = []
+
+    def act(obs):
+        seen.append(obs)
+        return np.zeros((2, 2, 1), np.float32), np.ones(2, bool)
+
+    envs = [_CountingEnv(3), _CountingEnv(6)]
+    out = rollouts.run_batched_episodes(envs, act, n_obs_steps=2, n_action_steps=2, max_steps=10,
+                                        image_fn=lambda env: np.full((1, 2, 2, 3), env.t, np.uint8))
+    assert list(out["steps"]) == [3, 6] and out["calls"] == 3
+    for obs in seen:
+        assert obs["image"].shape == (2, 2, 1, 2, 2, 3) and obs["image"].dtype == np.uint8
+        np.testing.assert_array_equal(obs["image"][:, :, 0, 0, 0, 0], obs["state"][:, :, 0])
+    np.testing.assert_array_equal(seen[-1]["state"][:, :, 0], [[1, 2], [3, 4]])  # env 0 ended: its history stays put
+
+
 _RENDER = """
 from oat_jax.eval import rollouts
 env = rollouts.make_metaworld_envs("reach-v3", 1, seed=0, camera="corner", image_size=32)[0]
