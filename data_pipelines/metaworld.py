@@ -8,11 +8,20 @@ to [-1, 1], and end at the first successful step (or the step limit). Only succe
 goal is replaced by the next one (a new benchmark seed when the 50 are used up). Per step the dataset holds the
 39-D state observation (`observation/state`), the 4-D action, reward and success flag; the instruction is the
 task name in words ("button press topdown"); episode metadata holds the task, goal index and benchmark seed.
+
+`--camera=corner` (or corner2, corner3, corner4, topview, behindGripper, gripperPOV) also renders that camera
+offscreen at every step, as a (image_size, image_size, 3) uint8 image `observation/image` of the same state as
+`observation/state` (`--image_size`, default 64). Rendering runs MuJoCo's OpenGL renderer headless: MUJOCO_GL
+defaults to 'egl' (Mesa's software EGL works without a GPU); it costs far more than simulating a step (see
+experiments/recipes/image_costs.py). MuJoCo's EGL renderer and TensorFlow crash when loaded into one process (seen
+with Mesa's EGL on CPU), so with --camera the episodes are simulated in a spawned child process that never imports
+TensorFlow, and this process writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import warnings
 from typing import Iterator, Optional, Sequence
@@ -20,6 +29,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from data_pipelines.rlds_writer import Episode, write_rlds
+from oat_jax.eval.rollouts import offscreen_render_kwargs
 
 MT10_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
@@ -55,30 +65,40 @@ def task_instruction(task: str) -> str:
     return " ".join(part for part in task.split("-") if not (part.startswith("v") and part[1:].isdigit()))
 
 
-def rollout(env, policy, max_steps: int) -> dict:
+def rollout(env, policy, max_steps: int, render: bool = False) -> dict:
     """One episode of `policy` in `env` (already set to a task).
 
     Returns {"state": (T, 39) float32, "action": (T, 4) float32 in [-1, 1], "reward": (T,) float32,
-    "success": (T,) bool}; it stops after the first successful step or after `max_steps` steps.
+    "success": (T,) bool} (+ "image": (T, s, s, 3) uint8 `env.render()` of each state when `render`; the
+    environment must be made with render_mode='rgb_array'); it stops after the first successful step or after
+    `max_steps` steps.
     """
     obs, _ = env.reset()
-    states, actions, rewards, successes = [], [], [], []
+    states, actions, rewards, successes, images = [], [], [], [], []
     for _ in range(max_steps):
         action = np.clip(policy.get_action(obs), -1.0, 1.0).astype(np.float32)
         states.append(np.asarray(obs, dtype=np.float32))
+        if render:  # the frame of the state just recorded, before the action moves the scene
+            images.append(np.asarray(env.render(), np.uint8))
         obs, reward, terminated, truncated, info = env.step(action)
         actions.append(action)
         rewards.append(reward)
         successes.append(bool(info["success"]))
         if successes[-1] or terminated or truncated:
             break
-    return {"state": np.stack(states), "action": np.stack(actions), "reward": np.asarray(rewards, np.float32),
-            "success": np.asarray(successes, bool)}
+    out = {"state": np.stack(states), "action": np.stack(actions), "reward": np.asarray(rewards, np.float32),
+           "success": np.asarray(successes, bool)}
+    if render:
+        out["image"] = np.stack(images)
+    return out
 
 
 def task_episodes(task: str, episodes: int, *, seed: int = 0, max_steps: int = 500, max_attempts: Optional[int] = None,
-                  progress=None) -> Iterator[Episode]:
+                  progress=None, camera: str = "", image_size: int = 64) -> Iterator[Episode]:
     """`episodes` successful scripted demonstrations of `task` on distinct seeded goals.
+
+    With `camera` (a Meta-World camera name; '' = none) the episodes' observations also hold "image"
+    (T, image_size, image_size, 3) uint8 frames of that camera.
 
     Raises RuntimeError when `max_attempts` (default 3 * episodes + 10) rollouts give too few successes: the
     scripted policy is not reliable on that task; drop it from --tasks.
@@ -92,49 +112,71 @@ def task_episodes(task: str, episodes: int, *, seed: int = 0, max_steps: int = 5
     max_attempts = max_attempts or 3 * episodes + 10
     kept = attempts = 0
     benchmark_seed, env, goals = None, None, []
-    while kept < episodes:
-        if attempts >= max_attempts:
-            raise RuntimeError(f"{task}: only {kept}/{episodes} successes in {attempts} scripted rollouts; the policy "
-                               "is not reliable on this task, drop it from --tasks.")
-        goal_index = attempts % 50
-        if goal_index == 0:  # a fresh set of 50 seeded goals
-            benchmark_seed = seed + 1000 * (attempts // 50)
-            benchmark = metaworld.MT1(task, seed=benchmark_seed)
-            env = benchmark.train_classes[task]()
-            goals = benchmark.train_tasks
-        env.set_task(goals[goal_index])
-        attempts += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the scripted policies warn about clipped gains
-            steps = rollout(env, policy, max_steps)
-        success = bool(steps["success"][-1])
-        if progress is not None:
-            progress.set_postfix(task=task, failed=attempts - kept - success)
-        if not success:
-            continue
-        yield Episode(source=f"metaworld {task} episode {kept}", action=steps["action"],
-                      observation={"state": steps["state"]}, language=task_instruction(task),
-                      extras={"reward": steps["reward"], "success": steps["success"]},
-                      metadata={"task": task, "success": True, "goal_index": goal_index,
-                                "benchmark_seed": benchmark_seed})
-        kept += 1
-        if progress is not None:
-            progress.update(1)
+    render = offscreen_render_kwargs(camera, image_size)
+    try:
+        while kept < episodes:
+            if attempts >= max_attempts:
+                raise RuntimeError(f"{task}: only {kept}/{episodes} successes in {attempts} scripted rollouts; the "
+                                   "policy is not reliable on this task, drop it from --tasks.")
+            goal_index = attempts % 50
+            if goal_index == 0:  # a fresh set of 50 seeded goals
+                benchmark_seed = seed + 1000 * (attempts // 50)
+                benchmark = metaworld.MT1(task, seed=benchmark_seed)
+                if env is not None and render:
+                    env.close()  # frees the renderer's OpenGL context
+                env = benchmark.train_classes[task](**render)
+                goals = benchmark.train_tasks
+            env.set_task(goals[goal_index])
+            attempts += 1
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the scripted policies warn about clipped gains
+                steps = rollout(env, policy, max_steps, render=bool(render))
+            success = bool(steps["success"][-1])
+            if progress is not None:
+                progress.set_postfix(task=task, failed=attempts - kept - success)
+            if not success:
+                continue
+            yield Episode(source=f"metaworld {task} episode {kept}", action=steps["action"],
+                          observation={k: steps[k] for k in ("state", "image") if k in steps},
+                          language=task_instruction(task),
+                          extras={"reward": steps["reward"], "success": steps["success"]},
+                          metadata={"task": task, "success": True, "goal_index": goal_index,
+                                    "benchmark_seed": benchmark_seed})
+            kept += 1
+            if progress is not None:
+                progress.update(1)
+    finally:
+        if env is not None and render:
+            env.close()
 
 
-def description(tasks: Sequence[str], episodes_per_task: int, seed: int) -> str:
+def _rendered_task(args: tuple) -> list[Episode]:
+    """Every episode of one task, with camera frames (runs in the rendering child process of `generate`)."""
+    task, episodes, seed, max_steps, camera, image_size = args
+    return list(task_episodes(task, episodes, seed=seed, max_steps=max_steps, camera=camera, image_size=image_size))
+
+
+def description(tasks: Sequence[str], episodes_per_task: int, seed: int, camera: str = "",
+                image_size: int = 64) -> str:
     """The dataset description of a generated dataset."""
+    images = f", camera {camera!r} at {image_size}x{image_size}" if camera else ""
     return (f"Scripted Meta-World v3 demonstrations, tasks {list(tasks)}, {episodes_per_task} successful episodes "
-            f"each, seed {seed}.")
+            f"each, seed {seed}{images}.")
 
 
 def generate(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed: int = 0, max_steps: int = 500,
-             overwrite: bool = False, num_workers: int = 0, beam_pipeline_options: str = "") -> str:
+             overwrite: bool = False, num_workers: int = 0, beam_pipeline_options: str = "", camera: str = "",
+             image_size: int = 64) -> str:
     """Roll out every task and write one RLDS dataset (tasks in the given order); returns `output`.
+
+    camera / image_size: see `task_episodes` (rendered images are written in this process only, not on Beam yet).
 
     With `num_workers` > 0 or `beam_pipeline_options` the tasks are simulated in parallel on Apache Beam
     (`data_pipelines.beam_convert`; the same dataset); otherwise in this process with a progress bar."""
     if num_workers > 0 or beam_pipeline_options:
+        if camera:
+            raise ValueError("--camera is not supported with --num_workers / --beam_pipeline_options yet; generate "
+                             "image datasets in one process.")
         from data_pipelines.beam_convert import generate_metaworld_beam
         return generate_metaworld_beam(tasks, episodes_per_task, output, seed=seed, max_steps=max_steps,
                                        overwrite=overwrite, num_workers=num_workers,
@@ -142,12 +184,20 @@ def generate(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed:
     from tqdm import tqdm
 
     def all_episodes(progress):
-        for task in tasks:
-            yield from task_episodes(task, episodes_per_task, seed=seed, max_steps=max_steps, progress=progress)
+        if not camera:
+            for task in tasks:
+                yield from task_episodes(task, episodes_per_task, seed=seed, max_steps=max_steps, progress=progress)
+            return
+        # rendering in a child process without TensorFlow (see the module docstring); one task at a time, in order
+        work = [(task, episodes_per_task, seed, max_steps, camera, image_size) for task in tasks]
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            for task_list in pool.imap(_rendered_task, work):
+                yield from task_list
+                progress.update(len(task_list))
 
     with tqdm(total=len(tasks) * episodes_per_task, desc="Meta-World demos", unit="episode") as progress:
         return write_rlds(all_episodes(progress), output, name=DATASET_NAME, overwrite=overwrite,
-                          description=description(tasks, episodes_per_task, seed))
+                          description=description(tasks, episodes_per_task, seed, camera, image_size))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -167,11 +217,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--beam_pipeline_options", default="",
                         help="run on Apache Beam with these 'key=value,...' pipeline options; see "
                              "data_pipelines/beam_convert.py")
+    parser.add_argument("--camera", default="",
+                        help="also store this camera's rendered frames as observation/image: corner, corner2, "
+                             "corner3, corner4, topview, behindGripper, gripperPOV ('' = no images)")
+    parser.add_argument("--image_size", type=int, default=64, help="height = width of the rendered frames")
     args = parser.parse_args(argv)
     tasks = parse_tasks(args.tasks)
     out = generate(tasks, args.episodes_per_task, args.output, seed=args.seed, max_steps=args.max_steps,
                    overwrite=args.overwrite, num_workers=args.num_workers,
-                   beam_pipeline_options=args.beam_pipeline_options)
+                   beam_pipeline_options=args.beam_pipeline_options, camera=args.camera, image_size=args.image_size)
     print(f"wrote {out}")
     return 0
 

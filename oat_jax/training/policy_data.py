@@ -25,23 +25,52 @@ def policy_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     return dataclasses.replace(data.dataset_spec(data_cfg), obs_keys=tuple(data_cfg.obs_keys))
 
 
+def image_keys(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Step key paths of the camera images of `config.data.image_keys` (camera order; () = no images)."""
+    keys = data_cfg.get("image_keys", ()) or ()
+    return (keys,) if isinstance(keys, str) else tuple(keys)
+
+
 def load_pairs(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, split: str, horizon: int,
                n_obs_steps: int) -> dict[str, np.ndarray]:
     """Every (observation history, chunk) pair of `split` in dataset order.
 
+    The observations are the step keys `spec.obs_keys` plus the cameras `config.data.image_keys` (e.g.
+    ("observation/image",)); each history holds the K frames up to the chunk's first step, the first frame of the
+    episode repeated at its start (the same for states and images).
+
     Returns:
-      {"actions": (M, H, D_a) float32 raw, "<obs name>": (M, K, ...) for each obs key (named by its last path
-       component, e.g. "state": (M, K, 39) float32)}.
+      {"actions": (M, H, D_a) float32 raw,
+       "<obs name>": (M, K, ...) for each key of spec.obs_keys (named by its last path component, e.g. "state":
+         (M, K, 39) float32),
+       "image": (M, K, cams, h, w, c) uint8, cameras in image_keys order (only when image_keys is non-empty; the
+         cameras must share one image shape)}.
     """
+    cameras = image_keys(data_cfg)
+    names = [path.split("/")[-1] for path in cameras]
+    if cameras:
+        if len(set(names)) != len(names) or (set(names) & {p.split("/")[-1] for p in spec.obs_keys}):
+            raise ValueError(f"config.data.image_keys={cameras} and obs_keys={tuple(spec.obs_keys)}: every key "
+                             "needs a distinct last path component (observations are named by it).")
+        spec = dataclasses.replace(spec, obs_keys=tuple(spec.obs_keys) + cameras)
     ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
                                    repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
                                    split_seed=data_cfg.split_seed, process_index=0, process_count=1,
-                                   n_obs_steps=n_obs_steps, drop_remainder=False)
+                                   n_obs_steps=n_obs_steps, drop_remainder=False, decode_images=bool(cameras))
     parts: dict[str, list] = {}
     for batch in ds.as_numpy_iterator():
         parts.setdefault("actions", []).append(np.asarray(batch["actions"], np.float32))
-        for name, value in batch["observation"].items():
-            parts.setdefault(name, []).append(np.asarray(value))
+        observation = batch.get("observation", {})
+        for name, value in observation.items():
+            if name not in names:
+                parts.setdefault(name, []).append(np.asarray(value))
+        if cameras:  # {name: (B, K, h, w, c)} -> (B, K, cams, h, w, c), decoded per batch to bound the memory
+            shapes = {name: observation[name].shape[2:] for name in names}
+            if len(set(shapes.values())) != 1:
+                raise ValueError(f"config.data.image_keys: the cameras differ in image shape {shapes}; resize them "
+                                 "to one (h, w, c) when writing the dataset.")
+            parts.setdefault("image", []).append(
+                np.stack([np.asarray(observation[name], np.uint8) for name in names], axis=2))
     if not parts:
         raise ValueError(f"The {split!r} split of {spec.label} holds no chunks; check config.data.val_fraction.")
     out = {k: np.concatenate(v) for k, v in parts.items()}
