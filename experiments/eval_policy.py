@@ -41,6 +41,8 @@ _NUM_TOKENS = flags.DEFINE_string("num_tokens", "", "Comma-separated k for anyti
 _PAIRED = flags.DEFINE_bool("paired", False,
                             "Evaluate the i-th --workdir on the i-th --seeds entry only (training seed i on evaluation "
                             "seed i) instead of every workdir on every seed; needs as many seeds as workdirs.")
+_CAMERA = flags.DEFINE_string("camera", "", "Meta-World camera rendered for policies trained on images (e.g. "
+                               "'corner', the camera of `python -m data_pipelines.metaworld --camera=corner`).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "Step limit of an episode (Meta-World's 500).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for results.json / results.md / success_vs_k.png.")
 _MERGE = flags.DEFINE_string("merge", "", "Comma-separated results.json files to merge into one table.")
@@ -72,7 +74,7 @@ def main(argv):
     ks = [int(k) for k in _items(_NUM_TOKENS.value)] or [None]
     res = policy_eval.evaluate(_items(_WORKDIR.value), _items(_TASKS.value), _EPISODES.value,
                                [int(s) for s in _items(_SEEDS.value)], ks, _MAX_STEPS.value, _LATENCY_REPEATS.value,
-                               _LABEL.value, paired=_PAIRED.value)
+                               _LABEL.value, paired=_PAIRED.value, camera=_CAMERA.value)
     policy_report.write_outputs([res], _OUTPUT.value, "results")
     print(policy_report.markdown_table([res]))
     print(f"wall time {res['wall_s']:.0f} s")

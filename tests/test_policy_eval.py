@@ -155,3 +155,34 @@ def test_metaworld_evaluation_of_a_diffusion_policy(tmp_path):
     assert "| dp |" in (tmp_path / "out" / "table.md").read_text()
     with pytest.raises(ValueError, match="diffusion policy"):
         policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=4)
+
+
+def test_image_policy_evaluation_renders_the_camera(tmp_path):
+    """A policy trained on camera images is evaluated with frames rendered offscreen (the command line runs in its
+    own process: MuJoCo's renderer cannot share one with TensorFlow); without --camera it is a clear error."""
+    pytest.importorskip("metaworld")
+    import jax
+
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.policy.diffusion import DiffusionConfig, init_params
+    from oat_jax.policy.diffusion_policy import DiffusionPolicy
+
+    config = DiffusionConfig(action_dim=4, horizon=8, obs_dim=39, num_cameras=1, image_shape=(24, 24, 3),
+                             embed_dim=16, depth=1, num_heads=2, state_hidden=16, conv_channels=(8, 8, 8),
+                             keypoints=4, num_inference_steps=2)
+    rng = np.random.default_rng(0)
+    DiffusionPolicy(config, init_params(config, jax.random.PRNGKey(0)),
+                    Normalizer.fit(rng.uniform(-1, 1, (64, 4)), "limits"),
+                    {"state": Normalizer.fit(rng.normal(size=(64, 39)), "gaussian")},
+                    n_action_steps=4).save(str(tmp_path / "run" / "policy"))
+    base = [sys.executable, "-m", "experiments.eval_policy", f"--workdir={tmp_path / 'run'}", "--tasks=reach-v3",
+            "--episodes=2", "--seeds=0", "--max_steps=6", "--latency_repeats=1"]
+    proc = subprocess.run(base + ["--camera=corner", f"--output={tmp_path / 'out'}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    res = res[0] if isinstance(res, list) else res
+    assert res["camera"] == "corner" and res["by_k"]["0"]["latency_ms_b1"] > 0
+    proc = subprocess.run(base + [f"--output={tmp_path / 'out2'}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0 and "--camera" in proc.stderr

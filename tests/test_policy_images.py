@@ -174,3 +174,28 @@ def test_metaworld_renders_a_camera():
     shape, dtype, std = result.stdout.strip().splitlines()[-1].rsplit(" ", 2)
     assert shape == "(1, 1, 32, 32, 3)" and dtype == "uint8"
     assert float(std) > 1.0  # a rendered scene, not a blank buffer
+
+
+@pytest.mark.parametrize("variant", ["dp", "bin"])
+def test_trainers_train_an_image_policy_that_acts_on_images(image_dataset, tmp_path, variant):
+    """config.data.image_keys feeds the conv encoder through the trainer (diffusion and token policy alike); the
+    saved policy records its cameras and acts on (state, image) histories."""
+    from oat_jax.policy import load_policy
+    from oat_jax.training.policy_trainer import train_policy
+
+    config = policy_configs.get_config(f"{variant},test")
+    config.data.path, config.data.image_keys = image_dataset, ("observation/image",)
+    config.data.val_fraction = 0.34  # one of the three episodes held out
+    config.train.num_steps, config.train.eval_every = 2, 2
+    if variant == "bin":
+        config.tokenizer.fit_options.num_bins = 8
+    metrics = train_policy(config, str(tmp_path / "run"))
+    assert np.isfinite(metrics["val_loss"])
+    policy = load_policy(str(tmp_path / "run"))
+    assert (policy.config.num_cameras, policy.config.image_shape) == (1, (SIZE, SIZE, 3))
+    assert policy.obs_keys["image"] == "observation/image"
+    obs = {"state": np.zeros((2, 2, 2), np.float32), "image": np.zeros((2, 2, 1, SIZE, SIZE, 3), np.uint8)}
+    actions, valid = policy.act(obs, jax.random.PRNGKey(0))
+    assert actions.shape == (2, policy.horizon, 2) and valid.shape == (2,)
+    with pytest.raises(ValueError, match="obs\\['image'\\]"):
+        policy.act({"state": obs["state"], "image": obs["image"][:, :, :, :8]}, jax.random.PRNGKey(0))

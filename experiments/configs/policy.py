@@ -57,6 +57,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.val_fraction = 0.1  # fraction of episodes held out (seeded, by episode; same split as tokenizers).
     config.data.split_seed = 0  # seed of the episode split.
     config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
+    config.data.image_keys = ()  # step keys of camera images for the conv encoder, e.g. ("observation/image",).
     config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
     config.data.horizon = 32  # H of the chunks when a tokenizer is fitted here (a loaded one brings its own).
     config.data.max_eval_chunks = 4096  # held-out pairs used for the validation loss (evenly spaced).

@@ -1,5 +1,7 @@
-"""Closed-loop evaluation of saved token policies on Meta-World v3 (state observations) with anytime decoding:
-success rates per (k, task, run) with their mean and standard error, and the latency of a policy call.
+"""Closed-loop evaluation of saved policies (token policies with anytime decoding, diffusion policies) on
+Meta-World v3: success rates per (k, task, run) with their mean and standard error, and the latency of a policy
+call. Policies trained on camera images get frames of `camera` rendered offscreen at their image size (MuJoCo
+rendering must not share the process with TensorFlow: this module and its command line never import it).
 
 For each seed s, task and k: `episodes` environments run in lock-step (`rollouts.run_batched_episodes`); episode e
 uses goal e mod 50 of `metaworld.MT1(task, seed=10000 + s)` (goals the scripted demonstrations were not generated
@@ -18,7 +20,8 @@ import jax
 import numpy as np
 
 from oat_jax import timing
-from oat_jax.eval.rollouts import first_history, make_metaworld_envs, run_batched_episodes
+from oat_jax.eval.rollouts import (first_history, first_image_history, make_metaworld_envs, render_camera,
+                                   render_frames, run_batched_episodes)
 from oat_jax.policy import load_policy
 from oat_jax.policy.policy import TokenPolicy
 
@@ -37,27 +40,61 @@ def group_means(per_run: Sequence[float], num_policies: int) -> list[float]:
     return [float(v) for v in np.asarray(per_run, np.float64).reshape(num_policies, -1).mean(axis=1)]
 
 
-def measure_latency(policy: TokenPolicy, obs: np.ndarray, num_tokens: int | None, repeats: int,
-                    seed: int = 0) -> float:
-    """Median wall time (ms) of `policy.act` on state histories obs (B, K, obs_dim) float32, over `repeats` calls
-    (a fresh sampling key each) after one warm-up call (`oat_jax.timing.time_calls`)."""
+def _as_obs(history) -> dict:
+    """A state history (B, K, obs_dim) or an observation dict -> the observation dict of `policy.act`."""
+    return history if isinstance(history, dict) else {"state": history}
+
+
+def _repeat_obs(obs, batch: int):
+    """An observation (dict or state history) of batch 1 repeated to `batch` rows."""
+    if isinstance(obs, dict):
+        return {k: np.repeat(v, batch, axis=0) for k, v in obs.items()}
+    return np.repeat(obs, batch, axis=0)
+
+
+def _eval_envs(policy, task: str, episodes: int, seed: int, camera: str) -> tuple[list, Callable | None]:
+    """(environments, image_fn for `run_batched_episodes` or None): cameras rendered when the policy has them."""
+    cams = policy.config.num_cameras
+    if not cams:
+        return make_metaworld_envs(task, episodes, seed), None
+    if not camera or cams != 1:
+        raise ValueError(f"The policy reads {cams} camera image(s) of shape {policy.config.image_shape}: give the "
+                         f"Meta-World camera it was trained on with --camera (one camera is supported).")
+    envs = make_metaworld_envs(task, episodes, seed, camera=camera, image_size=policy.config.image_shape[0])
+    return envs, render_camera
+
+
+def _first_obs(policy, env, image_fn):
+    """The policy input of env's first observation at batch 1 (state history, or with images a dict)."""
+    history = first_history(env.reset()[0][None], policy.config.n_obs_steps)  # (1, K, obs_dim)
+    if image_fn is None:
+        return history
+    return {"state": history, "image": first_image_history(render_frames([env], image_fn),
+                                                           policy.config.n_obs_steps)}
+
+
+def measure_latency(policy: TokenPolicy, obs, num_tokens: int | None, repeats: int, seed: int = 0) -> float:
+    """Median wall time (ms) of `policy.act` on observations `obs` (state histories (B, K, obs_dim) float32, or
+    a dict with "image"), over `repeats` calls (a fresh sampling key each) after one warm-up call
+    (`oat_jax.timing.time_calls`)."""
     key = jax.random.PRNGKey(seed)
     counter = itertools.count()
-    stats = timing.time_calls(lambda: policy.act({"state": obs}, jax.random.fold_in(key, next(counter)), num_tokens),
+    stats = timing.time_calls(lambda: policy.act(_as_obs(obs), jax.random.fold_in(key, next(counter)), num_tokens),
                               repeats, warmup=1)
     return 1000.0 * stats["median_s"]
 
 
 def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: list) -> Callable:
-    """histories (B, K, obs_dim) -> (actions (B, H, D_a) float32, valid (B,) bool), a fresh key per call; appends
-    the mean number of generated tokens of each call to `tokens_used` (0 for a diffusion policy)."""
+    """histories (B, K, obs_dim) (or {"state", "image"} histories) -> (actions (B, H, D_a) float32, valid (B,)
+    bool), a fresh key per call; appends the mean number of generated tokens of each call to `tokens_used` (0 for a
+    diffusion policy)."""
     counter = itertools.count(1)
 
     def act(history):
         if not hasattr(policy, "tokenizer"):  # a diffusion policy: no tokens
             tokens_used.append(0.0)
-            return policy.act({"state": history}, jax.random.fold_in(base, next(counter)))
-        tokens, lengths = policy.sample_tokens({"state": history}, jax.random.fold_in(base, next(counter)), k)
+            return policy.act(_as_obs(history), jax.random.fold_in(base, next(counter)))
+        tokens, lengths = policy.sample_tokens(_as_obs(history), jax.random.fold_in(base, next(counter)), k)
         tokens_used.append(float(np.mean(lengths)))
         actions, valid = policy.tokenizer.detokenize(tokens, lengths)
         return np.asarray(actions, np.float32), np.asarray(valid, bool)
@@ -67,7 +104,7 @@ def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: lis
 
 def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds: Sequence[int],
              num_tokens: Sequence[int | None], max_steps: int, latency_repeats: int = 20, label: str = "",
-             log: Callable[[str], None] = print, paired: bool = False) -> dict:
+             log: Callable[[str], None] = print, paired: bool = False, camera: str = "") -> dict:
     """Closed-loop success per (k, task, run) and latency per k (see the module docstring).
 
     Args:
@@ -79,6 +116,7 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
       max_steps: step limit of an episode; latency_repeats: timed calls at batch 1 per k.
       label: name in tables (default: the tokenizer's name); log: progress lines.
       paired: workdir i runs on seeds[i] only (len(seeds) == len(workdirs)); otherwise every workdir on every seed.
+      camera: the Meta-World camera rendered for policies trained on images ('' for state-only policies).
     Returns:
       The JSON-able results: {"label", "workdirs", "tasks", "episodes", "seeds", "paired", "max_steps", "wall_s",
       "by_k": {str(k): {"per_task": {task: {"mean", "se", "per_run"}}, "mean", "se", "per_run", "se_over",
@@ -92,7 +130,8 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
     if not hasattr(policies[0], "tokenizer") and any(k is not None for k in num_tokens):
         raise ValueError(f"num_tokens={list(num_tokens)}: {workdirs[0]} holds a diffusion policy, which generates no "
                          f"tokens; evaluate it without --num_tokens.")
-    results: dict = {"label": label, "workdirs": list(workdirs), "tasks": list(tasks), "episodes": episodes,
+    results: dict = {"label": label, "camera": camera, "workdirs": list(workdirs), "tasks": list(tasks),
+                     "episodes": episodes,
                      "seeds": list(seeds), "paired": paired, "max_steps": max_steps, "by_k": {}}
     for k in num_tokens:
         key_k = str(k if k is not None else getattr(policies[0].config, "max_tokens", 0))  # "0": no tokens (DP)
@@ -102,18 +141,22 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
         for w, policy in enumerate(policies):
             for seed in ([seeds[w]] if paired else seeds):
                 for ti, task in enumerate(tasks):
-                    envs = make_metaworld_envs(task, episodes, seed)
+                    envs, image_fn = _eval_envs(policy, task, episodes, seed, camera)
                     act = _actor(policy, jax.random.fold_in(jax.random.PRNGKey(seed), 1000 * w + ti), k, tokens_used)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         out = run_batched_episodes(envs, act, policy.config.n_obs_steps, policy.n_action_steps,
-                                                   max_steps)
+                                                   max_steps, image_fn=image_fn)
                     rate = float(np.mean(out["success"]))
                     per_task[task].append(rate)
                     call_ms.extend(1000.0 * np.asarray(out["call_seconds"][1:]))  # first call may compile
                     invalid.append(out["invalid_rate"])
                     if sample_obs is None:
-                        sample_obs = first_history(envs[0].reset()[0][None], policy.config.n_obs_steps)
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore")
+                            sample_obs = _first_obs(policy, envs[0], image_fn)
+                    for env in envs:
+                        env.close()
                     log(f"{label} k={key_k} run={w} seed={seed} {task}: success {rate:.3f} "
                         f"({int(np.sum(out['success']))}/{episodes}), {out['calls']} calls, "
                         f"{clock.elapsed():.0f}s elapsed")
@@ -144,11 +187,12 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
     """
     for res in results:
         policy = load_policy(res["workdirs"][0])
-        env = make_metaworld_envs(res["tasks"][0], 1, res["seeds"][0])[0]
+        envs, image_fn = _eval_envs(policy, res["tasks"][0], 1, res["seeds"][0], res.get("camera", ""))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            history = first_history(env.reset()[0][None], policy.config.n_obs_steps)  # (1, K, obs_dim)
-        batch = np.repeat(history, res["episodes"], axis=0)  # (episodes, K, obs_dim)
+            history = _first_obs(policy, envs[0], image_fn)  # batch 1
+        envs[0].close()
+        batch = _repeat_obs(history, res["episodes"])
         for key_k, entry in res["by_k"].items():
             k = int(key_k) or None  # 0: a diffusion policy
             entry["latency_ms_b1"] = measure_latency(policy, history, k, repeats)

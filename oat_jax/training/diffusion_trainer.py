@@ -32,15 +32,17 @@ from oat_jax.training.diffusion_step import (init_diffusion_state, make_diffusio
                                              make_diffusion_train_step, summarize_diffusion_eval)
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_trainer import check_data_config
+from oat_jax.training.policy_trainer import camera_fields, check_data_config, observation_keys
 from oat_jax.training.runner import Runner, host_value
 from oat_jax.training.sharding import process_rows, replicated, to_global
 
 
-def diffusion_config(config: ml_collections.ConfigDict, action_dim: int, obs_dim: int) -> DiffusionConfig:
-    """The DiffusionConfig of a run: the policy model sizes of `config.model`, the schedule of `config.diffusion`."""
+def diffusion_config(config: ml_collections.ConfigDict, pairs: dict) -> DiffusionConfig:
+    """The DiffusionConfig of a run on `pairs` (their action, state and camera shapes): the policy model sizes of
+    `config.model`, the schedule of `config.diffusion`."""
     m, d = config.model, config.diffusion
-    return DiffusionConfig(action_dim=action_dim, horizon=int(config.data.horizon), obs_dim=obs_dim,
+    return DiffusionConfig(action_dim=int(pairs["actions"].shape[-1]), horizon=int(config.data.horizon),
+                           obs_dim=int(pairs["state"].shape[-1]), **camera_fields(pairs),
                            n_obs_steps=int(config.data.n_obs_steps), embed_dim=m.width, depth=m.depth,
                            num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                            state_hidden=m.state_hidden, num_train_timesteps=d.num_train_timesteps,
@@ -80,13 +82,13 @@ class DiffusionRun(Runner):
             self.obs_normalizer = Normalizer.from_dict(meta["obs_normalizers"]["state"])
             self.action_normalizer = Normalizer.from_dict(meta["action_normalizer"])
         arrays = lambda pairs: {"actions": self.action_normalizer.normalize(pairs["actions"]).astype(np.float32),
-                                "state": self.obs_normalizer.normalize(pairs["state"])}  # noqa: E731
+                                "state": self.obs_normalizer.normalize(pairs["state"]),
+                                **({"image": pairs["image"]} if "image" in pairs else {})}  # noqa: E731
         train_arrays = arrays(train_pairs)
         val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
         self.val_arrays = {**arrays(val_pairs), "seed": np.arange(len(val_pairs["actions"]), dtype=np.int32)}
         self.num_train_pairs = len(train_arrays["actions"])
-        self.dconfig = diffusion_config(config, int(train_pairs["actions"].shape[-1]),
-                                        int(train_pairs["state"].shape[-1]))
+        self.dconfig = diffusion_config(config, train_pairs)
         logging.info("Diffusion policy data: %d train / %d val pairs; prepared in %.1f s.", self.num_train_pairs,
                      len(self.val_arrays["actions"]), time.perf_counter() - t0)
 
@@ -126,7 +128,7 @@ class DiffusionRun(Runner):
 
     def _metadata(self) -> dict:
         return diffusion_metadata(self.dconfig, self.action_normalizer, {"state": self.obs_normalizer},
-                                  {"state": self.config.data.obs_keys[0]}, int(self.config.policy.n_action_steps))
+                                  observation_keys(self.config.data), int(self.config.policy.n_action_steps))
 
     def assets(self) -> dict[str, dict]:
         """The policy's description (config and normalizers)."""
@@ -138,7 +140,7 @@ class DiffusionRun(Runner):
             return
         params = jax.tree.map(np.asarray, jax.device_get(self.state.ema_params))
         policy = DiffusionPolicy(self.dconfig, params, self.action_normalizer, {"state": self.obs_normalizer},
-                                 {"state": self.config.data.obs_keys[0]}, int(self.config.policy.n_action_steps))
+                                 observation_keys(self.config.data), int(self.config.policy.n_action_steps))
         policy.save(os.path.join(self.workdir, artifacts.WORKDIR_POLICY), overwrite=True)
         with open(os.path.join(self.workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
             json.dump({"step": int(host_value(self.state.step)), **metrics, "train_pairs": self.num_train_pairs},

@@ -61,19 +61,36 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
                          f"give one key whose last component is 'state' (e.g. 'observation/state').")
 
 
-def _policy_config(config: ml_collections.ConfigDict, tokenizer, obs_dim: int) -> PolicyConfig:
+def camera_fields(pairs: dict) -> dict:
+    """{"num_cameras", "image_shape"} of a policy config from pairs' images (M, K, cams, h, w, c) (none: 0, ())."""
+    if "image" not in pairs:
+        return {"num_cameras": 0, "image_shape": ()}
+    return {"num_cameras": int(pairs["image"].shape[2]), "image_shape": tuple(pairs["image"].shape[3:])}
+
+
+def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
+    """{"state": its step key, "image": the camera step keys joined by ','} recorded with a trained policy."""
+    keys = {"state": data_cfg.obs_keys[0]}
+    if policy_data.image_keys(data_cfg):
+        keys["image"] = ",".join(policy_data.image_keys(data_cfg))
+    return keys
+
+
+def _policy_config(config: ml_collections.ConfigDict, tokenizer, pairs: dict) -> PolicyConfig:
     m = config.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
-                        variable_length=not tokenizer.fixed_length, obs_dim=obs_dim,
-                        n_obs_steps=int(config.data.n_obs_steps), width=m.width, depth=m.depth,
+                        variable_length=not tokenizer.fixed_length, obs_dim=int(pairs["state"].shape[-1]),
+                        **camera_fields(pairs), n_obs_steps=int(config.data.n_obs_steps), width=m.width, depth=m.depth,
                         num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout, state_hidden=m.state_hidden,
                         dtype=m.dtype)
 
 
 def _arrays(pairs: dict, tokenizer, normalizer: Normalizer) -> dict:
-    """Pairs {"actions", "state"} -> {"tokens" (M, max_tokens), "lengths" (M,), "state" normalized (M, K, obs)}."""
+    """Pairs {"actions", "state"[, "image"]} -> {"tokens" (M, max_tokens), "lengths" (M,), "state" normalized
+    (M, K, obs)[, "image" uint8 as loaded]}."""
     tokens, lengths = policy_data.tokenize_all(tokenizer, pairs["actions"])
-    return {"tokens": tokens, "lengths": lengths, "state": normalizer.normalize(pairs["state"])}
+    images = {"image": pairs["image"]} if "image" in pairs else {}
+    return {"tokens": tokens, "lengths": lengths, "state": normalizer.normalize(pairs["state"]), **images}
 
 
 class PolicyRun(Runner):
@@ -124,7 +141,7 @@ class PolicyRun(Runner):
         val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
         self.val_arrays = _arrays(val_pairs, tokenizer, self.normalizer)
         self.num_train_pairs = len(train_arrays["tokens"])
-        self.pconfig = _policy_config(config, tokenizer, int(train_pairs["state"].shape[-1]))
+        self.pconfig = _policy_config(config, tokenizer, train_pairs)
         self.sampling = SamplingConfig(float(config.sampling.temperature), int(config.sampling.top_k))
         logging.info("Policy data: %d train / %d val pairs, tokenizer %s (%s), targets %s; prepared in %.1f s.",
                      self.num_train_pairs, len(self.val_arrays["tokens"]), tokenizer.name, self.pconfig.max_tokens,
@@ -164,7 +181,7 @@ class PolicyRun(Runner):
 
     def _metadata(self) -> dict:
         return policy_metadata(self.pconfig, self.sampling, {"state": self.normalizer},
-                               {"state": self.config.data.obs_keys[0]}, int(self.config.policy.n_action_steps),
+                               observation_keys(self.config.data), int(self.config.policy.n_action_steps),
                                self.tokenizer.name)
 
     def assets(self) -> dict[str, dict]:
@@ -179,7 +196,7 @@ class PolicyRun(Runner):
             return
         params = jax.tree.map(np.asarray, jax.device_get(self.state.ema_params))
         policy = TokenPolicy(self.pconfig, params, self.tokenizer, {"state": self.normalizer}, self.sampling,
-                             {"state": self.config.data.obs_keys[0]}, int(self.config.policy.n_action_steps))
+                             observation_keys(self.config.data), int(self.config.policy.n_action_steps))
         policy.save(os.path.join(self.workdir, artifacts.WORKDIR_POLICY), overwrite=True)
         with open(os.path.join(self.workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
             json.dump({"step": int(host_value(self.state.step)), **metrics, "token_stats": self.token_stats,
