@@ -22,6 +22,23 @@ def dataclass_from_dict(cls, d: Mapping[str, Any]):
     return cls(**d)
 
 
+class JsonConfig:
+    """`replace`, `to_dict` and `from_dict` of a frozen config dataclass (tuple fields are lists in the dict)."""
+
+    def replace(self, **changes: Any):
+        """Copy with `changes` applied (validated by the dataclass's __post_init__)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """Inverse of `to_dict`; unknown keys raise ValueError."""
+        return dataclass_from_dict(cls, d)
+
+
 @dataclasses.dataclass(frozen=True)
 class OATConfig:
     """Architecture of an OAT tokenizer (encoder + FSQ + decoder). Defaults are the paper's LIBERO tokenizer.

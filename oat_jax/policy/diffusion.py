@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oat_jax.config import dataclass_from_dict
+from oat_jax.config import JsonConfig
 from oat_jax.policy import ddim
 from oat_jax.policy.layers import PolicyBlock, RMSNorm
 from oat_jax.policy.model import DTYPES, Observation, dummy_observation
@@ -31,7 +30,7 @@ BETA_SCHEDULES = ("squaredcos_cap_v2",)
 
 
 @dataclasses.dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(JsonConfig):
     """Architecture and noise schedule of the Diffusion Policy. Defaults: width 256, 4 blocks, DDIM 10 of 100."""
 
     action_dim: int  # D_a: size of one action vector.
@@ -99,20 +98,6 @@ class DiffusionConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"DiffusionConfig.dtype must be one of {DTYPES}, got {self.dtype!r}.")
 
-    def replace(self, **changes: Any) -> "DiffusionConfig":
-        """Copy with `changes` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of every field."""
-        d = dataclasses.asdict(self)
-        d["image_shape"], d["conv_channels"] = list(self.image_shape), list(self.conv_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "DiffusionConfig":
-        """Inverse of `to_dict`; unknown keys raise ValueError."""
-        return dataclass_from_dict(cls, d)
 
     def alphas_cumprod(self) -> np.ndarray:
         """(T,) float32 cumulative alphas of the training schedule."""

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oat_jax.config import dataclass_from_dict
+from oat_jax.config import JsonConfig
 from oat_jax.policy.layers import PolicyBlock, RMSNorm
 from oat_jax.policy.obs_encoders import ImageEncoder, StateEncoder
 
@@ -28,7 +28,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(JsonConfig):
     """Architecture of the token policy. Defaults: the paper's 4 layers, width 256, 4 heads."""
 
     vocab_size: int  # V: token ids of the tokenizer are 0..V-1 (BOS = V, EOS = V + 1).
@@ -101,20 +101,6 @@ class PolicyConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"PolicyConfig.dtype must be one of {DTYPES}, got {self.dtype!r}.")
 
-    def replace(self, **changes: Any) -> "PolicyConfig":
-        """Copy with `changes` applied (validated)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of every field."""
-        d = dataclasses.asdict(self)
-        d["image_shape"], d["conv_channels"] = list(self.image_shape), list(self.conv_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PolicyConfig":
-        """Inverse of `to_dict`; unknown keys raise ValueError."""
-        return dataclass_from_dict(cls, d)
 
 
 Observation = Mapping[str, jax.Array]  # {"state": (B, K, obs_dim) f32 normalized, "image": (B, K, cams, h, w, c)}

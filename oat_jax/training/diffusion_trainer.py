@@ -34,7 +34,7 @@ from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_trainer import camera_fields, check_data_config, observation_keys
 from oat_jax.training.runner import Runner, host_value
-from oat_jax.training.sharding import process_rows, replicated, to_global
+from oat_jax.training.sharding import process_rows
 
 
 def diffusion_config(config: ml_collections.ConfigDict, pairs: dict) -> DiffusionConfig:
@@ -97,19 +97,11 @@ class DiffusionRun(Runner):
         self.init_state(lambda: init_diffusion_state(model, tx, int(config.seed)))
         if latest is not None:
             logging.info("Resumed the diffusion policy from step %d.", latest)
-        self.jitted_train_step = jax.jit(make_diffusion_train_step(model, tx, schedule, config.ema),
-                                         in_shardings=(self.state_sharding, self.batch_sharding),
-                                         out_shardings=(self.state_sharding, replicated(self.mesh)),
-                                         donate_argnums=(0,))
+        self.jitted_train_step = self.jit_train(make_diffusion_train_step(model, tx, schedule, config.ema))
         self.eval_step = self.jit_eval(make_diffusion_eval_step(model, int(config.diffusion.eval_sample_steps)))
-        self.batches = policy_data.PairBatches(train_arrays, self.batch_size,
-                                               process_rows(self.batch_sharding, self.batch_size), int(config.seed))
-
-    def train_step(self, i: int) -> dict:
-        """Runs update i + 1 on the batch of index i."""
-        batch = to_global(self.batches.local_batch(i), self.batch_sharding, self.batch_size)
-        self.state, step_metrics = self.jitted_train_step(self.state, batch)
-        return step_metrics
+        self.train_batches = policy_data.PairBatches(train_arrays, self.batch_size,
+                                                     process_rows(self.batch_sharding, self.batch_size),
+                                                     int(config.seed))
 
     def evaluate(self, params) -> dict[str, float]:
         """Held-out denoising loss and sampled-chunk MSE of `params` (`summarize_diffusion_eval`)."""

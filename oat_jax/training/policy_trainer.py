@@ -38,7 +38,7 @@ from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import (init_policy_state, make_policy_eval_step, make_policy_train_step,
                                           summarize_eval)
 from oat_jax.training.runner import Runner, host_value
-from oat_jax.training.sharding import process_rows, replicated, to_global
+from oat_jax.training.sharding import process_rows
 
 
 def frozen_tokenizer(tok_cfg: ml_collections.ConfigDict, train_chunks: np.ndarray | None):
@@ -152,19 +152,11 @@ class PolicyRun(Runner):
         self.init_state(lambda: init_policy_state(model, tx, int(config.seed)))
         if latest is not None:
             logging.info("Resumed the policy from step %d.", latest)
-        self.jitted_train_step = jax.jit(make_policy_train_step(model, tx, schedule, config.ema),
-                                         in_shardings=(self.state_sharding, self.batch_sharding),
-                                         out_shardings=(self.state_sharding, replicated(self.mesh)),
-                                         donate_argnums=(0,))
+        self.jitted_train_step = self.jit_train(make_policy_train_step(model, tx, schedule, config.ema))
         self.eval_step = self.jit_eval(make_policy_eval_step(model))
-        self.batches = policy_data.PairBatches(train_arrays, self.batch_size,
-                                               process_rows(self.batch_sharding, self.batch_size), int(config.seed))
-
-    def train_step(self, i: int) -> dict:
-        """Runs update i + 1 on the batch of index i."""
-        batch = to_global(self.batches.local_batch(i), self.batch_sharding, self.batch_size)
-        self.state, step_metrics = self.jitted_train_step(self.state, batch)
-        return step_metrics
+        self.train_batches = policy_data.PairBatches(train_arrays, self.batch_size,
+                                                     process_rows(self.batch_sharding, self.batch_size),
+                                                     int(config.seed))
 
     def evaluate(self, params) -> dict[str, float]:
         """Held-out token loss and accuracies of `params` (`policy_step.summarize_eval`)."""

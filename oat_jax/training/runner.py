@@ -88,8 +88,11 @@ class Runner:
         raise NotImplementedError
 
     def train_step(self, i: int) -> dict:
-        """Runs update i + 1 (the batch of index i), keeps the new state, returns its metrics (device arrays)."""
-        raise NotImplementedError
+        """Runs update i + 1 on the batch of index i (`self.train_batches.local_batch(i)`, this process's rows)
+        with `self.jitted_train_step` (`jit_train`), keeps the new state, returns its metrics (device arrays)."""
+        batch = to_global(self.train_batches.local_batch(i), self.batch_sharding, self.batch_size)
+        self.state, step_metrics = self.jitted_train_step(self.state, batch)
+        return step_metrics
 
     def evaluate(self, params: Any) -> dict[str, float]:
         """Held-out metrics of `params` (must hold `best_metric`)."""
@@ -125,6 +128,12 @@ class Runner:
             if on_mismatch is None:
                 raise
             raise on_mismatch(e) from e
+
+    def jit_train(self, train_step: Callable) -> Callable:
+        """`train_step(state, batch dict) -> (state, metrics)` jitted with the state's and batch shardings, the
+        state donated, metrics replicated."""
+        return jax.jit(train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                       out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=(0,))
 
     def jit_eval(self, eval_step: Callable) -> Callable:
         """`eval_step(params, batch dict)` jitted with the EMA params' and batch shardings, replicated output."""

@@ -31,7 +31,7 @@ from oat_jax.training.final_tokenizer import write_in_subprocess
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.runner import Runner, host_value
-from oat_jax.training.sharding import maybe_initialize_distributed, process_rows, replicated, to_global
+from oat_jax.training.sharding import maybe_initialize_distributed, process_rows
 from oat_jax.training.tokenizer_step import init_train_state, make_train_step, model_config
 
 
@@ -92,14 +92,12 @@ class TokenizerRun(Runner):
         self.init_state(functools.partial(init_train_state, self.model, self.tx, int(config.seed)), mismatch)
         if latest is not None:
             logging.info("Resumed from the checkpoint of step %d in %s.", latest, self.ckpt.manager.directory)
-        self.jitted_train_step = jax.jit(
+        self.jitted_train_step = self.jit_train(
             make_train_step(self.model, self.tx, self.schedule,
                             Normalizer.identity(self.normalizer.action_dim) if self.is_mixture
                             else self.normalizer, config.ema,
                             int(config.optim.accum_steps), self.mesh, loss_cfg=config.get("loss"),
-                            augment_cfg=config.get("augment"), num_steps=self.num_steps),
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=(0,))
+                            augment_cfg=config.get("augment"), num_steps=self.num_steps))
         self.eval_steps = {label: self.jit_eval(tokenizer_eval.make_eval_step(self.model, normalizer))
                            for label, normalizer in self.normalizers.items()}
         self.eval_step = self.eval_steps[self.members[0].label]  # the default normalizer's
@@ -128,12 +126,6 @@ class TokenizerRun(Runner):
 
     def _eval_sums(self, params: Any, chunks: np.ndarray, eval_step=None) -> dict:
         return self.weighted_sums(eval_step or self.eval_step, params, {"actions": chunks})
-
-    def train_step(self, i: int) -> dict:
-        """Runs update i + 1 on the batch of index i."""
-        batch = to_global(self.train_batches.local_batch(i), self.batch_sharding, self.batch_size)
-        self.state, step_metrics = self.jitted_train_step(self.state, batch)
-        return step_metrics
 
     def evaluate(self, params: Any) -> dict[str, float]:
         """Held-out metrics of `params`: `tokenizer_eval.summarize` over the validation chunks, plus
