@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import warnings
 from typing import Iterator, Optional, Sequence
@@ -29,7 +30,6 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from data_pipelines.rlds_writer import Episode, write_rlds
-from oat_jax.eval.rollouts import offscreen_render_kwargs
 
 MT10_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
               "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
@@ -45,6 +45,18 @@ HELDOUT_TASKS = (
     "sweep-into-v3", "sweep-v3")
 TASK_SETS = {"mt10": MT10_TASKS, "heldout": HELDOUT_TASKS}  # keywords accepted by --tasks
 DATASET_NAME = "metaworld_scripted"  # TFDS name of the generated datasets
+
+
+def render_kwargs(camera: str, image_size: int) -> dict:
+    """Environment constructor arguments rendering `camera` offscreen as (image_size, image_size, 3) uint8 frames
+    ({} for camera ''); MUJOCO_GL defaults to 'egl' (headless; the evaluation's `oat_jax.eval.rollouts` does the same
+    for its environments: data_pipelines does not import oat_jax)."""
+    if image_size < 1:
+        raise ValueError(f"--image_size={image_size} must be >= 1.")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if not camera:
+        return {}
+    return {"render_mode": "rgb_array", "camera_name": camera, "width": image_size, "height": image_size}
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -112,7 +124,7 @@ def task_episodes(task: str, episodes: int, *, seed: int = 0, max_steps: int = 5
     max_attempts = max_attempts or 3 * episodes + 10
     kept = attempts = 0
     benchmark_seed, env, goals = None, None, []
-    render = offscreen_render_kwargs(camera, image_size)
+    render = render_kwargs(camera, int(image_size))
     try:
         while kept < episodes:
             if attempts >= max_attempts:

@@ -54,9 +54,9 @@ def test_action_tokenizers_import_the_bpe_library_only_when_fast_is_used():
     assert result.returncode == 0, f"heavy modules imported: {result.stdout}{result.stderr[-2000:]}"
 
 
-def test_library_never_imports_experiments():
-    """Data flows one way: no module of oat_jax or data_pipelines imports `experiments` (scripts and configs), not
-    even inside a function, so the library works from an installed wheel."""
+def test_library_never_imports_experiments_and_data_pipelines_never_import_oat_jax():
+    """Data flows one way: no module of oat_jax or data_pipelines imports `experiments` (scripts and configs), and
+    no module of data_pipelines imports oat_jax (statistics travel as JSON), not even inside a function."""
     import ast
     import pathlib
 
@@ -68,6 +68,7 @@ def test_library_never_imports_experiments():
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import)
                          else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+                banned = ("experiments",) + (("oat_jax",) if package is data_pipelines else ())
                 offenders += [f"{path}:{node.lineno} imports {n}" for n in names
-                              if n == "experiments" or n.startswith("experiments.")]
+                              if any(n == b or n.startswith(b + ".") for b in banned)]
     assert not offenders, "\n".join(offenders)

@@ -199,3 +199,19 @@ def test_trainers_train_an_image_policy_that_acts_on_images(image_dataset, tmp_p
     assert actions.shape == (2, policy.horizon, 2) and valid.shape == (2,)
     with pytest.raises(ValueError, match="obs\\['image'\\]"):
         policy.act({"state": obs["state"], "image": obs["image"][:, :, :, :8]}, jax.random.PRNGKey(0))
+
+
+@pytest.mark.slow  # about 15 s: simulates and renders one demonstration in a child process
+def test_metaworld_generator_stores_camera_frames_of_each_state(tmp_path):
+    pytest.importorskip("metaworld")
+    from data_pipelines import metaworld
+
+    out = str(tmp_path / "mw_img")
+    assert metaworld.main(["--tasks=reach-v3", "--episodes_per_task=1", "--camera=corner", "--image_size=16",
+                           f"--output={out}"]) == 0
+    cfg = _data_cfg(out, ("observation/image",))
+    pairs = policy_data.load_pairs(policy_data.policy_spec(cfg), cfg, "all", horizon=4, n_obs_steps=2)
+    assert pairs["image"].shape[1:] == (2, 1, 16, 16, 3) and pairs["image"].dtype == np.uint8
+    assert pairs["state"].shape[1:] == (2, 39) and pairs["image"].std() > 1.0
+    # the arm moves: frames of the first and last state differ
+    assert np.abs(pairs["image"][0, -1].astype(int) - pairs["image"][-1, -1].astype(int)).mean() > 0.5
