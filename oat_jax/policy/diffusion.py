@@ -3,11 +3,11 @@ conditioned on the same observation memory as the token policy, trained to predi
 schedule (`oat_jax.policy.ddim`) and sampled with 10 deterministic DDIM steps.
 
 Denoiser: x = Dense(E)(noisy actions) + learned position embedding; `depth` `PolicyBlock`s with causal
-(`causal_attn`, the reference DP transformer's setting) or full self-attention over the H steps and cross-attention to the conditioning memory [time token, observation tokens]
-(the time token = MLP(sinusoidal(t)), first in the memory as in the reference Diffusion Policy transformer);
-final RMSNorm; Dense(action_dim). Cross-attention keys/values are per-token projections, so when sampling the
-observation tokens' K/V are computed once and only the time token's per DDIM step. Actions are normalized to
-[-1, 1] by the caller.
+(`causal_attn`, the reference DP transformer's setting) or full self-attention over the H steps and
+cross-attention to the conditioning memory [time token, observation tokens] (the time token = MLP(sinusoidal(t)),
+first in the memory as in the reference Diffusion Policy transformer); final RMSNorm; Dense(action_dim).
+Cross-attention keys/values are per-token projections, so when sampling the observation tokens' K/V are computed
+once and only the time token's per DDIM step. Actions are normalized to [-1, 1] by the caller.
 """
 
 from __future__ import annotations
