@@ -33,6 +33,8 @@ def test_summary_averages_seeds_and_counts_eos_for_variable_length(tmp_path):
     _run(tmp_path, "oat", 1, [2.0, 2.0], 8.0, 8.0, 1000)
     _run(tmp_path, "fast", 0, [3.0, 0.5], 9.0, 30.0, 1024, variable_length=True)
     (tmp_path / "policy_bin_s0").mkdir()  # unfinished: no final_metrics.json
+    dp = _run(tmp_path, "dp", 0, [0.1, 0.08], 0.0, 0.0, 0)  # a diffusion policy: no token targets, left out
+    (dp / "policy" / "policy.json").write_text(json.dumps({"type": "diffusion", "config": {}}))
     by_type = policy_curves.load_runs(str(tmp_path))
     assert sorted(by_type) == ["fast", "oat"] and len(by_type["oat"]) == 2
     steps, values = by_type["oat"][0]["curve"]["eval/val_loss"]

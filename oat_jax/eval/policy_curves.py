@@ -36,6 +36,11 @@ def load_runs(runs: str) -> dict[str, list[dict]]:
         if not m or not os.path.exists(final_path):
             print(f"skipping {work}: no final_metrics.json (still training?)")
             continue
+        with open(os.path.join(work, WORKDIR_POLICY, POLICY_FILE), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("type", "token") != "token":
+            print(f"skipping {work}: a {meta['type']} policy has no token targets")
+            continue
         points: dict[str, list[tuple[int, float]]] = defaultdict(list)
         with open(os.path.join(work, "metrics.jsonl"), encoding="utf-8") as f:
             for line in f:
@@ -46,8 +51,7 @@ def load_runs(runs: str) -> dict[str, list[dict]]:
         curve = {k: tuple(np.array(v).T) for k, v in points.items()}  # key -> (steps (n,), values (n,))
         with open(final_path, encoding="utf-8") as f:
             final = json.load(f)
-        with open(os.path.join(work, WORKDIR_POLICY, POLICY_FILE), encoding="utf-8") as f:
-            variable_length = bool(json.load(f)["config"]["variable_length"])
+        variable_length = bool(meta["config"]["variable_length"])
         by_type[m["type"]].append({"seed": int(m["seed"]), "curve": curve, "final": final,
                                    "variable_length": variable_length})
     if not by_type:

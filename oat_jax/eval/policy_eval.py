@@ -197,5 +197,5 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
             k = int(key_k) or None  # 0: a diffusion policy
             entry["latency_ms_b1"] = measure_latency(policy, history, k, repeats)
             entry["latency_ms_batch"] = measure_latency(policy, batch, k, repeats)
-            log(f"{res['label']} k={k}: {entry['latency_ms_b1']:.2f} ms at batch 1, "
+            log(f"{res['label']} k={key_k}: {entry['latency_ms_b1']:.2f} ms at batch 1, "
                 f"{entry['latency_ms_batch']:.2f} ms at batch {res['episodes']}")
