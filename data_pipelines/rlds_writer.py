@@ -252,7 +252,8 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
         for index, episode in enumerate(itertools.chain([first], iterator)):
             if index:
                 validate_episode(episode, reference)
-            actions.append(np.asarray(episode.action, np.float32))
+            if statistics_split is not None:
+                actions.append(np.asarray(episode.action, np.float32))
             yield str(index), _example(episode)
 
     def split_examples(make: Callable[[], Iterable[Episode]]):

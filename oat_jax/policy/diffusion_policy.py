@@ -88,7 +88,7 @@ class DiffusionPolicy:
         """
         if num_tokens is not None:
             raise ValueError(f"num_tokens={num_tokens}: a diffusion policy generates no tokens; leave it None.")
-        steps = int(num_inference_steps or self.config.num_inference_steps)
+        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps={steps} must be in 1..{self.config.num_train_timesteps}.")
         normalized = _sampler(self.config)(self.params, self.normalize_observation(obs), rng, steps)
