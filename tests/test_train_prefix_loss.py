@@ -144,6 +144,57 @@ def test_augmentations_do_what_they_say():
 def test_bad_augment_probability_names_the_field():
     with pytest.raises(ValueError, match="config.augment.flip_prob"):
         augment.check_config(_aug(flip=1.5))
+    for bad in (0, -2, 5):
+        cfg = _aug(flip=0.5)
+        cfg.min_length = bad
+        with pytest.raises(ValueError, match="config.augment.min_length"):
+            augment.check_config(cfg, num_tokens=4)
+
+
+def test_min_length_augments_only_examples_kept_at_that_many_tokens():
+    x = _batch(TINY, batch=64, seed=3)
+    cfg = _aug(flip=1.0, splice=1.0)
+    augmented = augment.augment_chunks(x, jax.random.key(2), cfg)
+    lengths = jnp.asarray(np.arange(64) % 4 + 1, jnp.int32)
+    assert augment.gate_by_length(x, augmented, lengths, cfg, 4) is augmented  # min_length 1: every example
+    cfg.min_length = 3
+    gated = np.asarray(augment.gate_by_length(x, augmented, lengths, cfg, 4))
+    long_ = np.asarray(lengths) >= 3
+    np.testing.assert_array_equal(gated[long_], np.asarray(augmented)[long_])
+    np.testing.assert_array_equal(gated[~long_], np.asarray(x)[~long_])
+    assert np.any(np.asarray(augmented)[~long_] != np.asarray(x)[~long_])  # the gate did hold something back
+    # several decodes per example: the shortest one decides
+    columns = jnp.stack([lengths, jnp.full_like(lengths, 4)], axis=1)
+    np.testing.assert_array_equal(np.asarray(augment.gate_by_length(x, augmented, columns, cfg, 4)), gated)
+    cfg.min_length = -1  # = N: full-length examples only
+    only_full = np.asarray(augment.gate_by_length(x, augmented, lengths, cfg, 4))
+    full = np.asarray(lengths) == 4
+    np.testing.assert_array_equal(only_full[full], np.asarray(augmented)[full])
+    np.testing.assert_array_equal(only_full[~full], np.asarray(x)[~full])
+
+
+def test_train_step_gates_augmentation_by_the_sampled_length():
+    """In the train step, with min_length = N only full-length examples see augmented chunks: a model whose loss
+    is computed on a batch where every sampled length is short gets the same update as without augmentation."""
+    import optax
+
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.training.tokenizer_step import init_train_state, make_train_step
+
+    config = TINY.replace(nested_dropout="power", nested_dropout_power=-30.0)  # P(k = 1) ~ 1
+    model = OATModel(config)
+    tx = optax.sgd(1e-2)
+    normalizer = Normalizer.identity(config.action_dim)
+    ema = ml_collections.ConfigDict(dict(power=0.75, max_decay=0.999))
+    batch = {"actions": _batch(TINY, batch=16, seed=4)}
+    results = {}
+    for name, cfg in (("plain", None), ("gated", _aug(flip=1.0, splice=1.0)), ("on", _aug(flip=1.0, splice=1.0))):
+        if name == "gated":
+            cfg.min_length = -1
+        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), normalizer, ema, augment_cfg=cfg))
+        _, metrics = step(init_train_state(model, tx, 0), batch)
+        results[name] = float(metrics["loss"])
+    assert results["gated"] == results["plain"] and results["on"] != results["plain"]
 
 
 def test_full_length_mass_moves_the_distribution_and_its_schedule():

@@ -24,7 +24,7 @@ BASE = dict(action_dim=4, horizon=32, num_tokens=8, levels=(8, 5, 5, 5), enc_wid
             dec_attn_dropout=0.0)
 SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": dict(nested_dropout="pow2"),
           "default (enc_patch 2, dec_patch 4)": dict(enc_patch=2, dec_patch=4, nested_dropout="power",
-                                                     nested_dropout_power=-1.0, nested_dropout_full=0.75)}
+                                                     nested_dropout_power=-1.0, nested_dropout_full=0.9)}
 BATCH, ROUNDS, STEPS = 128, 5, 20
 
 

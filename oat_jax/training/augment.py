@@ -10,6 +10,12 @@ Each example is transformed independently:
 - splice: with probability `splice_prob`, the steps from a uniformly drawn cut 1..H-1 on come from another chunk of
   the batch (motions that switch mid-chunk, as at the boundary between two phases of a task).
 All probabilities 0 (the reference) leaves the batch untouched.
+
+`min_length` gates augmentation by the nested-dropout prefix length an example is decoded at: only examples kept at
+`min_length` tokens or more are augmented (-1 = N: only full-length examples). Short prefixes are small codebooks
+(k = 1 is one token, 1000 codes with the default levels); spreading them over sign-flipped and spliced chunks that
+the data never contains costs them fidelity on real chunks, while long prefixes have the capacity to gain
+robustness from it.
 """
 
 from __future__ import annotations
@@ -21,12 +27,38 @@ import ml_collections
 FIELDS = ("flip_prob", "reverse_prob", "splice_prob")
 
 
-def check_config(aug: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the first `config.augment` field outside [0, 1]."""
+def check_config(aug: ml_collections.ConfigDict, num_tokens: int | None = None) -> None:
+    """Raises ValueError naming the first `config.augment` field out of range (probabilities in [0, 1],
+    min_length -1 or in 1..num_tokens)."""
     for name in FIELDS:
         value = float(aug.get(name, 0.0))
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"config.augment.{name} must be a probability in [0, 1], got {value}.")
+    min_length = int(aug.get("min_length", 1))
+    if min_length != -1 and (min_length < 1 or (num_tokens is not None and min_length > num_tokens)):
+        raise ValueError(f"config.augment.min_length must be -1 (= N, full-length examples only) or in "
+                         f"1..{num_tokens or 'N'} (the prefix lengths that get augmented chunks; 1 = every "
+                         f"example), got {min_length}.")
+
+
+def gate_by_length(original: jax.Array, augmented: jax.Array, lengths: jax.Array,
+                   aug: ml_collections.ConfigDict, num_tokens: int) -> jax.Array:
+    """Keeps the augmented chunk only for examples decoded at >= `aug.min_length` tokens.
+
+    Args:
+      original, augmented: (B, H, D_a) float32 chunks before and after `augment_chunks`.
+      lengths: (B,) or (B, M) int32 kept prefix lengths (with M decodes per example, the shortest one counts).
+      aug: `config.augment`.
+      num_tokens: N, what min_length -1 stands for.
+    Returns:
+      (B, H, D_a) float32; `augmented` itself when min_length is 1.
+    """
+    min_length = int(aug.get("min_length", 1))
+    min_length = num_tokens if min_length == -1 else min_length
+    if min_length <= 1:
+        return augmented
+    shortest = lengths if lengths.ndim == 1 else jnp.min(lengths, axis=1)
+    return jnp.where((shortest >= min_length)[:, None, None], augmented, original)
 
 
 def is_active(aug: ml_collections.ConfigDict | None) -> bool:

@@ -167,7 +167,8 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings outside).
 
     The batch {"actions": (B, H, D_a) float32, raw units} is normalized, then augmented (`augment_cfg`, see
-    `augment.augment_chunks`; None or all probabilities 0 = none). Nested dropout: the prefix lengths each example
+    `augment.augment_chunks`; None or all probabilities 0 = none; only examples kept at >= augment.min_length
+    tokens). Nested dropout: the prefix lengths each example
     is decoded at are drawn from the config's distribution, one per example in the reference, or several plus an
     optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`). The batch
     is then split into
@@ -182,7 +183,7 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
         raise ValueError("config.loss.full_end schedules over the run: make_train_step needs num_steps.")
     augmenting = augment.is_active(augment_cfg)
     if augmenting:
-        augment.check_config(augment_cfg)
+        augment.check_config(augment_cfg, c.num_tokens)
 
     def grads_of(params, actions, lengths, rng, weights):
         return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng, weights))(params)
@@ -190,10 +191,11 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         actions = normalizer.normalize(batch["actions"])
         drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-        if augmenting:
-            actions = augment.augment_chunks(actions, jax.random.fold_in(nested_rng, 1), augment_cfg)
         progress = state.step / num_steps if num_steps else 0.0
         lengths, weights = prefix_lengths_and_weights(nested_rng, actions.shape[0], c, loss_cfg, progress)
+        if augmenting:
+            augmented = augment.augment_chunks(actions, jax.random.fold_in(nested_rng, 1), augment_cfg)
+            actions = augment.gate_by_length(actions, augmented, lengths, augment_cfg, c.num_tokens)
         if accum_steps == 1:
             loss, grads = grads_of(state.params, actions, lengths, drop_rng, weights)
         else:
