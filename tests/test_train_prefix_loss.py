@@ -174,8 +174,8 @@ def test_min_length_augments_only_examples_kept_at_that_many_tokens():
 
 
 def test_train_step_gates_augmentation_by_the_sampled_length():
-    """In the train step, with min_length = N only full-length examples see augmented chunks: a model whose loss
-    is computed on a batch where every sampled length is short gets the same update as without augmentation."""
+    """In the train step, with min_length = N only full-length examples see augmented chunks: on a batch where
+    every sampled length is short, the loss is the same as without augmentation (and differs with it ungated)."""
     import optax
 
     from oat_jax.normalizer import Normalizer

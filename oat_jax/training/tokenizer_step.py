@@ -166,12 +166,11 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
                     ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings outside).
 
-    The batch {"actions": (B, H, D_a) float32, raw units} is normalized, then augmented (`augment_cfg`, see
-    `augment.augment_chunks`; None or all probabilities 0 = none; only examples kept at >= augment.min_length
-    tokens). Nested dropout: the prefix lengths each example
-    is decoded at are drawn from the config's distribution, one per example in the reference, or several plus an
-    optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`). The batch
-    is then split into
+    The batch {"actions": (B, H, D_a) float32, raw units} is normalized. Nested dropout: the prefix lengths each
+    example is decoded at are drawn from the config's distribution, one per example in the reference, or several
+    plus an optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`).
+    Examples kept at >= augment.min_length tokens are then augmented (`augment_cfg`, see `augment.augment_chunks`
+    and `augment.gate_by_length`; None or all probabilities 0 = none). The batch is then split into
     `accum_steps` micro-batches of B / accum_steps examples (each still spread over every device) whose gradients
     are averaged before a single optimizer update: without ordinary dropout this equals one step on the whole batch.
     `mesh` (if given) pins the micro-batches to the batch sharding.
