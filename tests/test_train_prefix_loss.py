@@ -11,7 +11,8 @@ from oat_jax.config import OATConfig
 from oat_jax.decoder import keep_length_distribution
 from oat_jax.model import OATModel, init_params
 from oat_jax.training import augment
-from oat_jax.training.tokenizer_step import check_loss_config, prefix_lengths_and_weights, reconstruction_loss
+from oat_jax.training.tokenizer_step import (check_loss_config, prefix_lengths_and_weights, reconstruction_loss,
+                                             sample_short_lengths, split_reconstruction_loss, split_rows)
 
 TINY = OATConfig(action_dim=3, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
                  enc_dropout=0.0, dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32, dec_dropout=0.0,
@@ -111,6 +112,107 @@ def test_bad_loss_config_names_the_field(field, value):
     cfg[field] = value
     with pytest.raises(ValueError, match=f"config.loss.{field}"):
         check_loss_config(cfg, 8)
+
+
+def test_short_samples_config_is_checked():
+    for bad in (0, -2, 40):
+        cfg = _loss_cfg()
+        cfg.short_samples = bad
+        with pytest.raises(ValueError, match="config.loss.short_samples"):
+            check_loss_config(cfg, 8)
+    for field, value in (("prefix_samples", 2), ("full_length_weight", 0.5), ("full_end", 0.9)):
+        cfg = _loss_cfg()
+        cfg.update({"short_samples": 3, field: value})
+        with pytest.raises(ValueError, match=f"config.loss.{field}"):
+            check_loss_config(cfg, 8)
+
+
+def test_split_rows_follow_the_short_prefix_mass():
+    cfg = _loss_cfg()
+    config = TINY.replace(num_tokens=8, horizon=16, nested_dropout="power", nested_dropout_power=-1.0,
+                          nested_dropout_full=0.9)
+    assert split_rows(128, config, cfg) == 0  # short_samples 1: one draw per example, no split
+    cfg.short_samples = 3
+    values, probs = keep_length_distribution(8, "power", -1.0, 0.9)
+    assert split_rows(128, config, cfg) == round(128 * probs[:-1].sum()) == 12
+    assert split_rows(1000, config.replace(nested_dropout_full=0.5), cfg) == round(1000 * 0.5 * probs[:-1].sum()
+                                                                                   / 0.1)
+    assert split_rows(128, config.replace(nested_dropout="none"), cfg) == 0
+
+
+@pytest.mark.parametrize("mode, power", [("power", -1.0), ("pow2", 1.0), ("uniform", 1.0)])
+def test_short_lengths_follow_the_distribution_below_n(mode, power):
+    config = TINY.replace(num_tokens=8, horizon=16, nested_dropout=mode, nested_dropout_power=power,
+                          nested_dropout_full=0.9)
+    lengths = np.asarray(sample_short_lengths(jax.random.key(0), 3000, config, 4))
+    assert lengths.shape == (3000, 4) and lengths.dtype == np.int32
+    values, probs = keep_length_distribution(8, mode, power)
+    expected = np.zeros(9)
+    expected[values[values < 8]] = probs[values < 8] / probs[values < 8].sum()
+    counts = np.bincount(lengths.ravel(), minlength=9)
+    support = expected > 0
+    assert counts[~support].sum() == 0  # never N, never outside the support
+    chi2 = np.sum((counts[support] - counts.sum() * expected[support]) ** 2 / (counts.sum() * expected[support]))
+    assert chi2 < 25.0, (counts, expected)
+    assert np.mean(lengths[:, 0] == lengths[:, 1]) < 0.9  # independent columns
+    every = np.asarray(sample_short_lengths(jax.random.key(0), 5, config, -1))
+    np.testing.assert_array_equal(every, np.broadcast_to(values[values < 8], (5, int(np.sum(values < 8)))))
+
+
+def test_split_loss_weighs_every_row_equally(trained_like_params):
+    model, x, rng = OATModel(TINY), _batch(TINY, batch=8), jax.random.key(3)
+    short = jnp.asarray([[1, 2], [3, 1], [2, 2]], jnp.int32)
+    full_rng, short_rng = jax.random.split(rng)
+    full_loss = float(reconstruction_loss(model, trained_like_params, x[3:], jnp.full((5,), 4, jnp.int32), full_rng))
+    columns = [float(reconstruction_loss(model, trained_like_params, x[:3], short[:, j], short_rng)) for j in range(2)]
+    assert full_loss != columns[0] != columns[1]
+    expected = (5 * full_loss + 3 * np.mean(columns)) / 8
+    got = float(split_reconstruction_loss(model, trained_like_params, x, short, rng))
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    none_short = float(split_reconstruction_loss(model, trained_like_params, x, short[:0], rng))
+    np.testing.assert_allclose(none_short, float(reconstruction_loss(model, trained_like_params, x,
+                                                                     jnp.full((8,), 4, jnp.int32), full_rng)),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("accum_steps", [1, 2])
+def test_train_step_with_short_samples_augments_only_the_full_length_rows(accum_steps):
+    """The jitted step's loss on a split batch equals the split loss recomputed by hand: the first S rows of each
+    micro-batch decoded at every length below N on real chunks (min_length = N), the other rows at N on augmented
+    chunks."""
+    import optax
+
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.training.tokenizer_step import init_train_state, make_train_step
+
+    config = TINY.replace(nested_dropout="power", nested_dropout_power=-1.0, nested_dropout_full=0.0)
+    model = OATModel(config)
+    tx = optax.sgd(1e-2)
+    ema = ml_collections.ConfigDict(dict(power=0.75, max_decay=0.999))
+    x = _batch(TINY, batch=16, seed=6)
+    loss_cfg = _loss_cfg()
+    loss_cfg.short_samples = -1
+    aug = _aug(flip=1.0, splice=1.0)
+    aug.min_length = -1
+    rows = split_rows(16 // accum_steps, config, loss_cfg)
+    _, probs = keep_length_distribution(4, "power", -1.0)
+    assert rows == round(16 // accum_steps * probs[:-1].sum()) and 0 < rows < 16 // accum_steps
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), Normalizer.identity(3), ema,
+                                   accum_steps=accum_steps, loss_cfg=loss_cfg, augment_cfg=aug))
+    state = init_train_state(model, tx, 0)
+    _, metrics = step(state, {"actions": x})
+
+    drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    augmented = augment.augment_chunks(x, jax.random.fold_in(nested_rng, 1), aug)
+    short_total = rows * accum_steps
+    seen = jnp.concatenate([x[:short_total], augmented[short_total:]])  # short rows keep their real chunks
+    short = jnp.broadcast_to(jnp.arange(1, 4, dtype=jnp.int32), (short_total, 3))
+    expected = np.mean([float(split_reconstruction_loss(
+        model, state.params, seen[j::accum_steps], short[j::accum_steps],
+        drop_rng if accum_steps == 1 else jax.random.fold_in(drop_rng, j))) for j in range(accum_steps)])
+    np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
+    assert float(split_reconstruction_loss(model, state.params, augmented, short[::accum_steps][:rows],
+                                           drop_rng)) != pytest.approx(expected, rel=1e-4)
 
 
 def _aug(flip=0.0, reverse=0.0, splice=0.0):

@@ -81,6 +81,14 @@ def check_loss_config(loss_cfg: ml_collections.ConfigDict | None, num_tokens: in
     end = float(loss_cfg.get("full_end", -1.0))
     if end != -1.0 and not 0.0 <= end <= 1.0:
         raise ValueError(f"config.loss.full_end must be -1 (no schedule) or a probability in [0, 1], got {end}.")
+    short = int(loss_cfg.get("short_samples", 1))
+    if short != -1 and not 1 <= short <= 4 * num_tokens:
+        raise ValueError(f"config.loss.short_samples must be -1 (every length below N) or in 1..{4 * num_tokens}, "
+                         f"got {short}.")
+    if short != 1 and (samples != 1 or weight != 0.0 or end != -1.0):
+        raise ValueError("config.loss.short_samples != 1 fixes the number of full-length and short rows per batch; "
+                         "it needs config.loss.prefix_samples=1, config.loss.full_length_weight=0 and "
+                         f"config.loss.full_end=-1 (got {samples}, {weight}, {end}).")
 
 
 def full_mass(config: OATConfig, loss_cfg: ml_collections.ConfigDict | None, progress: jax.Array | float):
@@ -147,6 +155,64 @@ def prefix_lengths_and_weights(rng: jax.Array, batch_size: int, config: OATConfi
     return lengths, weights
 
 
+def split_rows(batch_size: int, config: OATConfig, loss_cfg: ml_collections.ConfigDict | None) -> int:
+    """Rows of a (micro-)batch that are decoded below N when config.loss.short_samples != 1 (0 otherwise).
+
+    Under `short_samples` the batch is split with fixed counts instead of one draw per example: round(B * P(k < N))
+    rows (P from the nested-dropout distribution, `model.nested_dropout_full` included) are decoded at several
+    lengths below N each, the other rows at N. The expected share of short-prefix rows is the reference's.
+    """
+    if loss_cfg is None or int(loss_cfg.get("short_samples", 1)) == 1 or config.nested_dropout == "none":
+        return 0
+    values, probs = keep_length_distribution(config.num_tokens, config.nested_dropout, config.nested_dropout_power,
+                                             config.nested_dropout_full)
+    return int(round(batch_size * float(probs[values < config.num_tokens].sum())))
+
+
+def sample_short_lengths(rng: jax.Array, rows: int, config: OATConfig, samples: int) -> jax.Array:
+    """Prefix lengths of the short rows of a split batch (see `split_rows`).
+
+    Args:
+      rows: S, the number of short rows.
+      samples: M >= 1 lengths per row, each drawn from the nested-dropout distribution restricted to k < N
+        (P(k | k < N)); -1 = every length of that support once.
+    Returns:
+      (S, M) int32 in 1..N-1.
+    """
+    n = config.num_tokens
+    values, probs = keep_length_distribution(n, config.nested_dropout, config.nested_dropout_power, 0.0)
+    values, probs = values[values < n], probs[values < n]
+    if rows == 0 or not len(values):
+        return jnp.zeros((0, len(values) if samples == -1 else samples), jnp.int32)
+    if samples == -1:
+        return jnp.broadcast_to(jnp.asarray(values, jnp.int32), (rows, len(values)))
+    idx = jax.random.categorical(rng, jnp.log(jnp.asarray(probs / probs.sum(), jnp.float32)), shape=(rows, samples))
+    return jnp.asarray(values, jnp.int32)[idx]
+
+
+def split_reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, short_lengths: jax.Array,
+                              rng: jax.Array) -> jax.Array:
+    """Training loss of a split batch: rows [:S] decoded at the S x M `short_lengths` (each chunk encoded once),
+    rows [S:] at N; each row weighs 1 / B, a short row's weight shared equally by its M decodes.
+
+    Args:
+      actions_norm: (B, H, D_a) float32, normalized.
+      short_lengths: (S, M) int32 in 1..N-1, S <= B.
+      rng: PRNG key of the "dropout" stream.
+    Returns:
+      float32 scalar: ((B - S) * MSE of the full-length rows + S * mean over columns of the short rows' MSE) / B.
+    """
+    batch, short = actions_norm.shape[0], short_lengths.shape[0]
+    full_rng, short_rng = jax.random.split(rng)
+    total = jnp.zeros((), jnp.float32)
+    if short < batch:
+        full = jnp.full((batch - short,), model.config.num_tokens, jnp.int32)
+        total += (batch - short) * reconstruction_loss(model, params, actions_norm[short:], full, full_rng)
+    if short > 0:
+        total += short * reconstruction_loss(model, params, actions_norm[:short], short_lengths, short_rng)
+    return total / batch
+
+
 def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array:
     """(B, ...) -> (accum_steps, B / accum_steps, ...); micro-batch i takes rows i, i + accum_steps, ... so each
     one stays spread over every device."""
@@ -168,7 +234,9 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
 
     The batch {"actions": (B, H, D_a) float32, raw units} is normalized. Nested dropout: the prefix lengths each
     example is decoded at are drawn from the config's distribution, one per example in the reference, or several
-    plus an optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`).
+    plus an optional full-length decode following `loss_cfg` (`config.loss`, see `prefix_lengths_and_weights`);
+    with loss.short_samples != 1 a fixed number of rows is decoded at several lengths below N and the rest at N
+    (`split_rows`, `split_reconstruction_loss`).
     Examples kept at >= augment.min_length tokens are then augmented (`augment_cfg`, see `augment.augment_chunks`
     and `augment.gate_by_length`; None or all probabilities 0 = none). The batch is then split into
     `accum_steps` micro-batches of B / accum_steps examples (each still spread over every device) whose gradients
@@ -184,17 +252,34 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
     if augmenting:
         augment.check_config(augment_cfg, c.num_tokens)
 
+    short_samples = 1 if loss_cfg is None else int(loss_cfg.get("short_samples", 1))
+
     def grads_of(params, actions, lengths, rng, weights):
+        if short_samples != 1:  # `lengths` are the short rows' (S, M) lengths of a split batch
+            return jax.value_and_grad(lambda p: split_reconstruction_loss(model, p, actions, lengths, rng))(params)
         return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng, weights))(params)
+
+    def split_lengths(rng, batch_size):
+        """Short rows' (S_total, M) lengths; micro-batch i's first S_total / accum_steps rows are short (rows i,
+        i + accum_steps, ... of the batch, as `_split_micro` takes them). Also the (B,) shortest length per row."""
+        rows = split_rows(batch_size // accum_steps, c, loss_cfg) * accum_steps
+        short = sample_short_lengths(rng, rows, c, short_samples)
+        shortest = jnp.concatenate([jnp.min(short, axis=1, initial=c.num_tokens),
+                                    jnp.full((batch_size - rows,), c.num_tokens, jnp.int32)])
+        return short, shortest
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         actions = normalizer.normalize(batch["actions"])
         drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
         progress = state.step / num_steps if num_steps else 0.0
-        lengths, weights = prefix_lengths_and_weights(nested_rng, actions.shape[0], c, loss_cfg, progress)
+        if short_samples != 1:
+            (lengths, row_lengths), weights = split_lengths(nested_rng, actions.shape[0]), None
+        else:
+            lengths, weights = prefix_lengths_and_weights(nested_rng, actions.shape[0], c, loss_cfg, progress)
+            row_lengths = lengths
         if augmenting:
             augmented = augment.augment_chunks(actions, jax.random.fold_in(nested_rng, 1), augment_cfg)
-            actions = augment.gate_by_length(actions, augmented, lengths, augment_cfg, c.num_tokens)
+            actions = augment.gate_by_length(actions, augmented, row_lengths, augment_cfg, c.num_tokens)
         if accum_steps == 1:
             loss, grads = grads_of(state.params, actions, lengths, drop_rng, weights)
         else:
@@ -205,7 +290,7 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
 
             zeros = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
             xs = (jnp.arange(accum_steps), _split_micro(actions, accum_steps, mesh),
-                  _split_micro(lengths, accum_steps, mesh))
+                  _split_micro(lengths, accum_steps, None if short_samples != 1 else mesh))
             (loss, grads), _ = jax.lax.scan(body, zeros, xs)
             loss, grads = jax.tree.map(lambda x: x / accum_steps, (loss, grads))
         new_state, decay = apply_gradients(state, grads, tx, ema_cfg)
