@@ -215,6 +215,31 @@ def test_train_step_with_short_samples_augments_only_the_full_length_rows(accum_
                                            drop_rng)) != pytest.approx(expected, rel=1e-4)
 
 
+def test_oatx_step_is_the_reference_step_whatever_short_samples_says():
+    """OAT x keeps every row at N: with short_samples = 4 its train step is bit for bit the one-decode step."""
+    import optax
+
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.training.tokenizer_step import init_train_state, make_train_step
+
+    config = TINY.replace(nested_dropout="none")
+    model = OATModel(config)
+    tx = optax.adam(1e-2)
+    ema = ml_collections.ConfigDict(dict(power=0.75, max_decay=0.999))
+    batch = {"actions": _batch(TINY, batch=16, seed=7)}
+    out = []
+    for short in (1, 4):
+        cfg = _loss_cfg()
+        cfg.short_samples = short
+        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), Normalizer.identity(3), ema,
+                                       loss_cfg=cfg, augment_cfg=_aug(flip=0.5, splice=0.5)))
+        state, metrics = step(init_train_state(model, tx, 0), batch)
+        out.append((float(metrics["loss"]), jax.tree.leaves(state.params)))
+    assert out[0][0] == out[1][0]
+    for a, b in zip(out[0][1], out[1][1]):
+        np.testing.assert_array_equal(a, b)
+
+
 def _aug(flip=0.0, reverse=0.0, splice=0.0):
     return ml_collections.ConfigDict(dict(flip_prob=flip, reverse_prob=reverse, splice_prob=splice))
 
@@ -338,6 +363,7 @@ def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
                                              cfg.nested_dropout_full)
     assert list(values) == list(range(1, cfg.num_tokens + 1)) and np.all(probs > 0)  # every k is trained
     assert probs[-1] == probs.max() and augment.is_active(default.augment)
+    assert paper.loss.short_samples == 1 and default.loss.short_samples != 1  # split batches are beyond the paper
     oatx = oat_configs.get_config("oatx")
     assert oatx.model.nested_dropout == "none" and oatx.augment.to_dict() == default.augment.to_dict()
 

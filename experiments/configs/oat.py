@@ -81,11 +81,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
     # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input
-    # patches and 4-step output patches (2.2x cheaper steps), nested dropout that keeps all N tokens 90% of the time
-    # and otherwise samples every k < N (P(k) ~ 1/k), and chunk augmentation of the full-length examples only.
+    # patches and 4-step output patches (2.2x cheaper steps), nested dropout with 90% of the rows at all N tokens and
+    # the other 10% each decoded at 4 lengths k < N (P(k) ~ k^-1.5; config.loss.short_samples), and chunk
+    # augmentation of the full-length rows only.
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
                           dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
-                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.0, nested_dropout_full=0.9)
+                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
@@ -93,7 +94,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.loss.full_end = -1.0  # >= 0: model.nested_dropout_full moves linearly to this over the run (-1 = fixed).
     # != 1: round(B * P(k < N)) rows per batch are each decoded at this many lengths below N (encoded once; -1 = all
     # of them), the other rows at N; 1 = one sampled length per example (the reference).
-    config.loss.short_samples = 1
+    config.loss.short_samples = 4
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).

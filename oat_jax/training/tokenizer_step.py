@@ -253,6 +253,8 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
         augment.check_config(augment_cfg, c.num_tokens)
 
     short_samples = 1 if loss_cfg is None else int(loss_cfg.get("short_samples", 1))
+    if c.nested_dropout == "none":  # OAT x: every row is full-length, nothing to split (the reference step)
+        short_samples = 1
 
     def grads_of(params, actions, lengths, rng, weights):
         if short_samples != 1:  # `lengths` are the short rows' (S, M) lengths of a split batch
