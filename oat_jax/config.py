@@ -72,6 +72,7 @@ class OATConfig:
     dec_attn_dropout: float = 0.1  # dropout on the decoder's attention probabilities.
     causal_decoder: bool = True  # decoder query step t attends query steps 0..t only (causal self-attention).
     dec_patch: int = 1  # action steps each decoder query outputs (H / dec_patch queries); 1 = the reference.
+    dec_code_embed: bool = False  # kept latent slots also add a learned (N, vocab, E) per-position id embedding.
 
     # --- nested dropout (ordering switch 2) ---
     nested_dropout: str = "pow2"  # kept-prefix sampling in training: 'pow2' | 'uniform' | 'power' | 'none' (= OATx).

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oat_jax import fsq
 from oat_jax.config import NESTED_DROPOUT_MODES, OATConfig
 from oat_jax.layers import Dense, DecoderLayer, layer_norm, sincos_table, torch_linear_default
 
@@ -60,7 +61,8 @@ def prefix_mask(lengths: jax.Array, num_tokens: int) -> jax.Array:
 class OATDecoder(nn.Module):
     """Single-pass decoder: fixed sin-cos queries cross-attend to the (prefix-masked) latent memory.
 
-    Params: `latent_proj` (d -> E), `mask_token` (E,) trunc-normal std 0.02, `layer_{i}` (DecoderLayer),
+    Params: `latent_proj` (d -> E), `mask_token` (E,) trunc-normal std 0.02, with `dec_code_embed` `code_embed`
+    (N, vocab_size, E) zeros, `layer_{i}` (DecoderLayer),
     `head` (E -> dec_patch * D_a, zero-initialised, after a parameter-free LayerNorm). With `dec_patch` p > 1 there
     are H/p queries and each outputs p consecutive action steps.
     """
@@ -72,6 +74,9 @@ class OATDecoder(nn.Module):
         dtype = jnp.dtype(c.dtype)
         self.latent_proj = Dense(c.dec_width, dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_linear_default)
         self.mask_token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (c.dec_width,))
+        if c.dec_code_embed:
+            self.code_embed = self.param("code_embed", nn.initializers.zeros,
+                                         (c.num_tokens, c.vocab_size, c.dec_width))
         self.layers = [DecoderLayer(c.dec_heads, c.dec_ffn_dim, dropout=c.dec_dropout,
                                     attn_dropout=c.dec_attn_dropout, dropout_rng=c.dropout_rng,
                                     eps=c.layer_norm_eps, dtype=dtype,
@@ -90,6 +95,9 @@ class OATDecoder(nn.Module):
         """
         c = self.config
         mem = (self.latent_proj(codes) + sincos_table(c.num_tokens, c.dec_width)).astype(jnp.float32)
+        if c.dec_code_embed:
+            ids = fsq.codes_to_indices(jax.lax.stop_gradient(codes), c.levels)  # (B, N) int32
+            mem = mem + self.code_embed[jnp.arange(c.num_tokens)[None, :], ids]
         keep = prefix_mask(lengths, c.num_tokens)[..., None]
         return jnp.where(keep, mem, self.mask_token.astype(jnp.float32))
 

@@ -39,7 +39,8 @@ def _model(**overrides) -> ml_collections.ConfigDict:
         enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
         encoder="registers", enc_patch=1,
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        causal_decoder=True, dec_patch=1, nested_dropout="pow2", nested_dropout_power=1.0, nested_dropout_full=0.0,
+        causal_decoder=True, dec_patch=1, dec_code_embed=False, nested_dropout="pow2", nested_dropout_power=1.0,
+        nested_dropout_full=0.0,
         layer_norm_eps=1e-5,
         dtype="float32", dropout_rng="hash"))
     model.update(overrides)
