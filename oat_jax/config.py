@@ -78,6 +78,8 @@ class OATConfig:
     nested_dropout: str = "pow2"  # kept-prefix sampling in training: 'pow2' | 'uniform' | 'power' | 'none' (= OATx).
     nested_dropout_power: float = 1.0  # exponent p of the 'power' mode: P(k) proportional to k**p, k in 1..N.
     nested_dropout_full: float = 0.0  # extra mass f on keeping all N: P(k) = (1-f) P_mode(k) + f [k=N]; 0 = reference.
+    nested_dropout_detach: int = 0  # m: decodes of all N tokens pass no gradient into codes 0..m-1 (0 = reference).
+    nested_dropout_detach_scale: float = 0.0  # share of that gradient the first m codes still get (0 = none).
 
     # --- numerics ---
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (encoder, QK-norm, decoder, heads).
@@ -144,6 +146,16 @@ class OATConfig:
         if not 0.0 <= self.nested_dropout_full <= 1.0:
             raise ValueError(f"OATConfig.nested_dropout_full must be a probability in [0, 1], got "
                              f"{self.nested_dropout_full}.")
+        detach = self.nested_dropout_detach
+        if not isinstance(detach, int) or isinstance(detach, bool) or not 0 <= detach < self.num_tokens:
+            raise ValueError(f"OATConfig.nested_dropout_detach must be an int in 0..num_tokens-1 "
+                             f"({self.num_tokens - 1}), got {detach!r}.")
+        if not 0.0 <= self.nested_dropout_detach_scale < 1.0:
+            raise ValueError(f"OATConfig.nested_dropout_detach_scale must be in [0, 1), got "
+                             f"{self.nested_dropout_detach_scale}.")
+        if detach and self.nested_dropout == "none":
+            raise ValueError("OATConfig.nested_dropout_detach > 0 leaves the first tokens without a gradient when "
+                             "nested_dropout='none' (every decode keeps all N); set it to 0.")
         if self.dropout_rng not in DROPOUT_RNGS:
             raise ValueError(f"OATConfig.dropout_rng must be one of {DROPOUT_RNGS}, got {self.dropout_rng!r}.")
         if self.dtype not in DTYPES:

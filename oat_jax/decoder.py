@@ -94,6 +94,14 @@ class OATDecoder(nn.Module):
           (B, N, E) float32.
         """
         c = self.config
+        if c.nested_dropout_detach:
+            # Full-length decodes see the leading codes' values but pass them only `scale` of their gradient: those
+            # tokens are shaped mostly by the shorter prefixes. sg + scale * (c - sg) keeps the forward value exact.
+            leading = jnp.arange(c.num_tokens)[None, :] < c.nested_dropout_detach  # (1, N)
+            frozen = leading & (jnp.asarray(lengths)[:, None] == c.num_tokens)  # (B, N)
+            fixed = jax.lax.stop_gradient(codes)
+            damped = fixed + c.nested_dropout_detach_scale * (codes - fixed)
+            codes = jnp.where(frozen[..., None], damped, codes)
         mem = (self.latent_proj(codes) + sincos_table(c.num_tokens, c.dec_width)).astype(jnp.float32)
         if c.dec_code_embed:
             ids = fsq.codes_to_indices(jax.lax.stop_gradient(codes), c.levels)  # (B, N) int32

@@ -353,7 +353,8 @@ def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
     paper = oat_configs.get_config("paper")
     reference = Config()  # the paper's tokenizer
     for field in ("nested_dropout", "nested_dropout_power", "nested_dropout_full", "enc_patch", "dec_patch",
-                  "dec_code_embed", "enc_width", "dec_depth"):
+                  "dec_code_embed", "nested_dropout_detach", "nested_dropout_detach_scale", "enc_width",
+                  "dec_depth"):
         assert paper.model[field] == getattr(reference, field), field
     assert not augment.is_active(paper.augment)
     loss_cfg = paper.loss
