@@ -97,7 +97,12 @@ def test_the_training_configs():
     from oat_jax.training.tokenizer_step import model_config
 
     assert oat_configs.get_config("paper").model.nested_dropout_detach == 0  # the reference
-    default = model_config(oat_configs.get_config("").model, 4)
-    assert default.nested_dropout_detach == 1 and default.nested_dropout_detach_scale == 0.2
-    for variant in ("oatx", "quest"):  # unordered: every decode is full length, so nothing may be detached
-        assert model_config(oat_configs.get_config(variant).model, 4).nested_dropout_detach == 0
+    cfg = oat_configs.get_config("")
+    assert model_config(cfg.model, 4).nested_dropout_detach == 0  # off unless asked for
+    cfg.model.update(nested_dropout_detach=1, nested_dropout_detach_scale=0.2)
+    config = model_config(cfg.model, 4)
+    assert (config.nested_dropout_detach, config.nested_dropout_detach_scale) == (1, 0.2)
+    oatx = oat_configs.get_config("oatx")
+    oatx.model.nested_dropout_detach = 1  # unordered: every decode is full length, so nothing may be detached
+    with pytest.raises(ValueError, match="nested_dropout_detach"):
+        model_config(oatx.model, 4)

@@ -83,13 +83,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
     # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input
     # patches and 4-step output patches (2.2x cheaper steps), nested dropout with 90% of the rows at all N tokens and
-    # the other 10% each decoded at 4 lengths k < N (P(k) ~ k^-1.5; config.loss.short_samples), token 1 shaped
-    # mostly by the shorter prefixes (full-length decodes pass it a fifth of their gradient;
-    # model.nested_dropout_detach), and chunk augmentation of the full-length rows only.
+    # the other 10% each decoded at 4 lengths k < N (P(k) ~ k^-1.5; config.loss.short_samples), and chunk
+    # augmentation of the full-length rows only.
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
                           dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
-                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9,
-                          nested_dropout_detach=1, nested_dropout_detach_scale=0.2)
+                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
@@ -186,9 +184,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
     if "oatx" in variants:
-        config.model.update(nested_dropout="none", nested_dropout_full=0.0, nested_dropout_detach=0,
-                            nested_dropout_detach_scale=0.0)
+        config.model.update(nested_dropout="none", nested_dropout_full=0.0)
     if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens (no nested dropout)
-        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0,
-                            nested_dropout_detach=0, nested_dropout_detach_scale=0.0)
+        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0)
     return config
