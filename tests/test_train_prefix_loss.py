@@ -368,6 +368,8 @@ def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
     assert list(values) == list(range(1, cfg.num_tokens + 1)) and np.all(probs > 0)  # every k is trained
     assert probs[-1] == probs.max() and augment.is_active(default.augment)
     assert paper.loss.short_samples == 1 and default.loss.short_samples != 1  # split batches are beyond the paper
+    assert (paper.loss.short_weighting, paper.loss.monotone_weight) == ("uniform", 0.0)
+    check_loss_config(default.loss, cfg.num_tokens)
     oatx = oat_configs.get_config("oatx")
     assert oatx.model.nested_dropout == "none" and oatx.augment.to_dict() == default.augment.to_dict()
 

@@ -96,6 +96,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # != 1: round(B * P(k < N)) rows per batch are each decoded at this many lengths below N (encoded once; -1 = all
     # of them), the other rows at N; 1 = one sampled length per example (the reference).
     config.loss.short_samples = 4
+    config.loss.short_weighting = "uniform"  # short_samples=-1: 'uniform' columns, or 'distribution' = P(k | k < N).
+    config.loss.monotone_weight = 0.0  # short_samples=-1: weight of a hinge on any k decoding worse than k - 1.
+    config.loss.monotone_margin = 0.0  # the hinge acts when MSE(k) > (1 - margin) * MSE(k - 1) on the short rows.
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
@@ -156,7 +159,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if "paper" in variants:
         config.data.allow_embedded = False  # the paper recipe needs a dataset: set path, or name + data_dir.
         config.model = _model(dtype="bfloat16")  # reference model and pow2 nested dropout
-        config.loss.update(prefix_samples=1, full_length_weight=0.0, full_end=-1.0, short_samples=1)
+        config.loss.update(prefix_samples=1, full_length_weight=0.0, full_end=-1.0, short_samples=1,
+                           short_weighting="uniform", monotone_weight=0.0, monotone_margin=0.0)
         config.augment.update(flip_prob=0.0, reverse_prob=0.0, splice_prob=0.0, min_length=1)
         config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
                             eps=1e-8, weight_decay=0.0, clip_norm=1.0)

@@ -4,7 +4,8 @@
 
 The default small model (width 96, 2 + 2 layers), batch 128, H = 32, D_a = 4: loss + gradient + AdamW update of the
 reference shape (enc_patch 1, dec_patch 1, pow2 nested dropout), the patched shape (enc_patch 2, dec_patch 4, P(k)
-~ 1/k with 0.9 on k = N) with one decode per example and with the split batch of loss.short_samples=4, and OAT x,
+~ 1/k with 0.9 on k = N) with one decode per example, with the split batch of loss.short_samples=4 and of
+short_samples=-1 (every length below N, weighted by P(k), with the monotone hinge), and OAT x,
 5 rounds of 20 steps each, alternating. Prints the median ms per step and the ratios to the patched one-decode step.
 """
 
@@ -19,7 +20,7 @@ from oat_jax import timing
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, init_params
 from oat_jax.training.tokenizer_step import (prefix_lengths_and_weights, reconstruction_loss, sample_short_lengths,
-                                             split_reconstruction_loss, split_rows)
+                                             short_loss_terms, split_reconstruction_loss, split_rows)
 
 BASE = dict(action_dim=4, horizon=32, num_tokens=8, levels=(8, 5, 5, 5), enc_width=96, enc_depth=2, enc_heads=4,
             enc_dropout=0.0, dec_width=96, dec_depth=2, dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0,
@@ -30,6 +31,7 @@ PATCHED = dict(enc_patch=2, dec_patch=4, nested_dropout="power", nested_dropout_
 SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": (dict(nested_dropout="pow2"), 1),
           "patched (enc_patch 2, dec_patch 4), one decode per example": (PATCHED, 1),
           "patched, short rows decoded at 4 lengths (loss.short_samples=4)": (PATCHED, 4),
+          "patched, short rows at every length < N, weighted by P(k) + hinge (short_samples=-1)": (PATCHED, -1),
           "OAT x (patched, every example at N)": (dict(PATCHED, nested_dropout="none"), 1)}
 BATCH, ROUNDS, STEPS = 128, 5, 20
 
@@ -40,13 +42,17 @@ def make_step(config: OATConfig, actions: jax.Array, short_samples: int = 1):
     tx = optax.adamw(1e-3)
     params = init_params(config, jax.random.PRNGKey(0))
     loss_cfg = ml_collections.ConfigDict(dict(prefix_samples=1, full_length_weight=0.0, full_end=-1.0,
-                                              short_samples=short_samples))
+                                              short_samples=short_samples, short_weighting="distribution",
+                                              monotone_weight=0.1, monotone_margin=0.05))
+    if short_samples != -1:
+        loss_cfg.update(short_weighting="uniform", monotone_weight=0.0)
     rows = split_rows(actions.shape[0], config, loss_cfg)
+    terms = short_loss_terms(config, loss_cfg)
 
     def loss_fn(q, k_len, k_drop):
         if short_samples != 1:
             short = sample_short_lengths(k_len, rows, config, short_samples)
-            return split_reconstruction_loss(model, q, actions, short, k_drop)
+            return split_reconstruction_loss(model, q, actions, short, k_drop, *terms)
         lengths, weights = prefix_lengths_and_weights(k_len, actions.shape[0], config, loss_cfg)
         return reconstruction_loss(model, q, actions, lengths, k_drop, weights)
 

@@ -58,12 +58,33 @@ def reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, l
         recon, _ = model.apply({"params": params}, actions_norm, deterministic=False, lengths=lengths,
                                rngs={"dropout": rng})
         return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm))
-    recon = model.apply({"params": params}, actions_norm, lengths, deterministic=False,
-                        method=OATModel.decode_prefixes, rngs={"dropout": rng})  # (B, M, H, D_a)
-    per_column = jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm[:, None]), axis=(0, 2, 3))  # (M,)
+    per_column = column_losses(model, params, actions_norm, lengths, rng)  # (M,)
     if weights is None:
         return jnp.mean(per_column)
     return jnp.sum(per_column * weights)
+
+
+def column_losses(model: OATModel, params: Any, actions_norm: jax.Array, lengths: jax.Array,
+                  rng: jax.Array) -> jax.Array:
+    """MSE of each prefix column, dropout on: actions_norm (B, H, D_a) float32, lengths (B, M) int32 in 1..N, each
+    chunk encoded once and decoded M times -> (M,) float32."""
+    recon = model.apply({"params": params}, actions_norm, lengths, deterministic=False,
+                        method=OATModel.decode_prefixes, rngs={"dropout": rng})  # (B, M, H, D_a)
+    return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm[:, None]), axis=(0, 2, 3))
+
+
+def monotone_penalty(per_length: jax.Array, margin: float) -> jax.Array:
+    """Hinge on each prefix that decodes worse than (1 - margin) x the one before it.
+
+    Args:
+      per_length: (M,) float32 losses of prefix lengths 1, 2, ..., M on the same rows.
+      margin: in [0, 1).
+    Returns:
+      float32 scalar sum over j >= 1 of relu(L_j - (1 - margin) * stop_gradient(L_{j-1})): its gradient adds weight
+      only to the longer prefix of a pair that is out of order, never pushes the shorter one up.
+    """
+    previous = jax.lax.stop_gradient(per_length[:-1]) * (1.0 - margin)
+    return jnp.sum(jax.nn.relu(per_length[1:] - previous))
 
 
 def check_loss_config(loss_cfg: ml_collections.ConfigDict | None, num_tokens: int) -> None:
@@ -85,6 +106,18 @@ def check_loss_config(loss_cfg: ml_collections.ConfigDict | None, num_tokens: in
     if short != -1 and not 1 <= short <= 4 * num_tokens:
         raise ValueError(f"config.loss.short_samples must be -1 (every length below N) or in 1..{4 * num_tokens}, "
                          f"got {short}.")
+    weighting = loss_cfg.get("short_weighting", "uniform")
+    if weighting not in ("uniform", "distribution"):
+        raise ValueError(f"config.loss.short_weighting must be 'uniform' or 'distribution', got {weighting!r}.")
+    monotone = float(loss_cfg.get("monotone_weight", 0.0))
+    margin = float(loss_cfg.get("monotone_margin", 0.0))
+    if monotone < 0.0 or not 0.0 <= margin < 1.0:
+        raise ValueError(f"config.loss.monotone_weight must be >= 0 and config.loss.monotone_margin in [0, 1), got "
+                         f"{monotone} and {margin}.")
+    if (weighting != "uniform" or monotone > 0.0) and short != -1:
+        raise ValueError("config.loss.short_weighting='distribution' and config.loss.monotone_weight > 0 act on the "
+                         "short rows decoded at every length below N: they need config.loss.short_samples=-1 "
+                         f"(got {short}).")
     if short != 1 and (samples != 1 or weight != 0.0 or end != -1.0):
         raise ValueError("config.loss.short_samples != 1 fixes the number of full-length and short rows per batch; "
                          "it needs config.loss.prefix_samples=1, config.loss.full_length_weight=0 and "
@@ -190,17 +223,42 @@ def sample_short_lengths(rng: jax.Array, rows: int, config: OATConfig, samples: 
     return jnp.asarray(values, jnp.int32)[idx]
 
 
+def short_loss_terms(config: OATConfig, loss_cfg: ml_collections.ConfigDict | None
+                     ) -> tuple[jax.Array | None, float, float]:
+    """How the short rows' columns combine under loss.short_samples=-1 (every length 1..N-1 per short row).
+
+    Returns:
+      (column weights (N-1,) float32 = P(k | k < N) with loss.short_weighting='distribution', else None (equal
+      weights); loss.monotone_weight; loss.monotone_margin). (None, 0.0, 0.0) unless short_samples is -1.
+    """
+    if loss_cfg is None or int(loss_cfg.get("short_samples", 1)) != -1 or config.nested_dropout == "none":
+        return None, 0.0, 0.0
+    weights = None
+    if loss_cfg.get("short_weighting", "uniform") == "distribution":
+        values, probs = keep_length_distribution(config.num_tokens, config.nested_dropout,
+                                                 config.nested_dropout_power, 0.0)
+        probs = probs[values < config.num_tokens]
+        weights = jnp.asarray(probs / probs.sum(), jnp.float32)
+    return weights, float(loss_cfg.get("monotone_weight", 0.0)), float(loss_cfg.get("monotone_margin", 0.0))
+
+
 def split_reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, short_lengths: jax.Array,
-                              rng: jax.Array) -> jax.Array:
+                              rng: jax.Array, short_weights: jax.Array | None = None, monotone_weight: float = 0.0,
+                              monotone_margin: float = 0.0) -> jax.Array:
     """Training loss of a split batch: rows [:S] decoded at the S x M `short_lengths` (each chunk encoded once),
-    rows [S:] at N; each row weighs 1 / B, a short row's weight shared equally by its M decodes.
+    rows [S:] at N; each row weighs 1 / B, a short row's weight shared by its M decodes equally or by
+    `short_weights`, plus `monotone_weight` x `monotone_penalty` of the short columns (see `short_loss_terms`).
 
     Args:
       actions_norm: (B, H, D_a) float32, normalized.
       short_lengths: (S, M) int32 in 1..N-1, S <= B.
       rng: PRNG key of the "dropout" stream.
+      short_weights: (M,) float32 summing to 1, or None (equal).
+      monotone_weight, monotone_margin: the hinge's weight and margin; the columns must then be lengths 1..M in
+        order (short_samples=-1).
     Returns:
-      float32 scalar: ((B - S) * MSE of the full-length rows + S * mean over columns of the short rows' MSE) / B.
+      float32 scalar: ((B - S) * MSE of the full-length rows + S * (weighted mean over columns of the short rows'
+      MSE + monotone_weight * hinge)) / B.
     """
     batch, short = actions_norm.shape[0], short_lengths.shape[0]
     full_rng, short_rng = jax.random.split(rng)
@@ -209,7 +267,11 @@ def split_reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Ar
         full = jnp.full((batch - short,), model.config.num_tokens, jnp.int32)
         total += (batch - short) * reconstruction_loss(model, params, actions_norm[short:], full, full_rng)
     if short > 0:
-        total += short * reconstruction_loss(model, params, actions_norm[:short], short_lengths, short_rng)
+        per_column = column_losses(model, params, actions_norm[:short], short_lengths, short_rng)
+        short_loss = jnp.mean(per_column) if short_weights is None else jnp.sum(per_column * short_weights)
+        if monotone_weight:
+            short_loss += monotone_weight * monotone_penalty(per_column, monotone_margin)
+        total += short * short_loss
     return total / batch
 
 
@@ -256,9 +318,12 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
     if c.nested_dropout == "none":  # OAT x: every row is full-length, nothing to split (the reference step)
         short_samples = 1
 
+    short_weights, monotone_weight, monotone_margin = short_loss_terms(c, loss_cfg)
+
     def grads_of(params, actions, lengths, rng, weights):
         if short_samples != 1:  # `lengths` are the short rows' (S, M) lengths of a split batch
-            return jax.value_and_grad(lambda p: split_reconstruction_loss(model, p, actions, lengths, rng))(params)
+            return jax.value_and_grad(lambda p: split_reconstruction_loss(
+                model, p, actions, lengths, rng, short_weights, monotone_weight, monotone_margin))(params)
         return jax.value_and_grad(lambda p: reconstruction_loss(model, p, actions, lengths, rng, weights))(params)
 
     def split_lengths(rng, batch_size):
