@@ -77,7 +77,7 @@ def monotone_penalty(per_length: jax.Array, margin: float) -> jax.Array:
     """Hinge on each prefix that decodes worse than (1 - margin) x the one before it.
 
     Args:
-      per_length: (M,) float32 losses of prefix lengths 1, 2, ..., M on the same rows.
+      per_length: (M,) float32 losses of increasing prefix lengths (e.g. 1, 2, ..., M) on the same rows.
       margin: in [0, 1).
     Returns:
       float32 scalar sum over j >= 1 of relu(L_j - (1 - margin) * stop_gradient(L_{j-1})): its gradient adds weight
@@ -254,8 +254,8 @@ def split_reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Ar
       short_lengths: (S, M) int32 in 1..N-1, S <= B.
       rng: PRNG key of the "dropout" stream.
       short_weights: (M,) float32 summing to 1, or None (equal).
-      monotone_weight, monotone_margin: the hinge's weight and margin; the columns must then be lengths 1..M in
-        order (short_samples=-1).
+      monotone_weight, monotone_margin: the hinge's weight and margin; the columns must then be increasing lengths
+        (short_samples=-1: the distribution's support below N in order).
     Returns:
       float32 scalar: ((B - S) * MSE of the full-length rows + S * (weighted mean over columns of the short rows'
       MSE + monotone_weight * hinge)) / B.
