@@ -98,10 +98,13 @@ def test_the_training_configs():
 
     assert oat_configs.get_config("paper").model.nested_dropout_detach == 0  # the reference
     cfg = oat_configs.get_config("")
-    assert model_config(cfg.model, 4).nested_dropout_detach == 0  # off unless asked for
-    cfg.model.update(nested_dropout_detach=1, nested_dropout_detach_scale=0.2)
+    default = model_config(cfg.model, 4)
+    assert (default.nested_dropout_detach, default.nested_dropout_detach_scale) == (1, 0.3)  # token 1 detached
+    cfg.model.update(nested_dropout_detach=2, nested_dropout_detach_scale=0.2)
     config = model_config(cfg.model, 4)
-    assert (config.nested_dropout_detach, config.nested_dropout_detach_scale) == (1, 0.2)
+    assert (config.nested_dropout_detach, config.nested_dropout_detach_scale) == (2, 0.2)
+    for unordered in ("oatx", "quest", "paper,oatx"):  # no nested dropout: the variants switch the detach off
+        assert model_config(oat_configs.get_config(unordered).model, 4).nested_dropout_detach == 0, unordered
     oatx = oat_configs.get_config("oatx")
     oatx.model.nested_dropout_detach = 1  # unordered: every decode is full length, so nothing may be detached
     with pytest.raises(ValueError, match="nested_dropout_detach"):

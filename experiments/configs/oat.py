@@ -83,11 +83,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
     # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input
     # patches and 4-step output patches (2.2x cheaper steps), nested dropout with 90% of the rows at all N tokens and
-    # the other 10% each decoded at 4 lengths k < N (P(k) ~ k^-1.5; config.loss.short_samples), and chunk
-    # augmentation of the full-length rows only.
+    # the other 10% each decoded at every length k < N with weights P(k) ~ k^-1.5 (config.loss.short_samples) plus a
+    # hinge on any k decoding worse than k - 1, full-length decodes passing token 1 only 0.3 of their gradient (so
+    # the first token is shaped by the short prefixes), and chunk augmentation of the full-length rows only.
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
                           dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
-                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9)
+                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9,
+                          nested_dropout_detach=1, nested_dropout_detach_scale=0.3)
 
     config.loss = ml_collections.ConfigDict()
     config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
@@ -95,10 +97,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.loss.full_end = -1.0  # >= 0: model.nested_dropout_full moves linearly to this over the run (-1 = fixed).
     # != 1: round(B * P(k < N)) rows per batch are each decoded at this many lengths below N (encoded once; -1 = all
     # of them), the other rows at N; 1 = one sampled length per example (the reference).
-    config.loss.short_samples = 4
-    config.loss.short_weighting = "uniform"  # short_samples=-1: 'uniform' columns, or 'distribution' = P(k | k < N).
-    config.loss.monotone_weight = 0.0  # short_samples=-1: weight of a hinge on any k decoding worse than k - 1.
-    config.loss.monotone_margin = 0.0  # the hinge acts when MSE(k) > (1 - margin) * MSE(k - 1) on the short rows.
+    config.loss.short_samples = -1
+    config.loss.short_weighting = "distribution"  # short_samples=-1: 'uniform' columns or P(k | k < N) weights.
+    config.loss.monotone_weight = 0.1  # short_samples=-1: weight of a hinge on any k decoding worse than k - 1.
+    config.loss.monotone_margin = 0.05  # the hinge acts when MSE(k) > (1 - margin) * MSE(k - 1) on the short rows.
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
@@ -188,7 +190,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
     if "oatx" in variants:
-        config.model.update(nested_dropout="none", nested_dropout_full=0.0)
+        config.model.update(nested_dropout="none", nested_dropout_full=0.0, nested_dropout_detach=0,
+                            nested_dropout_detach_scale=0.0)
     if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens (no nested dropout)
-        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0)
+        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0,
+                            nested_dropout_detach=0, nested_dropout_detach_scale=0.0)
     return config

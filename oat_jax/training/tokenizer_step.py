@@ -58,10 +58,12 @@ def reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Array, l
         recon, _ = model.apply({"params": params}, actions_norm, deterministic=False, lengths=lengths,
                                rngs={"dropout": rng})
         return jnp.mean(jnp.square(recon.astype(jnp.float32) - actions_norm))
-    per_column = column_losses(model, params, actions_norm, lengths, rng)  # (M,)
-    if weights is None:
-        return jnp.mean(per_column)
-    return jnp.sum(per_column * weights)
+    return combine_columns(column_losses(model, params, actions_norm, lengths, rng), weights)
+
+
+def combine_columns(per_column: jax.Array, weights: jax.Array | None) -> jax.Array:
+    """(M,) float32 column losses -> float32 scalar: their mean (weights None) or sum weighted by (M,) `weights`."""
+    return jnp.mean(per_column) if weights is None else jnp.sum(per_column * weights)
 
 
 def column_losses(model: OATModel, params: Any, actions_norm: jax.Array, lengths: jax.Array,
@@ -268,7 +270,7 @@ def split_reconstruction_loss(model: OATModel, params: Any, actions_norm: jax.Ar
         total += (batch - short) * reconstruction_loss(model, params, actions_norm[short:], full, full_rng)
     if short > 0:
         per_column = column_losses(model, params, actions_norm[:short], short_lengths, short_rng)
-        short_loss = jnp.mean(per_column) if short_weights is None else jnp.sum(per_column * short_weights)
+        short_loss = combine_columns(per_column, short_weights)
         if monotone_weight:
             short_loss += monotone_weight * monotone_penalty(per_column, monotone_margin)
         total += short * short_loss
