@@ -66,8 +66,11 @@ def test_quest_variant_changes_only_the_encoder_and_nested_dropout():
     base, quest = oat_configs.get_config(""), oat_configs.get_config("quest")
     assert base.model.encoder == "registers" and base.model.nested_dropout != "none"
     changed = {k for k in base.model if base.model[k] != quest.model[k]}
-    # The conv encoder downsamples single steps itself (QueST), so it takes no input patches.
-    assert changed <= {"encoder", "enc_patch", "nested_dropout", "nested_dropout_full"}
+    # The conv encoder downsamples single steps itself (QueST), so it takes no input patches; without nested dropout
+    # every decode is full-length, so nothing is detached.
+    assert changed <= {"encoder", "enc_patch", "nested_dropout", "nested_dropout_full", "nested_dropout_detach",
+                       "nested_dropout_detach_scale"}
+    assert quest.model.nested_dropout_detach == 0
     assert (quest.model.encoder, quest.model.nested_dropout, quest.model.enc_patch) == ("conv", "none", 1)
     assert quest.model.dec_patch == base.model.dec_patch
     for section in ("optim", "train", "data", "ema", "loss", "augment"):  # the same training recipe and budget
