@@ -1,6 +1,6 @@
 r"""OAT tokenizer training configs.
 
-Default (embedded Meta-World dataset, a small fast model; about 4 minutes on 2 idle CPU cores):
+Default (embedded Meta-World dataset, a small fast model; about 5 minutes on 2 idle CPU cores):
   python -m experiments.train --config=experiments/configs/oat.py --workdir=runs/oat_metaworld
 
 Variants are chosen by the config argument (comma-separated keywords, combinable):
