@@ -189,10 +189,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.train.update(num_steps=4, log_every=1, eval_every=4)
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
+    # Unordered tokens: no nested dropout, so every decode is full-length and nothing is detached.
+    unordered = dict(nested_dropout="none", nested_dropout_full=0.0, nested_dropout_detach=0,
+                     nested_dropout_detach_scale=0.0)
     if "oatx" in variants:
-        config.model.update(nested_dropout="none", nested_dropout_full=0.0, nested_dropout_detach=0,
-                            nested_dropout_detach_scale=0.0)
-    if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens (no nested dropout)
-        config.model.update(encoder="conv", enc_patch=1, nested_dropout="none", nested_dropout_full=0.0,
-                            nested_dropout_detach=0, nested_dropout_detach_scale=0.0)
+        config.model.update(unordered)
+    if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens
+        config.model.update(encoder="conv", enc_patch=1, **unordered)
     return config
