@@ -1,4 +1,4 @@
-"""Conversion on Apache Beam: the hdf5 / zarr / npz converters and the Meta-World generator as one TFDS dataset
+"""Conversion on Apache Beam: the hdf5 / zarr / npz / lerobot converters and the Meta-World generator as one TFDS dataset
 builder (the source format and its options are its `SourceConfig`) whose examples are made by a Beam pipeline over
 work items (a few episodes of one source file, or one Meta-World task).
 
@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import convert as converters
-from data_pipelines import metaworld, splits, statistics
+from data_pipelines import lerobot, metaworld, splits, statistics
 from data_pipelines.rlds_writer import (TRAIN_STATISTICS_SPLIT, VERSION, Episode, EpisodeError, _example, commit,
                                         dataset_name, episode_features, prepare_output, staging_dir,
                                         validate_episode)
@@ -57,6 +57,7 @@ class SourceConfig(tfds.core.BuilderConfig):
     seed: int = 0  # metaworld: benchmark seed of the first 50 goals per task
     max_steps: int = 500  # metaworld: step limit of an episode
     statistics_split: Optional[tuple[float, int]] = TRAIN_STATISTICS_SPLIT  # train statistics stored (None: not)
+    tolerance_s: float = lerobot.DEFAULT_TOLERANCE_S  # lerobot: largest frame-timestamp gap of a decoded video frame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +81,10 @@ class WorkItem:
 
 
 def count_episodes(fmt: str, path: str) -> int:
-    """Episodes of a zarr store or an npz source (a folder of per-episode files, or one file with episode_ends)."""
+    """Episodes of a zarr store, an npz source (a folder of per-episode files, or one file with episode_ends) or a
+    LeRobot dataset."""
+    if fmt == "lerobot":
+        return lerobot.count_episodes(path)
     if fmt == "zarr":
         import zarr  # optional dependency: pip install -e .[convert]
         return len(zarr.open_group(path, mode="r")["meta"][converters.EPISODE_ENDS_KEY])
@@ -117,6 +121,9 @@ def read_item(config: SourceConfig, item: WorkItem) -> Iterator[Episode]:
     if config.fmt == "hdf5":
         return converters.read_hdf5(item.path, action_key=config.action_key, language=config.language,
                                     demos=item.demos)
+    if config.fmt == "lerobot":  # reads only the item's episodes (and their video frames)
+        return lerobot.read_lerobot(item.path, action_key=config.action_key, language=config.language,
+                                    episodes=range(item.first, item.stop), tolerance_s=config.tolerance_s)
     episodes = converters.READERS[config.fmt](item.path, action_key=config.action_key, language=config.language)
     return itertools.islice(episodes, item.first, item.stop)
 
@@ -239,7 +246,8 @@ def build(config: SourceConfig, output: str, *, name: str, description: str, mas
 
 def convert_beam(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
                  name: Optional[str] = None, overwrite: bool = False, image_encoding: str = "jpeg",
-                 num_workers: int = 2, beam_pipeline_options: str = "", episodes_per_item: int = 4) -> str:
+                 num_workers: int = 2, beam_pipeline_options: str = "", episodes_per_item: int = 4,
+                 tolerance_s: float = lerobot.DEFAULT_TOLERANCE_S) -> str:
     """`convert.convert` on Apache Beam (see the module docstring); returns `output`.
 
     Raises the single-process path's errors: EpisodeError naming the file and episode of a malformed episode,
@@ -252,7 +260,7 @@ def convert_beam(fmt: str, input_path: str, output: str, *, action_key: Optional
     output = prepare_output(output, overwrite, inputs + ([input_path] if os.path.exists(input_path) else []))
     masks = converters.split_masks(fmt, inputs, input_path)
     config = SourceConfig(name="source", fmt=fmt, inputs=tuple(inputs), action_key=action_key, language=language,
-                          image_encoding=image_encoding, episodes_per_item=episodes_per_item)
+                          image_encoding=image_encoding, episodes_per_item=episodes_per_item, tolerance_s=tolerance_s)
     sources = os.path.abspath(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} files ({input_path})"
     return build(config, output, name=name or dataset_name(output), masks=masks, num_workers=num_workers,
                  beam_pipeline_options=beam_pipeline_options,

@@ -8,6 +8,8 @@ Input layouts:
         meta/episode_ends (E,) exclusive end index of each episode.
   npz   a directory of per-episode .npz files (sorted by name), each with action (T, D_a) + observation arrays;
         or one .npz file with concatenated arrays and an episode_ends (E,) array.
+  lerobot  a local LeRobot dataset directory, format v2.1 or v3.0 (meta/info.json, parquet frames, MP4 cameras
+        decoded at the frame timestamps, each frame's task as its instruction; see data_pipelines/lerobot.py).
 Keys named action/actions are the action (override with --action_key); reward/rewards become the step reward;
 every other per-step array is an observation. --input may also be a folder of HDF5 files (a LIBERO suite: one
 file per task, each episode keeping its file's instruction) or a quoted glob; all become one dataset. robomimic's
@@ -20,19 +22,19 @@ output is written atomically (see rlds_writer.write_rlds).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import glob
 import json
 import os
 import re
 import sys
-import zipfile
 from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from data_pipelines import lerobot
 from data_pipelines.rlds_writer import Episode, EpisodeError, check_output_apart, write_rlds
+from data_pipelines.rlds_writer import reading as _reading
 
 ACTION_KEYS = ("action", "actions")
 REWARD_KEYS = ("reward", "rewards")
@@ -74,22 +76,6 @@ def _episode_from_arrays(arrays: Mapping[str, np.ndarray], source: str, action_k
             observation[name] = np.asarray(value)
     return Episode(source=source, action=np.asarray(arrays[key]), observation=observation, language=language,
                    extras=extras)
-
-
-@contextlib.contextmanager
-def _reading(file: str, what: str) -> Iterator[None]:
-    """Turns a library error while reading `file` (truncated, corrupt or of another format) into an EpisodeError
-    that names the file."""
-    try:
-        yield
-    except EpisodeError:
-        raise
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "allow_pickle" in detail:
-            detail = "it holds pickled objects, which are never loaded"
-        raise EpisodeError(f"{file}: cannot read it as {what} ({detail}); check that the file is complete and has "
-                           f"this format (--format).") from e
 
 
 def hdf5_masks(path: str) -> dict[str, list[str]]:
@@ -223,7 +209,7 @@ def read_npz(path: str, action_key: Optional[str] = None, language: str = "") ->
         yield _episode_from_arrays({**episode_arrays, **scalars}, f"{path} episode {index}", action_key, language)
 
 
-READERS = {"hdf5": read_hdf5, "zarr": read_zarr, "npz": read_npz}
+READERS = {"hdf5": read_hdf5, "zarr": read_zarr, "npz": read_npz, "lerobot": lerobot.read_lerobot}
 
 
 _HDF5_SUFFIXES = (".hdf5", ".h5", ".he5")
@@ -260,18 +246,22 @@ def split_masks(fmt: str, inputs: Sequence[str], input_path: str) -> list[str]:
 
 
 def convert(fmt: str, input_path: str, output: str, *, action_key: Optional[str] = None, language: str = "",
-            name: Optional[str] = None, overwrite: bool = False, image_encoding: str = "jpeg") -> str:
+            name: Optional[str] = None, overwrite: bool = False, image_encoding: str = "jpeg",
+            tolerance_s: float = lerobot.DEFAULT_TOLERANCE_S) -> str:
     """Convert `input_path` (a file, a folder of HDF5 files or a glob; see `expand_inputs`) in format `fmt` to one
     RLDS builder directory `output`, episodes in file order (each keeps its own file's instruction); images are
-    stored as `image_encoding` ('jpeg' as published datasets, or lossless 'png'). Returns `output`."""
+    stored as `image_encoding` ('jpeg' as published datasets, or lossless 'png'); `tolerance_s`: lerobot only, the
+    largest gap between a frame's timestamp and its decoded video frame. Returns `output`."""
     if fmt not in READERS:
         raise ValueError(f"format={fmt!r} is not one of {sorted(READERS)}.")
     inputs = expand_inputs(fmt, input_path)
     check_output_apart(output, inputs + ([input_path] if os.path.exists(input_path) else []))  # before reading
 
+    options = {"tolerance_s": tolerance_s} if fmt == "lerobot" else {}
+
     def episodes(**mask):
         for item in inputs:
-            yield from READERS[fmt](item, action_key=action_key, language=language, **mask)
+            yield from READERS[fmt](item, action_key=action_key, language=language, **mask, **options)
 
     masks = split_masks(fmt, inputs, input_path)
     # robomimic's filter keys become splits: mask/train is 'train' (all episodes when there is no such mask)
@@ -295,6 +285,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--language", default="", help="instruction for episodes that carry none")
     parser.add_argument("--name", default=None, help="TFDS dataset name (default: from --output)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    parser.add_argument("--tolerance_s", type=float, default=lerobot.DEFAULT_TOLERANCE_S,
+                        help="lerobot: largest gap (seconds) between a frame's timestamp and the video frame decoded "
+                             "for it (LeRobot's default)")
     parser.add_argument("--num_workers", type=int, default=0,
                         help="convert on Apache Beam's DirectRunner with this many processes (0: one process, no Beam)")
     parser.add_argument("--beam_pipeline_options", default="",
@@ -303,7 +296,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         options = dict(action_key=args.action_key, language=args.language, name=args.name,
-                       overwrite=args.overwrite, image_encoding=args.image_encoding)
+                       overwrite=args.overwrite, image_encoding=args.image_encoding, tolerance_s=args.tolerance_s)
         if args.num_workers > 0 or args.beam_pipeline_options:
             from data_pipelines.beam_convert import convert_beam
             out = convert_beam(args.format, args.input, args.output, num_workers=args.num_workers,

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+import zipfile
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ class Episode:
       source: where it came from, used in errors and stored as metadata, e.g. "demos.hdf5 episode data/demo_3".
       action: (T, D_a) float actions.
       observation: name -> (T, ...) per-step observations (uint8 (T, H, W, C) with C in 1/3/4 become images).
-      language: instruction for every step ("" when unknown).
+      language: instruction for every step ("" when unknown), or one instruction per step (a (T,) sequence of str).
       extras: name -> (T,) or (T, ...) other per-step fields (reward, success, ...), stored at step level.
       metadata: name -> str / bool / int / float per-episode fields.
     """
@@ -48,9 +49,25 @@ class Episode:
     source: str
     action: np.ndarray
     observation: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    language: str = ""
+    language: str | Sequence[str] = ""
     extras: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def reading(file: str, what: str) -> Iterator[None]:
+    """Turns a library error while reading `file` (truncated, corrupt or of another format) into an EpisodeError
+    that names the file."""
+    try:
+        yield
+    except EpisodeError:
+        raise
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "allow_pickle" in detail:
+            detail = "it holds pickled objects, which are never loaded"
+        raise EpisodeError(f"{file}: cannot read it as {what} ({detail}); check that the file is complete and has "
+                           f"this format (--format).") from e
 
 
 def _is_image(x: np.ndarray) -> bool:
@@ -123,6 +140,9 @@ def validate_episode(episode: Episode, reference: dict | None = None) -> dict:
             if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
                 t, *_ = np.argwhere(~np.isfinite(x))[0]
                 raise EpisodeError(f"{name} has NaN/Inf values (first at step {t}); clean or drop this episode")
+        if not isinstance(episode.language, str) and len(episode.language) != num_steps:
+            raise EpisodeError(f"language has {len(episode.language)} per-step instructions but action has "
+                               f"{num_steps} steps")
         signature = _signature(episode)
     except EpisodeError as e:
         raise EpisodeError(f"{where}: {e}.") from None
@@ -166,7 +186,8 @@ def _example(episode: Episode) -> dict:
                  for t in range(num_steps)]
     steps = [{"action": action[t], **obs_steps[t],
               "is_first": t == 0, "is_last": t == num_steps - 1, "is_terminal": t == num_steps - 1,
-              "language_instruction": episode.language, **{k: v[t] for k, v in extras.items()}}
+              "language_instruction": episode.language if isinstance(episode.language, str) else episode.language[t],
+              **{k: v[t] for k, v in extras.items()}}
              for t in range(num_steps)]
     file_path, _, name = episode.source.partition(" episode ")
     return {"steps": steps, "episode_metadata": {"file_path": file_path, "episode_name": name or file_path,

@@ -22,6 +22,7 @@ local. Nothing here imports the tokenizer or policy classes: callers build those
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import json
 import os
@@ -130,6 +131,9 @@ def _targets(abstract: Any, sharding: ShardingLike) -> Any:
                          f"Shardings with the param tree's structure; got {type(sharding).__name__}: {e}") from e
 
 
+_HAS_PARTIAL_RESTORE = "partial_restore" in inspect.signature(ocp.args.PyTreeRestore).parameters
+
+
 def restore_params(directory, abstract: Any, sharding: ShardingLike = None, key: str | None = None,
                    check: Callable[[Any], None] | None = None) -> Any:
     """Reads a param tree saved by `save_params` (or entry `key` of a checkpoint's params item, e.g. 'ema_params').
@@ -146,8 +150,12 @@ def restore_params(directory, abstract: Any, sharding: ShardingLike = None, key:
     target = _targets(abstract, sharding)
     item = target if key is None else {key: target}
     with ocp.PyTreeCheckpointer() as checkpointer:
-        saved = checkpointer.metadata(directory).item_metadata
+        # Current Orbax wraps the tree in CheckpointMetadata(.item_metadata: TreeMetadata(.tree)); older releases
+        # (e.g. 0.11.13, which openpi pins) return the tree metadata itself.
+        saved = checkpointer.metadata(directory)
+        saved = getattr(saved, "item_metadata", saved)
         saved = getattr(saved, "tree", saved)
+        entries = list(saved)
         if key is not None:
             if key not in saved:
                 raise ValueError(f"{directory} holds no {key!r} entry (it has {sorted(saved)}); is it a training "
@@ -155,8 +163,13 @@ def restore_params(directory, abstract: Any, sharding: ShardingLike = None, key:
             saved = saved[key]
         if check is not None:
             check(saved)
+        options = {}
+        if key is not None and _HAS_PARTIAL_RESTORE:
+            options["partial_restore"] = True
+        elif key is not None:  # older Orbax restores a whole item: every entry of the params item (the params
+            item = {name: target for name in entries}  # and their EMA) has the params' structure
         restored = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=key is not None))
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), **options))
     return restored if key is None else restored[key]
 
 

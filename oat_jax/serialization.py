@@ -9,6 +9,9 @@ include the normalizer, so they work in raw action units:
     tokenize(params, actions (B, H, D_a) float32) -> tokens (B, N) int32
     detokenize(params, tokens (B, N) int32, lengths (B,) int32 in 1..N) -> actions (B, H, D_a) float32
 
+Artifacts written by jax >= 0.9.1 load with jax >= 0.8.2 (`manifest.json` records `min_jax_version`; an older jax
+gets a RuntimeError saying so); `reexport(directory, new_directory)` writes them again with the running jax.
+
 `ExportedTokenizer(directory)` loads them with jax and numpy alone: this module imports nothing else (not flax,
 not the rest of oat_jax) but its siblings `input_checks.py` (numpy only; the same input validation as
 `OATTokenizer`) and `integrity.py` (standard library; the export's file hashes), so a serving process can load
@@ -40,10 +43,43 @@ else:  # loaded as a standalone file (the jax + numpy runtime): its siblings, nu
 
     input_checks, integrity = _sibling("input_checks"), _sibling("integrity")
 
+# jax >= 0.9.1 serializes the device count only in the field that jax 0.8.2 introduced: an older jax reads 0
+# devices there and refuses the call. (first exporting jax, oldest jax that loads its artifacts), newest first.
+LOADER_REQUIREMENTS = (((0, 9, 1), (0, 8, 2)),)
+
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
 FORMAT_VERSION = 1
 FUNCTIONS = ("tokenize", "detokenize")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'0.10.2' -> (0, 10, 2); a suffix such as '.dev20260101' or 'rc1' ends the number."""
+    out = []
+    for part in str(version).split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if not digits:
+            break
+        out.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(out)
+
+
+def required_jax(exporting_jax: str | None) -> str | None:
+    """The oldest jax that loads artifacts written by jax `exporting_jax` ('0.10.2'), or None when any jax with
+    `jax.export` does (or the exporting version is unknown)."""
+    if not exporting_jax:
+        return None
+    written = version_tuple(exporting_jax)
+    for first_writer, oldest_reader in LOADER_REQUIREMENTS:
+        if written >= first_writer:
+            return ".".join(map(str, oldest_reader))
+    return None
 
 
 def _artifact_name(function: str, batch_size: int) -> str:
@@ -100,6 +136,34 @@ def export_tokenizer(tokenizer, directory: str, batch_sizes: Sequence[int] = (1,
     return directory
 
 
+def reexport(source: str, directory: str, batch_sizes: Sequence[int] | None = None,
+             platforms: Sequence[str] | None = None, overwrite: bool = False) -> str:
+    """Exports again, with this process's jax, the tokenizer held by the export at `source` (its config,
+    normalizer and params.npz), e.g. to run an export made by a newer jax under an older one.
+
+    Args:
+      source: an `export_tokenizer` directory (verified against its integrity manifest).
+      directory: the new export's directory (as `export_tokenizer`).
+      batch_sizes / platforms: None = those of `source`.
+    Returns:
+      The new directory's absolute path.
+    """
+    from oat_jax.config import OATConfig  # package-only: rebuilding needs the model code
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.tokenizer import OATTokenizer
+
+    source = os.path.abspath(os.path.expanduser(source))
+    integrity.verify(source, "exported tokenizer")
+    with open(os.path.join(source, MANIFEST_FILE), encoding="utf-8") as f:
+        manifest = json.load(f)
+    with np.load(os.path.join(source, PARAMS_FILE)) as data:
+        params = _unflatten({k: data[k] for k in data.files})
+    tokenizer = OATTokenizer(OATConfig.from_dict(manifest["config"]), params,
+                             Normalizer.from_dict(manifest["normalizer"]))
+    return export_tokenizer(tokenizer, directory, batch_sizes or manifest["batch_sizes"],
+                            platforms or manifest["platforms"], overwrite=overwrite)
+
+
 def _write_artifacts(tokenizer, directory: str, batch_sizes: list[int], platforms: tuple[str, ...]) -> None:
     """Writes the artifacts, params and manifest of `export_tokenizer` into the (empty) `directory`."""
     c = tokenizer.config
@@ -121,7 +185,8 @@ def _write_artifacts(tokenizer, directory: str, batch_sizes: list[int], platform
     np.savez(os.path.join(directory, PARAMS_FILE), **_flatten(params))
     manifest = {"format_version": FORMAT_VERSION, "horizon": c.horizon, "action_dim": c.action_dim,
                 "num_tokens": c.num_tokens, "vocab_size": c.vocab_size, "batch_sizes": batch_sizes,
-                "platforms": list(platforms), "jax_version": jax.__version__, "files": files,
+                "platforms": list(platforms), "jax_version": jax.__version__,
+                "min_jax_version": required_jax(jax.__version__), "files": files,
                 "config": c.to_dict(), "normalizer": tokenizer.normalizer.to_dict()}
     with open(os.path.join(directory, MANIFEST_FILE), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
@@ -153,6 +218,12 @@ class ExportedTokenizer:
         if self.manifest.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has format_version {self.manifest.get('format_version')}; this loader reads "
                              f"version {FORMAT_VERSION}. Re-export with this version of oat_jax.")
+        needed = self.manifest.get("min_jax_version") or required_jax(self.manifest.get("jax_version"))
+        if needed and version_tuple(jax.__version__) < version_tuple(needed):
+            raise RuntimeError(
+                f"{self.directory} was exported with jax {self.manifest.get('jax_version')}, whose artifacts load with "
+                f"jax >= {needed}; this process has jax {jax.__version__}. Upgrade jax, or export again with this "
+                f"jax (oat_jax installed): oat_jax.serialization.reexport({self.directory!r}, NEW_DIR).")
         self.horizon = int(self.manifest["horizon"])
         self.action_dim = int(self.manifest["action_dim"])
         self.num_tokens = int(self.manifest["num_tokens"])
@@ -169,7 +240,12 @@ class ExportedTokenizer:
         key = f"{name}_b{batch_size}"
         if key not in self._exported:
             with open(os.path.join(self.directory, self.manifest["files"][key]), "rb") as f:
-                self._exported[key] = jax_export.deserialize(bytearray(f.read()))
+                data = bytearray(f.read())
+            try:
+                self._exported[key] = jax_export.deserialize(data)
+            except ImportError as e:  # jax reads the artifacts with the flatbuffers package
+                raise ImportError(f"Reading {self.directory} needs the 'flatbuffers' package: pip install "
+                                  f"'oat_jax[export]' (or flatbuffers). ({e})") from e
         return self._exported[key]
 
     def tokenize(self, actions) -> jax.Array:

@@ -9,7 +9,7 @@ fi
 source .venv/bin/activate
 if [ ! -f .venv/.oat_installed ] || [ setup.py -nt .venv/.oat_installed ]; then
   echo "[oat_jax] installing oat_jax and its dependencies into .venv (first run: about a minute)"
-  if ! { python -m pip install --upgrade pip && python -m pip install -e ".[test,convert,metaworld,beam]"; } \
+  if ! { python -m pip install --upgrade pip && python -m pip install -e ".[test]"; } \
       > .venv/pip.log 2>&1; then
     tail -n 40 .venv/pip.log
     echo "[oat_jax] pip install failed; full log in .venv/pip.log" >&2

@@ -91,6 +91,25 @@ def test_two_beam_workers_give_exactly_the_single_process_dataset(tmp_path):
     assert valid == [b"data/demo_1", b"data/demo_3"]
 
 
+def test_lerobot_v3_on_beam_gives_the_single_process_dataset(tmp_path):
+    """Work items of two episodes split the v3.0 data and video files (several episodes each) between workers; each
+    reads only its episodes' rows and frames."""
+    pytest.importorskip("av")
+    import lerobot_fixtures
+
+    lerobot_fixtures.write_v30(str(tmp_path / "lerobot"))
+    single, beam = str(tmp_path / "single"), str(tmp_path / "beam")
+    assert convert.main(["--format=lerobot", f"--input={tmp_path / 'lerobot'}", f"--output={single}", "--name=lr"]) == 0
+    from data_pipelines.beam_convert import convert_beam
+
+    convert_beam("lerobot", str(tmp_path / "lerobot"), beam, name="lr", num_workers=2, episodes_per_item=2)
+    _, eps_single = _episodes(single)
+    _, eps_beam = _episodes(beam)
+    assert len(eps_single) == 5
+    _assert_same_episodes(eps_single, eps_beam)
+    assert _stored_statistics(beam) == _stored_statistics(single)
+
+
 def test_a_malformed_episode_fails_the_pipeline_naming_file_and_episode(tmp_path, capsys):
     suite = _write_suite(str(tmp_path / "suite"), nan_in=(2, 3))
     out = str(tmp_path / "out")
