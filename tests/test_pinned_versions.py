@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -113,7 +114,14 @@ def test_core_install_pulls_no_tensorflow_or_plotting(tmp_path):
     names = {n.replace("_", "-") for n in names}
     assert {"oat-jax", "jax", "flax", "orbax-checkpoint", "numpy"} <= names, sorted(names)
     assert not names & set(HEAVY), sorted(names & set(HEAVY))
-    assert not (source / "build").exists()
+    # building the wheel leaves the source tree as it was, and the wheel holds no top-level `experiments` package
+    result = _pip(sys.executable, "wheel", "--no-deps", "--quiet", "-w", str(tmp_path / "wheels"), str(source))
+    _skip_if_offline(result, "building the wheel")
+    assert not [p for p in os.listdir(source) if p == "build" or p.endswith(".egg-info")], os.listdir(source)
+    wheel = next((tmp_path / "wheels").glob("oat_jax-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        tops = {name.split("/")[0] for name in archive.namelist()}
+    assert {"oat_jax", "data_pipelines"} <= tops and "experiments" not in tops, tops
 
 
 PINNED_CHECK = """
