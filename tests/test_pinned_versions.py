@@ -2,9 +2,9 @@
 
 - `pip install .` resolves to no TensorFlow, TFDS, matplotlib, TensorBoard or training library (pip's resolver, dry
   run, the core's requirements as setup.py declares them).
-- Under openpi's pins (jax 0.5.3, flax 0.10.2, orbax-checkpoint 0.11.13, numpy < 2) — the lower bounds setup.py
-  declares — a tokenizer, a training checkpoint and a policy saved here with the newest versions load and give the
-  same tokens; the first-layout fixture loads too; an export written by this jax says which jax it needs, and
+- `pip install .` into a venv holding openpi's pins (jax 0.5.3, flax 0.10.2, orbax-checkpoint 0.11.13, numpy < 2) —
+  the lower bounds setup.py declares — and nothing else: a tokenizer, a training checkpoint and a policy saved here
+  with the newest versions load and give the same tokens; the first-layout fixture loads too; an export written by this jax says which jax it needs, and
   `reexport` makes one that runs there.
 
 The pinned environment is a venv built once and cached in ~/.cache/oat_jax/pinned (OAT_PINNED_CACHE overrides), keyed
@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -61,10 +62,18 @@ def _skip_if_offline(result: subprocess.CompletedProcess, what: str) -> None:
     assert result.returncode == 0, f"{what} failed:\n{log[-4000:]}"
 
 
+def _source_copy(directory) -> str:
+    """This checkout without tests, docs, runs and build products (what `pip install .` needs)."""
+    target = os.path.join(directory, "src")
+    shutil.copytree(REPO, target, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "tests", "docs", "*.egg-info",
+                                                                "__pycache__", "build", "tmp"))
+    return target
+
+
 @pytest.fixture(scope="module")
-def pinned_python():
-    """The python of a cached venv holding openpi's pins and the core's other requirements (not oat_jax itself:
-    the tests import this checkout through PYTHONPATH)."""
+def pinned_python(tmp_path_factory):
+    """The python of a cached venv holding openpi's pins and the core's other requirements, into which this checkout
+    is then installed (`pip install --no-deps .`, a regular install: the checks import the installed package)."""
     requirements = _core_requirements()
     key = hashlib.sha256(json.dumps([OPENPI_PINS, requirements, sys.version_info[:2]]).encode()).hexdigest()[:16]
     root = os.environ.get("OAT_PINNED_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "oat_jax", "pinned"))
@@ -88,12 +97,15 @@ def pinned_python():
             # venvs hard-code their own path in scripts, not in the interpreter: renaming keeps `bin/python` working
             os.rename(building, venv)
             open(os.path.join(venv, ".complete"), "w").close()
+        result = _pip(python, "install", "--no-deps", "--force-reinstall", "--quiet",
+                      _source_copy(tmp_path_factory.mktemp("pinned_src")))
+        _skip_if_offline(result, "installing this checkout into the pinned venv")
     return python
 
 
 def _run_pinned(python: str, code: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
-    env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run([python, "-c", code, *args], capture_output=True, text=True, timeout=600, env=env,
                             cwd=tempfile.gettempdir())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
@@ -103,9 +115,7 @@ def _run_pinned(python: str, code: str, *args: str) -> str:
 def test_core_install_pulls_no_tensorflow_or_plotting(tmp_path):
     """pip's resolver, for `pip install <this checkout>` into an empty environment, picks none of the heavy
     packages (TensorFlow alone is 1.3 GB)."""
-    source = tmp_path / "src"  # a copy: resolving builds the package's metadata, which must not touch the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "tests", "docs", "*.egg-info",
-                                                                "__pycache__", "build", "tmp"))
+    source = pathlib.Path(_source_copy(tmp_path))  # a copy: building must not touch the checkout
     report = tmp_path / "report.json"
     result = _pip(sys.executable, "install", "--dry-run", "--ignore-installed", "--quiet", "--report", str(report),
                   str(source))
@@ -125,13 +135,16 @@ def test_core_install_pulls_no_tensorflow_or_plotting(tmp_path):
 
 
 PINNED_CHECK = """
-import json, sys
+import importlib.util, json, os, sys
 import numpy as np, jax, flax, orbax.checkpoint as ocp
+import oat_jax
 from oat_jax import OATTokenizer, load_pretrained
 from oat_jax.policy import load_policy
 paths = json.loads(sys.argv[1])
 data = np.load(paths["expected"])
-out = {"versions": [jax.__version__, flax.__version__, ocp.__version__ if hasattr(ocp, "__version__") else ""]}
+out = {"versions": [jax.__version__, flax.__version__, ocp.__version__ if hasattr(ocp, "__version__") else ""],
+       "installed": oat_jax.__file__.startswith(sys.prefix),
+       "heavy": [m for m in ("tensorflow", "tensorflow_datasets", "matplotlib") if importlib.util.find_spec(m)]}
 tok = OATTokenizer.load(paths["tokenizer"])
 tokens, _ = tok.tokenize(data["actions"])
 out["tokens_equal"] = bool((tokens == data["tokens"]).all())
@@ -195,6 +208,7 @@ def test_artifacts_saved_with_the_newest_versions_load_under_openpi_pins(pinned_
     stdout = _run_pinned(pinned_python, PINNED_CHECK, json.dumps(paths))
     out = json.loads(stdout.split("RESULT", 1)[1])
     assert out["versions"][:2] == ["0.5.3", "0.10.2"], out
+    assert out["installed"] and out["heavy"] == [], out  # the regular install, in a venv without TensorFlow
     assert out["tokens_equal"] and out["legacy_equal"] and out["policy_ok"], out
     assert out["ckpt_best_equal"] and out["ckpt_latest_equal"], out
     assert out["decode_err"] is not None and out["decode_err"] < 1e-4 and out["jit_err"] < 1e-4, out
