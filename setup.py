@@ -8,7 +8,7 @@ tests/test_pinned_versions.py).
     [data]      TFDS / tf.data pipelines (data_pipelines: RLDS reading, writing, loader, statistics)
     [train]     training and evaluation (experiments.train): [data] + optax, ml-collections, absl, plots, TensorBoard
     [convert]   robomimic / LIBERO HDF5 and zarr converters: [data] + h5py, zarr
-    [lerobot]   LeRobot dataset converter (v2.1 / v3.0): [data] + pyarrow, PyAV
+    [lerobot]   LeRobot dataset converter (v2.1 / v3.0): [data] + pyarrow, PyAV, Pillow
     [beam]      conversions on Apache Beam: [data] + apache-beam
     [metaworld] scripted Meta-World demonstrations and closed-loop evaluation: [data] + metaworld
     [export]    jax.export artifacts (oat_jax.serialization): flatbuffers
@@ -46,7 +46,7 @@ EXTRAS = {
     "data": DATA,
     "train": TRAIN,
     "convert": DATA + ["h5py>=3.10", "zarr>=2.16"],
-    "lerobot": DATA + ["pyarrow>=14", "av>=12"],
+    "lerobot": DATA + ["pyarrow>=14", "av>=12", "pillow>=9"],
     "beam": DATA + ["apache-beam>=2.60"],
     "metaworld": DATA + ["metaworld>=3.0"],
     "export": ["flatbuffers>=24.3.25"],
