@@ -43,6 +43,10 @@ _PAIRED = flags.DEFINE_bool("paired", False,
                             "seed i) instead of every workdir on every seed; needs as many seeds as workdirs.")
 _CAMERA = flags.DEFINE_string("camera", "", "Meta-World camera rendered for policies trained on images (e.g. "
                                "'corner', the camera of `python -m data_pipelines.metaworld --camera=corner`).")
+_TEMPERATURE = flags.DEFINE_float("temperature", None, "Sampling temperature of token policies (0 = greedy); unset: "
+                                   "each policy's saved setting (the paper's 1.0).")
+_TOP_K = flags.DEFINE_integer("top_k", None, "Sample among the top-k ids (0 = all); unset: each policy's saved "
+                              "setting (the paper's 10).")
 _MAX_STEPS = flags.DEFINE_integer("max_steps", 500, "Step limit of an episode (Meta-World's 500).")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory for results.json / results.md / success_vs_k.png.")
 _MERGE = flags.DEFINE_string("merge", "", "Comma-separated results.json files to merge into one table.")
@@ -74,7 +78,8 @@ def main(argv):
     ks = [int(k) for k in _items(_NUM_TOKENS.value)] or [None]
     res = policy_eval.evaluate(_items(_WORKDIR.value), _items(_TASKS.value), _EPISODES.value,
                                [int(s) for s in _items(_SEEDS.value)], ks, _MAX_STEPS.value, _LATENCY_REPEATS.value,
-                               _LABEL.value, paired=_PAIRED.value, camera=_CAMERA.value)
+                               _LABEL.value, paired=_PAIRED.value, camera=_CAMERA.value,
+                               temperature=_TEMPERATURE.value, top_k=_TOP_K.value)
     policy_report.write_outputs([res], _OUTPUT.value, "results")
     print(policy_report.markdown_table([res]))
     print(f"wall time {res['wall_s']:.0f} s")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from oat_jax.eval import policy_eval, policy_report, rollouts
+from oat_jax.policy.sampling import SamplingConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,6 +124,21 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="one evaluation seed per workdir"):
         policy_eval.evaluate([run, run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=10,
                              paired=True)
+    # --temperature / --top_k replace the saved sampling settings (the rest is kept) and are recorded in the results
+    assert res["sampling"] == {"temperature": 1.0, "top_k": 10}
+    greedy = policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=8,
+                                  latency_repeats=1, log=lambda s: None, temperature=0.0)
+    assert greedy["sampling"] == {"temperature": 0.0, "top_k": 10}
+    assert policy_eval._sampling_override(run, None, 3) == SamplingConfig(1.0, 3)
+    assert policy_eval._sampling_override(run, None, None) is None
+    import jax
+    from oat_jax.policy import load_policy
+    obs = {"state": np.random.default_rng(0).normal(size=(3, policy.config.n_obs_steps, 39)).astype(np.float32)}
+    sampled = [load_policy(run).sample_tokens(obs, jax.random.PRNGKey(i))[0] for i in range(3)]
+    argmax = [load_policy(run, sampling=SamplingConfig(0.0, 10)).sample_tokens(obs, jax.random.PRNGKey(i))[0]
+              for i in range(3)]
+    assert any((a != sampled[0]).any() for a in sampled[1:])  # the saved temperature 1 draws differ by key
+    assert all((a == argmax[0]).all() for a in argmax[1:])  # greedy ignores the key
 
 
 def test_metaworld_evaluation_of_a_diffusion_policy(tmp_path):
@@ -155,6 +171,9 @@ def test_metaworld_evaluation_of_a_diffusion_policy(tmp_path):
     assert "| dp |" in (tmp_path / "out" / "table.md").read_text()
     with pytest.raises(ValueError, match="diffusion policy"):
         policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=4)
+    with pytest.raises(ValueError, match="samples no tokens"):
+        policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[None], max_steps=4,
+                             temperature=0.0)
 
 
 def test_image_policy_evaluation_renders_the_camera(tmp_path):

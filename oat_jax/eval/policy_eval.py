@@ -12,6 +12,7 @@ i-th seed only); the mean and standard error are then over training seeds, with 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import warnings
 from typing import Callable, Sequence
@@ -19,11 +20,12 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from oat_jax import timing
+from oat_jax import artifacts, timing
 from oat_jax.eval.rollouts import (first_history, first_image_history, make_metaworld_envs, render_camera,
                                    render_frames, run_batched_episodes)
 from oat_jax.policy import load_policy
 from oat_jax.policy.policy import TokenPolicy
+from oat_jax.policy.sampling import SamplingConfig
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
@@ -102,9 +104,23 @@ def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: lis
     return act
 
 
+def _sampling_override(path: str, temperature: float | None, top_k: int | None) -> SamplingConfig | None:
+    """The saved sampling settings of the policy at `path` with `temperature` / `top_k` replaced (None: no change)."""
+    if temperature is None and top_k is None:
+        return None
+    saved = artifacts.read_policy_metadata(path).get("sampling")
+    if saved is None:
+        raise ValueError(f"{path} holds a diffusion policy, which samples no tokens: --temperature / --top_k do not "
+                         f"apply to it.")
+    saved = SamplingConfig(**saved)
+    return SamplingConfig(temperature=saved.temperature if temperature is None else float(temperature),
+                          top_k=saved.top_k if top_k is None else int(top_k))
+
+
 def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds: Sequence[int],
              num_tokens: Sequence[int | None], max_steps: int, latency_repeats: int = 20, label: str = "",
-             log: Callable[[str], None] = print, paired: bool = False, camera: str = "") -> dict:
+             log: Callable[[str], None] = print, paired: bool = False, camera: str = "",
+             temperature: float | None = None, top_k: int | None = None) -> dict:
     """Closed-loop success per (k, task, run) and latency per k (see the module docstring).
 
     Args:
@@ -117,22 +133,26 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
       label: name in tables (default: the tokenizer's name); log: progress lines.
       paired: workdir i runs on seeds[i] only (len(seeds) == len(workdirs)); otherwise every workdir on every seed.
       camera: the Meta-World camera rendered for policies trained on images ('' for state-only policies).
+      temperature, top_k: override the token policies' saved sampling settings (None keeps each one's own).
     Returns:
       The JSON-able results: {"label", "workdirs", "tasks", "episodes", "seeds", "paired", "max_steps", "wall_s",
+      "sampling" (the settings used; None for diffusion policies),
       "by_k": {str(k): {"per_task": {task: {"mean", "se", "per_run"}}, "mean", "se", "per_run", "se_over",
       "latency_ms_batch", "latency_ms_b1", "invalid_rate", "mean_tokens"}}}.
     """
     if paired and len(seeds) != len(workdirs):
         raise ValueError(f"--paired needs one evaluation seed per workdir: {len(workdirs)} workdirs, seeds {seeds}.")
     clock = timing.Stopwatch()
-    policies = [load_policy(w) for w in workdirs]
+    policies = [load_policy(w, sampling=_sampling_override(w, temperature, top_k)) for w in workdirs]
     label = label or policies[0].label
+    used = getattr(policies[0], "sampling", None)
     if not hasattr(policies[0], "tokenizer") and any(k is not None for k in num_tokens):
         raise ValueError(f"num_tokens={list(num_tokens)}: {workdirs[0]} holds a diffusion policy, which generates no "
                          f"tokens; evaluate it without --num_tokens.")
     results: dict = {"label": label, "camera": camera, "workdirs": list(workdirs), "tasks": list(tasks),
                      "episodes": episodes,
-                     "seeds": list(seeds), "paired": paired, "max_steps": max_steps, "by_k": {}}
+                     "seeds": list(seeds), "paired": paired, "max_steps": max_steps,
+                     "sampling": dataclasses.asdict(used) if used is not None else None, "by_k": {}}
     for k in num_tokens:
         key_k = str(k if k is not None else getattr(policies[0].config, "max_tokens", 0))  # "0": no tokens (DP)
         per_task = {t: [] for t in tasks}
@@ -186,7 +206,8 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
     evaluation batch (`episodes`), with the median of `repeats` calls after a warm-up call.
     """
     for res in results:
-        policy = load_policy(res["workdirs"][0])
+        sampling = res.get("sampling")
+        policy = load_policy(res["workdirs"][0], sampling=SamplingConfig(**sampling) if sampling else None)
         envs, image_fn = _eval_envs(policy, res["tasks"][0], 1, res["seeds"][0], res.get("camera", ""))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
