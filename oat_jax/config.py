@@ -6,9 +6,11 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-NESTED_DROPOUT_MODES = ("pow2", "uniform", "power", "none")
 ENCODERS = ("registers", "conv")
 DTYPES = ("float32", "bfloat16")
+# Fields of configs saved by earlier versions that described training only (the objective's, today).
+LEGACY_TRAINING_FIELDS = ("nested_dropout", "nested_dropout_power", "nested_dropout_full", "nested_dropout_detach",
+                          "nested_dropout_detach_scale")
 DROPOUT_RNGS = ("hash", "threefry")
 
 
@@ -72,14 +74,6 @@ class OATConfig:
     dec_attn_dropout: float = 0.1  # dropout on the decoder's attention probabilities.
     causal_decoder: bool = True  # decoder query step t attends query steps 0..t only (causal self-attention).
     dec_patch: int = 1  # action steps each decoder query outputs (H / dec_patch queries); 1 = the reference.
-    dec_code_embed: bool = False  # kept latent slots also add a learned (N, vocab, E) per-position id embedding.
-
-    # --- nested dropout (ordering switch 2) ---
-    nested_dropout: str = "pow2"  # kept-prefix sampling in training: 'pow2' | 'uniform' | 'power' | 'none' (= OATx).
-    nested_dropout_power: float = 1.0  # exponent p of the 'power' mode: P(k) proportional to k**p, k in 1..N.
-    nested_dropout_full: float = 0.0  # extra mass f on keeping all N: P(k) = (1-f) P_mode(k) + f [k=N]; 0 = reference.
-    nested_dropout_detach: int = 0  # m: decodes of all N tokens pass no gradient into codes 0..m-1 (0 = reference).
-    nested_dropout_detach_scale: float = 0.0  # share of that gradient the first m codes still get (0 = none).
 
     # --- numerics ---
     layer_norm_eps: float = 1e-5  # epsilon of every LayerNorm (encoder, QK-norm, decoder, heads).
@@ -140,22 +134,6 @@ class OATConfig:
                                  f"enc_patch ({self.horizon} / {self.enc_patch}) must be num_tokens "
                                  f"({self.num_tokens}) times a power of two (e.g. horizon=32, num_tokens=8); change "
                                  f"horizon, enc_patch or num_tokens.")
-        if self.nested_dropout not in NESTED_DROPOUT_MODES:
-            raise ValueError(f"OATConfig.nested_dropout must be one of {NESTED_DROPOUT_MODES}, "
-                             f"got {self.nested_dropout!r}.")
-        if not 0.0 <= self.nested_dropout_full <= 1.0:
-            raise ValueError(f"OATConfig.nested_dropout_full must be a probability in [0, 1], got "
-                             f"{self.nested_dropout_full}.")
-        detach = self.nested_dropout_detach
-        if not isinstance(detach, int) or isinstance(detach, bool) or not 0 <= detach < self.num_tokens:
-            raise ValueError(f"OATConfig.nested_dropout_detach must be an int in 0..num_tokens-1 "
-                             f"({self.num_tokens - 1}), got {detach!r}.")
-        if not 0.0 <= self.nested_dropout_detach_scale < 1.0:
-            raise ValueError(f"OATConfig.nested_dropout_detach_scale must be in [0, 1), got "
-                             f"{self.nested_dropout_detach_scale}.")
-        if detach and self.nested_dropout == "none":
-            raise ValueError("OATConfig.nested_dropout_detach > 0 leaves the first tokens without a gradient when "
-                             "nested_dropout='none' (every decode keeps all N); set it to 0.")
         if self.dropout_rng not in DROPOUT_RNGS:
             raise ValueError(f"OATConfig.dropout_rng must be one of {DROPOUT_RNGS}, got {self.dropout_rng!r}.")
         if self.dtype not in DTYPES:
@@ -175,5 +153,16 @@ class OATConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OATConfig":
-        """Inverse of `to_dict`. Unknown keys raise ValueError (they usually mean a config from another version)."""
+        """Inverse of `to_dict`. Unknown keys raise ValueError (they usually mean a config from another version).
+
+        Configs saved by earlier versions also held how the tokenizer was trained (nested dropout); those training
+        fields are dropped, as they do not change what the params compute.
+        """
+        d = dict(d)
+        if d.pop("dec_code_embed", False):
+            raise ValueError("This tokenizer was trained with dec_code_embed=True, an experimental decoder option "
+                             "that measured no gain and was removed (its params do not load into today's decoder); "
+                             "load it with the oat_jax version that trained it, or retrain it.")
+        for name in LEGACY_TRAINING_FIELDS:
+            d.pop(name, None)
         return dataclass_from_dict(cls, d)

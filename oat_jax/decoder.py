@@ -1,4 +1,5 @@
-"""`OATDecoder` (codes (B, N, d) -> actions (B, H, D_a)) and nested dropout over the token prefix."""
+"""`OATDecoder`: codes (B, N, d) and prefix lengths -> actions (B, H, D_a); the latent slots past each prefix are
+replaced by a learned mask vector."""
 
 from __future__ import annotations
 
@@ -7,50 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from oat_jax import fsq
-from oat_jax.config import NESTED_DROPOUT_MODES, OATConfig
+from oat_jax.config import OATConfig
 from oat_jax.layers import Dense, DecoderLayer, layer_norm, sincos_table, torch_linear_default
-
-
-def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0,
-                             full: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Support and probabilities of the kept prefix length k used by nested dropout.
-
-    Modes: 'pow2' uniform over {1, 2, 4, ...} <= N (plus N itself when N is not a power of two); 'uniform' over
-    1..N; 'power' P(k) proportional to k**power on 1..N; 'none' always N (the OATx ablation). `full` moves that
-    much probability onto k = N: P(k) = (1 - full) P_mode(k) + full [k = N].
-
-    Returns:
-      (values int32 (M,), probs float64 (M,)).
-    """
-    if mode not in NESTED_DROPOUT_MODES:
-        raise ValueError(f"nested dropout mode must be one of {NESTED_DROPOUT_MODES}, got {mode!r}.")
-    if mode == "none":
-        values = np.array([num_tokens])
-    elif mode == "pow2":
-        values = 2 ** np.arange(int(np.log2(num_tokens)) + 1)
-        if values[-1] != num_tokens:
-            values = np.append(values, num_tokens)
-    else:
-        values = np.arange(1, num_tokens + 1)
-    weights = values.astype(np.float64) ** power if mode == "power" else np.ones(len(values))
-    probs = (1.0 - full) * weights / weights.sum()
-    probs[values == num_tokens] += full
-    return values.astype(np.int32), probs
-
-
-def sample_keep_lengths(rng: jax.Array, batch_size: int, num_tokens: int, mode: str = "pow2",
-                        power: float = 1.0, full: float = 0.0) -> jax.Array:
-    """Draws one kept prefix length per example (never 0) from `keep_length_distribution`.
-
-    Returns:
-      (batch_size,) int32 in 1..num_tokens.
-    """
-    values, probs = keep_length_distribution(num_tokens, mode, power, full)
-    if len(values) == 1:
-        return jnp.full((batch_size,), int(values[0]), jnp.int32)
-    idx = jax.random.categorical(rng, jnp.log(jnp.asarray(probs, jnp.float32)), shape=(batch_size,))
-    return jnp.asarray(values)[idx]
 
 
 def prefix_mask(lengths: jax.Array, num_tokens: int) -> jax.Array:
@@ -61,8 +20,7 @@ def prefix_mask(lengths: jax.Array, num_tokens: int) -> jax.Array:
 class OATDecoder(nn.Module):
     """Single-pass decoder: fixed sin-cos queries cross-attend to the (prefix-masked) latent memory.
 
-    Params: `latent_proj` (d -> E), `mask_token` (E,) trunc-normal std 0.02, with `dec_code_embed` `code_embed`
-    (N, vocab_size, E) zeros, `layer_{i}` (DecoderLayer),
+    Params: `latent_proj` (d -> E), `mask_token` (E,) trunc-normal std 0.02, `layer_{i}` (DecoderLayer),
     `head` (E -> dec_patch * D_a, zero-initialised, after a parameter-free LayerNorm). With `dec_patch` p > 1 there
     are H/p queries and each outputs p consecutive action steps.
     """
@@ -74,9 +32,6 @@ class OATDecoder(nn.Module):
         dtype = jnp.dtype(c.dtype)
         self.latent_proj = Dense(c.dec_width, dtype=dtype, param_dtype=jnp.float32, kernel_init=torch_linear_default)
         self.mask_token = self.param("mask_token", nn.initializers.truncated_normal(0.02), (c.dec_width,))
-        if c.dec_code_embed:
-            self.code_embed = self.param("code_embed", nn.initializers.zeros,
-                                         (c.num_tokens, c.vocab_size, c.dec_width))
         self.layers = [DecoderLayer(c.dec_heads, c.dec_ffn_dim, dropout=c.dec_dropout,
                                     attn_dropout=c.dec_attn_dropout, dropout_rng=c.dropout_rng,
                                     eps=c.layer_norm_eps, dtype=dtype,
@@ -94,18 +49,7 @@ class OATDecoder(nn.Module):
           (B, N, E) float32.
         """
         c = self.config
-        if c.nested_dropout_detach:
-            # Full-length decodes see the leading codes' values but pass them only `scale` of their gradient: those
-            # tokens are shaped mostly by the shorter prefixes. sg + scale * (c - sg) keeps the forward value exact.
-            leading = jnp.arange(c.num_tokens)[None, :] < c.nested_dropout_detach  # (1, N)
-            frozen = leading & (jnp.asarray(lengths)[:, None] == c.num_tokens)  # (B, N)
-            fixed = jax.lax.stop_gradient(codes)
-            damped = fixed + c.nested_dropout_detach_scale * (codes - fixed)
-            codes = jnp.where(frozen[..., None], damped, codes)
         mem = (self.latent_proj(codes) + sincos_table(c.num_tokens, c.dec_width)).astype(jnp.float32)
-        if c.dec_code_embed:
-            ids = fsq.codes_to_indices(jax.lax.stop_gradient(codes), c.levels)  # (B, N) int32
-            mem = mem + self.code_embed[jnp.arange(c.num_tokens)[None, :], ids]
         keep = prefix_mask(lengths, c.num_tokens)[..., None]
         return jnp.where(keep, mem, self.mask_token.astype(jnp.float32))
 

@@ -1,7 +1,8 @@
 """`OATModel`: RegisterEncoder + FSQ + OATDecoder as one pure linen module (used by training and the tokenizer).
 
 All inputs and outputs are in normalized action units; `OATTokenizer` adds the normalizer and input checks.
-RNG streams: "dropout" (ordinary dropout) and "nested_dropout" (kept prefix length per example).
+RNG stream: "dropout" (ordinary dropout). The model decodes the prefix lengths it is given; which lengths training
+uses (nested dropout) is the objective's choice (oat_jax/training/objective.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 
 from oat_jax import fsq
 from oat_jax.config import OATConfig
-from oat_jax.decoder import OATDecoder, sample_keep_lengths
+from oat_jax.decoder import OATDecoder
 from oat_jax.encoder import ConvEncoder, RegisterEncoder
 
 
@@ -46,42 +47,25 @@ class OATModel(nn.Module):
 
         Args:
           actions: (B, H, D_a) float, normalized units.
-          deterministic: False turns on dropout ("dropout" RNG) and, when `lengths` is None, nested dropout
-            ("nested_dropout" RNG; config.nested_dropout='none' keeps all N tokens).
-          lengths: kept prefix length, an int or (B,) int in 1..N; None = all N (or sampled when training).
+          deterministic: False turns on dropout ("dropout" RNG).
+          lengths: kept prefix length, an int or (B,) int in 1..N; None = all N.
         Returns:
           recon: (B, H, D_a) float32, normalized units.
           aux: {"latents": (B, N, d) f32, "codes": (B, N, d) f32, "tokens": (B, N) int32, "lengths": (B,) int32}.
         """
-        c = self.config
-        batch = actions.shape[0]
         latents = self.encoder(actions, deterministic)
         codes, tokens = self.quantizer(latents)
-        if lengths is None and not deterministic and c.nested_dropout != "none":
-            lengths = sample_keep_lengths(self.make_rng("nested_dropout"), batch, c.num_tokens, c.nested_dropout,
-                                          c.nested_dropout_power, c.nested_dropout_full)
-        lengths = broadcast_lengths(lengths, batch, c.num_tokens)
+        lengths = broadcast_lengths(lengths, actions.shape[0], self.config.num_tokens)
         recon = self.decoder(codes, lengths, deterministic)
         return recon, {"latents": latents, "codes": codes, "tokens": tokens, "lengths": lengths}
-
-    def decode_prefixes(self, actions: jax.Array, lengths: jax.Array, deterministic: bool = True) -> jax.Array:
-        """Encodes each chunk once and decodes it at several prefix lengths (the multi-prefix training loss).
-
-        Args:
-          actions: (B, H, D_a) float, normalized units.
-          lengths: (B, M) int32 in 1..N: M prefix lengths per example.
-          deterministic: False turns on dropout ("dropout" RNG).
-        Returns:
-          (B, M, H, D_a) float32 reconstructions, normalized units.
-        """
-        codes, _ = self.quantizer(self.encoder(actions, deterministic))
-        batch, num = lengths.shape
-        recon = self.decoder(jnp.repeat(codes, num, axis=0), lengths.reshape(-1), deterministic)  # (B*M, H, D_a)
-        return recon.reshape((batch, num) + recon.shape[1:])
 
     def encode(self, actions: jax.Array, deterministic: bool = True) -> jax.Array:
         """(B, H, D_a) normalized actions -> latents (B, N, d) float32 (before quantization)."""
         return self.encoder(actions, deterministic)
+
+    def codes(self, actions: jax.Array, deterministic: bool = True) -> jax.Array:
+        """(B, H, D_a) normalized actions -> quantized codes (B, N, d) float32 (straight-through gradient)."""
+        return self.quantizer(self.encoder(actions, deterministic))[0]
 
     def tokenize(self, actions: jax.Array) -> jax.Array:
         """(B, H, D_a) normalized actions -> tokens (B, N) int32 in [0, vocab_size)."""

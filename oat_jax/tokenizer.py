@@ -349,4 +349,4 @@ class OATTokenizer:
     def __repr__(self) -> str:
         c = self.config
         return (f"OATTokenizer(H={c.horizon}, D_a={c.action_dim}, N={c.num_tokens}, vocab_size={c.vocab_size}, "
-                f"encoder={c.encoder!r}, nested_dropout={c.nested_dropout!r}, normalizer={self.normalizer.mode!r})")
+                f"encoder={c.encoder!r}, normalizer={self.normalizer.mode!r})")

@@ -9,7 +9,7 @@ import pytest
 from oat_helpers import TINY, initial_params, random_params
 
 from oat_jax import OATConfig, OATModel, param_count
-from oat_jax.decoder import OATDecoder, keep_length_distribution, prefix_mask, sample_keep_lengths
+from oat_jax.decoder import OATDecoder, prefix_mask
 from oat_jax.encoder import RegisterEncoder, register_attention_mask
 from oat_jax.layers import Dropout, hash_bits, sincos_table
 from oat_jax.model import abstract_params
@@ -117,37 +117,10 @@ def test_decoder_step_t_ignores_later_query_steps_iff_causal(causal_decoder):
 def test_deterministic_forward_is_repeatable_and_dropout_is_random():
     params, x = random_params(TINY), _actions(TINY)
     np.testing.assert_array_equal(_forward(TINY)(params, x)[0], _forward(TINY)(params, x)[0])
-    rngs = lambda s: {"dropout": jax.random.key(s), "nested_dropout": jax.random.key(0)}
+    rngs = lambda s: {"dropout": jax.random.key(s)}
     (c, aux_c), (d, aux_d) = (_forward(TINY, deterministic=False)(params, x, rngs=rngs(s)) for s in (1, 2))
-    np.testing.assert_array_equal(aux_c["lengths"], aux_d["lengths"])  # same nested-dropout key
+    np.testing.assert_array_equal(aux_c["lengths"], TINY.num_tokens)  # no lengths given: all N
     assert float(jnp.abs(c - d).max()) > 1e-4
-
-
-@pytest.mark.parametrize("mode, support", [("pow2", {1, 2, 4, 8}), ("uniform", set(range(1, 9))), ("none", {8})])
-def test_nested_dropout_samples_prefix_lengths_from_the_mode(mode, support):
-    lengths = np.asarray(sample_keep_lengths(jax.random.key(0), 4000, 8, mode))
-    assert lengths.dtype == np.int32 and set(lengths.tolist()) == support
-    counts = np.bincount(lengths, minlength=9)[sorted(support)]
-    assert counts.min() > 0.8 * 4000 / len(support)
-
-
-def test_power_mode_probabilities_and_non_power_of_two_n():
-    values, probs = keep_length_distribution(4, "power", power=2.0)
-    np.testing.assert_array_equal(values, [1, 2, 3, 4])
-    np.testing.assert_allclose(probs, np.array([1, 4, 9, 16]) / 30)
-    np.testing.assert_array_equal(keep_length_distribution(6, "pow2")[0], [1, 2, 4, 6])
-
-
-def test_training_forward_applies_nested_dropout_per_example():
-    params, x = random_params(TINY), _actions(TINY)
-    rngs = {"dropout": jax.random.key(1), "nested_dropout": jax.random.key(2)}
-    recon, aux = _forward(TINY, deterministic=False)(params, x, rngs=rngs)
-    assert set(np.asarray(aux["lengths"]).tolist()) == {1, 2, 4, 8}
-    _, aux_none = _forward(TINY.replace(nested_dropout="none"), deterministic=False)(params, x, rngs=rngs)
-    np.testing.assert_array_equal(aux_none["lengths"], TINY.num_tokens)
-    _, aux_eval = _forward(TINY)(params, x)
-    np.testing.assert_array_equal(aux_eval["lengths"], TINY.num_tokens)
-    assert recon.shape == x.shape and aux["tokens"].shape == (32, TINY.num_tokens)
 
 
 def test_prefix_mask():
@@ -167,7 +140,6 @@ def test_bfloat16_compute_keeps_fp32_params_and_outputs():
 
 
 @pytest.mark.parametrize("change, field", [(dict(enc_width=30, enc_heads=4), "enc_width"),
-                                           (dict(nested_dropout="random"), "nested_dropout"),
                                            (dict(dtype="float16"), "dtype"), (dict(horizon=0), "horizon"),
                                            (dict(dec_dropout=1.0), "dec_dropout")])
 def test_config_validation_names_the_field(change, field):
@@ -176,7 +148,7 @@ def test_config_validation_names_the_field(change, field):
 
 
 def test_config_dict_round_trip():
-    config = TINY.replace(nested_dropout="power", nested_dropout_power=2.0, causal_decoder=False)
+    config = TINY.replace(causal_decoder=False, enc_patch=2)
     assert OATConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="Unknown OATConfig fields"):
         OATConfig.from_dict(dict(config.to_dict(), bogus=1))

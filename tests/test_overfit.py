@@ -7,13 +7,15 @@ import optax
 from oat_helpers import smooth_actions
 
 from oat_jax import OATConfig, OATModel, init_params
+from oat_jax.training.objective import Objective
 
 # Tiny model, no ordinary dropout. Nested dropout in 'power' mode (P(k) ~ k^2): on a memorisable batch the pow2
 # default trains k=4 and k=8 equally and then leaves k=8 at about the k=4 error after a few hundred steps; weighting
 # long prefixes makes the full reconstruction converge fast while every prefix length is still trained.
 CONFIG = OATConfig(action_dim=2, horizon=16, num_tokens=8, levels=(8, 5, 5, 5), enc_width=64, enc_depth=1,
                    enc_heads=2, dec_width=64, dec_depth=2, dec_heads=2, dec_ffn_dim=128, enc_dropout=0.0,
-                   dec_dropout=0.0, dec_attn_dropout=0.0, nested_dropout="power", nested_dropout_power=2.0)
+                   dec_dropout=0.0, dec_attn_dropout=0.0)
+OBJECTIVE = Objective(nested_dropout="power", power=2.0)
 STEPS = 1000
 PREFIXES = (1, 2, 4, 8)
 
@@ -27,10 +29,8 @@ def _train(actions):
 
     @jax.jit
     def step(params, opt_state, key):
-        def loss_fn(p):
-            recon, _ = model.apply({"params": p}, actions, deterministic=False,
-                                   rngs={"dropout": key, "nested_dropout": key})
-            return jnp.mean((recon - actions) ** 2)
+        lengths = OBJECTIVE.row_lengths(key, actions.shape[0], CONFIG.num_tokens)
+        loss_fn = lambda p: OBJECTIVE.loss(model, p, actions, lengths, key)  # noqa: E731
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)

@@ -12,7 +12,7 @@ from test_tok_oat import random_params
 
 CONV = OATConfig(action_dim=3, horizon=16, num_tokens=4, levels=(4, 3, 3), enc_width=32, enc_depth=2, enc_heads=2,
                  dec_width=32, dec_depth=1, dec_heads=2, dec_ffn_dim=64, enc_dropout=0.0, dec_dropout=0.0,
-                 dec_attn_dropout=0.0, encoder="conv", nested_dropout="none")
+                 dec_attn_dropout=0.0, encoder="conv")
 
 
 def test_param_tree_and_shapes():
@@ -60,20 +60,19 @@ def test_config_validation_and_torch_import_refusal():
         reference_layout(CONV)
 
 
-def test_quest_variant_changes_only_the_encoder_and_nested_dropout():
+def test_quest_variant_changes_only_the_encoder_and_the_objective():
     from experiments.configs import oat as oat_configs
 
     base, quest = oat_configs.get_config(""), oat_configs.get_config("quest")
-    assert base.model.encoder == "registers" and base.model.nested_dropout != "none"
+    assert base.model.encoder == "registers" and base.objective.nested_dropout != "none"
     changed = {k for k in base.model if base.model[k] != quest.model[k]}
-    # The conv encoder downsamples single steps itself (QueST), so it takes no input patches; without nested dropout
-    # every decode is full-length, so nothing is detached.
-    assert changed <= {"encoder", "enc_patch", "nested_dropout", "nested_dropout_full", "nested_dropout_detach",
-                       "nested_dropout_detach_scale"}
-    assert quest.model.nested_dropout_detach == 0
-    assert (quest.model.encoder, quest.model.nested_dropout, quest.model.enc_patch) == ("conv", "none", 1)
-    assert quest.model.dec_patch == base.model.dec_patch
-    for section in ("optim", "train", "data", "ema", "loss", "augment"):  # the same training recipe and budget
+    # The conv encoder downsamples single steps itself (QueST), so it takes no input patches.
+    assert changed == {"encoder", "enc_patch"}
+    assert (quest.model.encoder, quest.model.enc_patch) == ("conv", 1)
+    # Without nested dropout every decode is full-length: nothing to split, hinge or detach.
+    assert quest.objective.to_dict() == oat_configs.get_config("oatx").objective.to_dict()
+    assert quest.objective.nested_dropout == "none" and quest.objective.detach_tokens == 0
+    for section in ("optim", "train", "data", "ema", "augment"):  # the same training recipe and budget
         assert quest[section].to_dict() == base[section].to_dict(), section
     paper = oat_configs.get_config("paper,quest")
     assert paper.model.encoder == "conv" and paper.model.dtype == "bfloat16"

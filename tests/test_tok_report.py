@@ -207,7 +207,7 @@ def quest_workdir(tiny_dataset, tmp_path_factory):
     """A QueST-style run of 1 step with the tiny 'test' config (H=8, N=4, 3-D actions)."""
     workdir = str(tmp_path_factory.mktemp("quest_run"))
     config = train_helpers.tiny_config(tiny_dataset, "test,quest", **{"train.num_steps": 1, "train.eval_every": 1})
-    assert (config.model.encoder, config.model.nested_dropout) == ("conv", "none")
+    assert (config.model.encoder, config.objective.nested_dropout) == ("conv", "none")
     metrics = train_and_evaluate(config, workdir)
     assert np.isfinite(metrics["val_mse"])
     return workdir
@@ -216,7 +216,7 @@ def quest_workdir(tiny_dataset, tmp_path_factory):
 def test_quest_config_trains_and_loads_as_an_action_tokenizer(quest_workdir):
     tok = load_action_tokenizer(quest_workdir)
     assert isinstance(tok, OATTokenizer)
-    assert (tok.config.encoder, tok.config.nested_dropout, tok.config.causal_decoder) == ("conv", "none", True)
+    assert (tok.config.encoder, tok.config.causal_decoder) == ("conv", True)
     assert "conv_0" in tok.params["encoder"]
     x = np.random.default_rng(0).normal(size=(3, tok.horizon, tok.action_dim)).astype(np.float32)
     recon, valid = tok.detokenize(*tok.tokenize(x))
@@ -226,7 +226,7 @@ def test_quest_config_trains_and_loads_as_an_action_tokenizer(quest_workdir):
 def test_evaluation_cli_end_to_end(quest_workdir, tiny_dataset, tmp_path):
     # A second OAT-family tokenizer: random params in the registers architecture of the same run.
     trained = load_action_tokenizer(quest_workdir)
-    config = trained.config.replace(encoder="registers", nested_dropout="pow2")
+    config = trained.config.replace(encoder="registers")
     oat_dir = type(trained)(config, random_params(config), trained.normalizer).save(
         str(tmp_path / "oat"))
     out = str(tmp_path / "report")

@@ -278,6 +278,5 @@ def test_config_fields_have_defaults_of_the_paper():
     c = OATConfig()
     assert (c.horizon, c.action_dim, c.num_tokens, c.levels, c.enc_width, c.enc_depth, c.enc_heads) == (
         32, 7, 8, (8, 5, 5, 5), 256, 2, 4)
-    assert (c.dec_width, c.dec_depth, c.dec_heads, c.dec_ffn_dim, c.nested_dropout, c.enc_mlp_hidden) == (
-        256, 4, 4, 1024, "pow2", 682)
+    assert (c.dec_width, c.dec_depth, c.dec_heads, c.dec_ffn_dim, c.enc_mlp_hidden) == (256, 4, 4, 1024, 682)
     assert c.causal_registers and c.causal_decoder and c.dtype == "float32"

@@ -12,6 +12,7 @@ from experiments.configs import oat as oat_configs
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.training import optim, sharding
+from oat_jax.training.objective import Objective
 from oat_jax.training.tokenizer_step import init_train_state, make_train_step, model_config
 
 GLOBAL_BATCH = 16
@@ -29,7 +30,8 @@ def _losses(variant, devices, num_steps=3, accum_steps=1, dtype="float32"):
     state = jax.jit(init, out_shardings=state_sharding)()
     batch_sharding = sharding.batch_sharding(mesh)
     normalizer = ActionNormalizer.from_stats({"min": [-1, -5, -0.2], "max": [1, 5, 0.2]})
-    step = jax.jit(make_train_step(model, tx, schedule, normalizer, config.ema, accum_steps, mesh),
+    # the paper's objective (one sampled k per row): accumulated micro-batches then give exactly the one-batch step
+    step = jax.jit(make_train_step(model, tx, schedule, normalizer, config.ema, Objective(), None, accum_steps, mesh),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     rng = np.random.default_rng(0)

@@ -19,7 +19,11 @@ Several processes (e.g. two CPU hosts): add --config.distributed.coordinator_add
   --config.distributed.num_processes=2 --config.distributed.process_id=<i> on each.
 """
 
+import dataclasses
+
 import ml_collections
+
+from oat_jax.training.objective import Objective
 
 VARIANTS = ("oatx", "quest", "paper", "fsdp", "runlocal", "test")
 
@@ -39,12 +43,15 @@ def _model(**overrides) -> ml_collections.ConfigDict:
         enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
         encoder="registers", enc_patch=1,
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        causal_decoder=True, dec_patch=1, dec_code_embed=False, nested_dropout="pow2", nested_dropout_power=1.0,
-        nested_dropout_full=0.0, nested_dropout_detach=0, nested_dropout_detach_scale=0.0,
-        layer_norm_eps=1e-5,
+        causal_decoder=True, dec_patch=1, layer_norm_eps=1e-5,
         dtype="float32", dropout_rng="hash"))
     model.update(overrides)
     return model
+
+
+def _objective(**changes) -> ml_collections.ConfigDict:
+    """`Objective` fields (see oat_jax/training/objective.py for each one's meaning): the paper's, with `changes`."""
+    return ml_collections.ConfigDict(dataclasses.asdict(Objective(**changes)))
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -81,30 +88,21 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.normalizer.unnormalized_dims = ""  # comma-separated action dims left raw (e.g. a gripper in [0, 1]).
 
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
-    # Meta-World dataset within a few minutes on a CPU. Beyond the paper (docs/TOKENIZER_FIDELITY.md): 2-step input
-    # patches and 4-step output patches (2.2x cheaper steps), nested dropout with 90% of the rows at all N tokens and
-    # the other 10% each decoded at every length k < N with weights P(k) ~ k^-1.5 (config.loss.short_samples) plus a
-    # hinge on any k decoding worse than k - 1, full-length decodes passing token 1 only 0.3 of their gradient (so
-    # the first token is shaped by the short prefixes), and chunk augmentation of the full-length rows only.
+    # Meta-World dataset within a few minutes on a CPU, with 2-step input and 4-step output patches (2.2x cheaper
+    # steps than the reference's shapes; docs/TOKENIZER_FIDELITY.md).
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
                           dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
-                          dec_patch=4, nested_dropout="power", nested_dropout_power=-1.5, nested_dropout_full=0.9,
-                          nested_dropout_detach=1, nested_dropout_detach_scale=0.3)
+                          dec_patch=4)
 
-    config.loss = ml_collections.ConfigDict()
-    config.loss.prefix_samples = 1  # prefix lengths decoded per example per step (encoder paid once); -1 = all N.
-    config.loss.full_length_weight = 0.0  # weight of an extra all-N-tokens decode per example (0 = none).
-    config.loss.full_end = -1.0  # >= 0: model.nested_dropout_full moves linearly to this over the run (-1 = fixed).
-    # != 1: round(B * P(k < N)) rows per batch are each decoded at this many lengths below N (encoded once; -1 = all
-    # of them), the other rows at N; 1 = one sampled length per example (the reference).
-    config.loss.short_samples = -1
-    config.loss.short_weighting = "distribution"  # short_samples=-1: 'uniform' columns or P(k | k < N) weights.
-    config.loss.monotone_weight = 0.1  # short_samples=-1: weight of a hinge on any k decoding worse than k - 1.
-    config.loss.monotone_margin = 0.05  # the hinge acts when MSE(k) > (1 - margin) * MSE(k - 1) on the short rows.
+    # The training objective (oat_jax/training/objective.py). Default, beyond the paper: 90% of the rows decoded at
+    # all N tokens, the other 10% each at every k < N weighted by P(k) ~ k^-1.5, a hinge on any k decoding worse than
+    # k - 1, and full-length decodes passing token 1 only 0.3 of their gradient (so the first token is shaped by the
+    # short prefixes).
+    config.objective = _objective(nested_dropout="power", power=-1.5, full=0.9, split=True, monotone_weight=0.1,
+                                  monotone_margin=0.05, detach_tokens=1, detach_scale=0.3)
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
-    config.augment.reverse_prob = 0.0  # P(an example is reversed in time).
     config.augment.splice_prob = 0.5  # P(an example's tail, from a random cut, comes from another chunk).
     config.augment.min_length = -1  # only examples decoded at >= this many tokens are augmented (1 = all, -1 = N).
 
@@ -160,10 +158,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
     if "paper" in variants:
         config.data.allow_embedded = False  # the paper recipe needs a dataset: set path, or name + data_dir.
-        config.model = _model(dtype="bfloat16")  # reference model and pow2 nested dropout
-        config.loss.update(prefix_samples=1, full_length_weight=0.0, full_end=-1.0, short_samples=1,
-                           short_weighting="uniform", monotone_weight=0.0, monotone_margin=0.0)
-        config.augment.update(flip_prob=0.0, reverse_prob=0.0, splice_prob=0.0, min_length=1)
+        config.model = _model(dtype="bfloat16")  # the reference model
+        config.objective = _objective()  # pow2, one sampled k per row
+        config.augment.update(flip_prob=0.0, splice_prob=0.0, min_length=1)
         config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
                             eps=1e-8, weight_decay=0.0, clip_norm=1.0)
         config.ema.max_decay = 0.9999
@@ -189,11 +186,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.train.update(num_steps=4, log_every=1, eval_every=4)
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
-    # Unordered tokens: no nested dropout, so every decode is full-length and nothing is detached.
-    unordered = dict(nested_dropout="none", nested_dropout_full=0.0, nested_dropout_detach=0,
-                     nested_dropout_detach_scale=0.0)
+    # Unordered tokens: no nested dropout, so every decode is full-length (nothing to split, hinge or detach).
+    unordered = _objective(nested_dropout="none")
     if "oatx" in variants:
-        config.model.update(unordered)
+        config.objective = unordered
     if "quest" in variants:  # QueST-style: causal conv encoder on single steps, unordered tokens
-        config.model.update(encoder="conv", enc_patch=1, **unordered)
+        config.model.update(encoder="conv", enc_patch=1)
+        config.objective = unordered
     return config

@@ -4,14 +4,13 @@
 
 The default small model (width 96, 2 + 2 layers), batch 128, H = 32, D_a = 4: loss + gradient + AdamW update of the
 reference shape (enc_patch 1, dec_patch 1, pow2 nested dropout), the patched shape (enc_patch 2, dec_patch 4, P(k)
-~ 1/k with 0.9 on k = N) with one decode per example, with the split batch of loss.short_samples=4 and of
-short_samples=-1 (every length below N, weighted by P(k), with the monotone hinge), and OAT x,
+~ 1/k with 0.9 on k = N) with one decode per example, with the split batch (objective.split: short rows at every
+length below N, weighted by P(k), with the monotone hinge), and OAT x,
 5 rounds of 20 steps each, alternating. Prints the median ms per step and the ratios to the patched one-decode step.
 """
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from absl import app
@@ -19,42 +18,32 @@ from absl import app
 from oat_jax import timing
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, init_params
-from oat_jax.training.tokenizer_step import (prefix_lengths_and_weights, reconstruction_loss, sample_short_lengths,
-                                             short_loss_terms, split_reconstruction_loss, split_rows)
+from oat_jax.training.objective import Objective
 
 BASE = dict(action_dim=4, horizon=32, num_tokens=8, levels=(8, 5, 5, 5), enc_width=96, enc_depth=2, enc_heads=4,
             enc_dropout=0.0, dec_width=96, dec_depth=2, dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0,
             dec_attn_dropout=0.0)
-PATCHED = dict(enc_patch=2, dec_patch=4, nested_dropout="power", nested_dropout_power=-1.0,
-               nested_dropout_full=0.9)
-# name -> (OATConfig overrides, config.loss.short_samples)
-SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": (dict(nested_dropout="pow2"), 1),
-          "patched (enc_patch 2, dec_patch 4), one decode per example": (PATCHED, 1),
-          "patched, short rows decoded at 4 lengths (loss.short_samples=4)": (PATCHED, 4),
-          "patched, short rows at every length < N, weighted by P(k) + hinge (short_samples=-1)": (PATCHED, -1),
-          "OAT x (patched, every example at N)": (dict(PATCHED, nested_dropout="none"), 1)}
+PATCHED = dict(enc_patch=2, dec_patch=4)
+POWER = dict(nested_dropout="power", power=-1.0, full=0.9)
+# name -> (OATConfig overrides, Objective)
+SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": ({}, Objective()),
+          "patched (enc_patch 2, dec_patch 4), one decode per example": (PATCHED, Objective(**POWER)),
+          "patched, short rows at every length < N, weighted by P(k) + hinge (objective.split)":
+              (PATCHED, Objective(**POWER, split=True, monotone_weight=0.1, monotone_margin=0.05)),
+          "OAT x (patched, every example at N)": (PATCHED, Objective(nested_dropout="none"))}
 BATCH, ROUNDS, STEPS = 128, 5, 20
 
 
-def make_step(config: OATConfig, actions: jax.Array, short_samples: int = 1):
+def make_step(config: OATConfig, actions: jax.Array, objective: Objective):
     """-> (jitted step(params, opt_state, key) -> (params, opt_state, loss), params, opt_state)."""
     model = OATModel(config)
     tx = optax.adamw(1e-3)
     params = init_params(config, jax.random.PRNGKey(0))
-    loss_cfg = ml_collections.ConfigDict(dict(prefix_samples=1, full_length_weight=0.0, full_end=-1.0,
-                                              short_samples=short_samples, short_weighting="distribution",
-                                              monotone_weight=0.1, monotone_margin=0.05))
-    if short_samples != -1:
-        loss_cfg.update(short_weighting="uniform", monotone_weight=0.0)
-    rows = split_rows(actions.shape[0], config, loss_cfg)
-    terms = short_loss_terms(config, loss_cfg)
+    objective.validate(config.num_tokens)
 
     def loss_fn(q, k_len, k_drop):
-        if short_samples != 1:
-            short = sample_short_lengths(k_len, rows, config, short_samples)
-            return split_reconstruction_loss(model, q, actions, short, k_drop, *terms)
-        lengths, weights = prefix_lengths_and_weights(k_len, actions.shape[0], config, loss_cfg)
-        return reconstruction_loss(model, q, actions, lengths, k_drop, weights)
+        lengths = objective.row_lengths(k_len, actions.shape[0], config.num_tokens)
+        return objective.loss(model, q, actions, lengths, k_drop)
 
     def step(p, o, key):
         k_len, k_drop = jax.random.split(key)
@@ -70,8 +59,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     actions = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (BATCH, 32, 4)).astype(np.float32))
     state = {}
-    for name, (overrides, short_samples) in SHAPES.items():
-        f, p, o = make_step(OATConfig(**BASE, **overrides), actions, short_samples)
+    for name, (overrides, objective) in SHAPES.items():
+        f, p, o = make_step(OATConfig(**BASE, **overrides), actions, objective)
         p, o, _ = f(p, o, jax.random.PRNGKey(1))  # compile
         jax.block_until_ready(p)
         state[name] = [f, p, o]

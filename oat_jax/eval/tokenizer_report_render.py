@@ -125,9 +125,6 @@ def _oat_family(results: dict) -> list[str]:
               "OAT x and QueST-style were trained with all N tokens only (no nested dropout): their prefixes "
               "decode mechanically (dropped positions take the mask vector) but were never a training target, "
               "which their k < N errors reflect."]
-    if results.get("oat", {}).get("config", {}).get("nested_dropout") == "pow2":
-        lines.append("OAT's nested dropout ('pow2') trains k in {1, 2, 4, 8} only: the other k are prefix "
-                     "lengths it never saw in training.")
     return lines
 
 

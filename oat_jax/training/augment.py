@@ -6,7 +6,6 @@ lowers the reconstruction error on the 40 unseen tasks by about 2-3x (docs/TOKEN
 Each example is transformed independently:
 - flip: with probability `flip_prob`, every action dimension's sign is flipped with probability 1/2 (mirrored
   motions; normalized ranges are symmetric, so values stay in range);
-- reverse: with probability `reverse_prob`, the chunk is played backwards in time;
 - splice: with probability `splice_prob`, the steps from a uniformly drawn cut 1..H-1 on come from another chunk of
   the batch (motions that switch mid-chunk, as at the boundary between two phases of a task).
 All probabilities 0 (the reference) leaves the batch untouched.
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-FIELDS = ("flip_prob", "reverse_prob", "splice_prob")
+FIELDS = ("flip_prob", "splice_prob")
 
 
 def check_config(aug: ml_collections.ConfigDict, num_tokens: int | None = None) -> None:
@@ -47,7 +46,7 @@ def gate_by_length(original: jax.Array, augmented: jax.Array, lengths: jax.Array
 
     Args:
       original, augmented: (B, H, D_a) float32 chunks before and after `augment_chunks`.
-      lengths: (B,) or (B, M) int32 kept prefix lengths (with M decodes per example, the shortest one counts).
+      lengths: (B,) int32 prefix length of each example (its shortest decode; `Objective.row_lengths`).
       aug: `config.augment`.
       num_tokens: N, what min_length -1 stands for.
     Returns:
@@ -57,8 +56,7 @@ def gate_by_length(original: jax.Array, augmented: jax.Array, lengths: jax.Array
     min_length = num_tokens if min_length == -1 else min_length
     if min_length <= 1:
         return augmented
-    shortest = lengths if lengths.ndim == 1 else jnp.min(lengths, axis=1)
-    return jnp.where((shortest >= min_length)[:, None, None], augmented, original)
+    return jnp.where((lengths >= min_length)[:, None, None], augmented, original)
 
 
 def is_active(aug: ml_collections.ConfigDict | None) -> bool:
@@ -67,25 +65,22 @@ def is_active(aug: ml_collections.ConfigDict | None) -> bool:
 
 
 def augment_chunks(x: jax.Array, rng: jax.Array, aug: ml_collections.ConfigDict) -> jax.Array:
-    """Randomly flips, reverses and splices action chunks.
+    """Randomly flips and splices action chunks.
 
     Args:
       x: (B, H, D_a) float32 normalized action chunks.
       rng: PRNG key.
-      aug: `config.augment` (flip_prob, reverse_prob, splice_prob).
+      aug: `config.augment` (flip_prob, splice_prob).
     Returns:
       (B, H, D_a) float32, the augmented chunks.
     """
     b, h, d = x.shape
     keys = jax.random.split(rng, 6)
-    flip_p, reverse_p, splice_p = (float(aug.get(name, 0.0)) for name in FIELDS)
+    flip_p, splice_p = (float(aug.get(name, 0.0)) for name in FIELDS)
     if flip_p > 0:
         signs = jnp.where(jax.random.bernoulli(keys[0], 0.5, (b, 1, d)), -1.0, 1.0)
         chosen = jax.random.bernoulli(keys[1], flip_p, (b, 1, 1))
         x = jnp.where(chosen, x * signs, x)
-    if reverse_p > 0:
-        chosen = jax.random.bernoulli(keys[2], reverse_p, (b, 1, 1))
-        x = jnp.where(chosen, x[:, ::-1], x)
     if splice_p > 0 and h > 1:
         cut = jax.random.randint(keys[3], (b, 1, 1), 1, h)
         other = x[jax.random.permutation(keys[4], b)]

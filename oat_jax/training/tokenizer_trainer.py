@@ -21,7 +21,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from oat_jax import artifacts
-from oat_jax.decoder import keep_length_distribution
 from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.model import OATModel
 from oat_jax.normalizer import Normalizer
@@ -32,6 +31,7 @@ from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.runner import Runner, host_value
 from oat_jax.training.sharding import maybe_initialize_distributed, process_rows
+from oat_jax.training.objective import Objective
 from oat_jax.training.tokenizer_step import init_train_state, make_train_step, model_config
 
 
@@ -78,6 +78,8 @@ class TokenizerRun(Runner):
         self.normalizers = ({self.members[0].label: self.normalizer} if not self.is_mixture else
                             data.member_normalizers(self.stats, self.members, config.normalizer.mode))
         self.model_config = model_config(config.model, self.normalizer.action_dim)
+        self.objective = Objective.from_dict(config.objective)
+        self.objective.validate(self.model_config.num_tokens)
         self.model = OATModel(self.model_config)
         self.num_steps = int(config.train.num_steps)
         self.tx, self.schedule = make_optimizer(config.optim, self.num_steps)
@@ -95,9 +97,8 @@ class TokenizerRun(Runner):
         self.jitted_train_step = self.jit_train(
             make_train_step(self.model, self.tx, self.schedule,
                             Normalizer.identity(self.normalizer.action_dim) if self.is_mixture
-                            else self.normalizer, config.ema,
-                            int(config.optim.accum_steps), self.mesh, loss_cfg=config.get("loss"),
-                            augment_cfg=config.get("augment"), num_steps=self.num_steps))
+                            else self.normalizer, config.ema, self.objective, config.get("augment"),
+                            int(config.optim.accum_steps), self.mesh))
         self.eval_steps = {label: self.jit_eval(tokenizer_eval.make_eval_step(self.model, normalizer))
                            for label, normalizer in self.normalizers.items()}
         self.eval_step = self.eval_steps[self.members[0].label]  # the default normalizer's
@@ -188,8 +189,7 @@ class TokenizerRun(Runner):
         curves = {"held-out episodes": tokenizer_eval.mse_curves(metrics, c.num_tokens)}
         curves.update({label: tokenizer_eval.mse_curves(metrics, c.num_tokens, prefix=f"{label}/")
                        for label in self.curve_labels()})
-        trained_ks, _ = keep_length_distribution(c.num_tokens, c.nested_dropout, c.nested_dropout_power,
-                                                 c.nested_dropout_full)
+        trained_ks, _ = self.objective.distribution(c.num_tokens)
         plots.plot_rate_distortion(curves, os.path.join(self.workdir, "rate_distortion.png"), trained_ks)
         num = int(self.config.plots.num_chunks)
         chunks = evenly_spaced(self.eval_chunks, num)

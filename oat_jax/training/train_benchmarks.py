@@ -18,6 +18,7 @@ from oat_jax.benchmarks.costs import flops_of, rate_fields
 from oat_jax.benchmarks.inputs import random_normalizer
 from oat_jax.model import OATModel
 from oat_jax.training import optim, sharding, tokenizer_step
+from oat_jax.training.objective import Objective
 
 
 def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devices: list):
@@ -38,7 +39,9 @@ def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devi
     batch_sharding = sharding.batch_sharding(mesh)
     actions = rng.uniform(-2.0, 2.0, (batch, mcfg.horizon, mcfg.action_dim)).astype(np.float32)
     data = {"actions": jax.device_put(actions, batch_sharding)}
-    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, normalizer, tcfg.ema, 1, mesh),
+    objective = Objective.from_dict(tcfg.objective)
+    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, normalizer, tcfg.ema, objective,
+                                                  tcfg.get("augment"), 1, mesh),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     return step.lower(state, data).compile(), state, data
