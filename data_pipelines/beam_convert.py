@@ -31,13 +31,12 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import convert as converters
-from data_pipelines import lerobot, metaworld, splits, statistics
+from data_pipelines import lerobot, metaworld_experts, sources, splits, statistics
 from data_pipelines.rlds_writer import (TRAIN_STATISTICS_SPLIT, VERSION, Episode, EpisodeError, _example, commit,
                                         dataset_name, episode_features, prepare_output, staging_dir,
                                         validate_episode)
 
-FORMATS = (*converters.READERS, "metaworld")
+FORMATS = (*sources.READERS, "metaworld")
 _ERRORS = {"EpisodeError": EpisodeError, "ValueError": ValueError, "RuntimeError": RuntimeError}
 _ERROR_TAG, _ERROR_END = "[oat source error] ", " [/oat]"  # a worker's error inside Beam's error text
 _STATS_TAG = "train_actions"  # side output of the example step: (index, (T, D_a) float32) of statistics episodes
@@ -87,11 +86,11 @@ def count_episodes(fmt: str, path: str) -> int:
         return lerobot.count_episodes(path)
     if fmt == "zarr":
         import zarr  # optional dependency: pip install -e .[convert]
-        return len(zarr.open_group(path, mode="r")["meta"][converters.EPISODE_ENDS_KEY])
+        return len(zarr.open_group(path, mode="r")["meta"][sources.EPISODE_ENDS_KEY])
     if os.path.isdir(path):
         return sum(1 for f in os.listdir(path) if f.endswith(".npz"))
     with np.load(path, allow_pickle=False) as npz:
-        return len(npz[converters.EPISODE_ENDS_KEY])
+        return len(npz[sources.EPISODE_ENDS_KEY])
 
 
 def plan(config: SourceConfig, mask: Optional[str] = None) -> list[WorkItem]:
@@ -103,7 +102,7 @@ def plan(config: SourceConfig, mask: Optional[str] = None) -> list[WorkItem]:
             items.append(WorkItem(start, path, stop=config.episodes_per_task))
             start += config.episodes_per_task
         elif config.fmt == "hdf5":
-            names = converters.hdf5_demo_names(path, mask)
+            names = sources.hdf5_demo_names(path, mask)
             items += [WorkItem(start + i, path, demos=tuple(names[i:i + per_item]))
                       for i in range(0, len(names), per_item)]
             start += len(names)
@@ -117,14 +116,14 @@ def plan(config: SourceConfig, mask: Optional[str] = None) -> list[WorkItem]:
 def read_item(config: SourceConfig, item: WorkItem) -> Iterator[Episode]:
     """The episodes of one work item (a Meta-World item simulates its task's episodes)."""
     if config.fmt == "metaworld":
-        return metaworld.task_episodes(item.path, item.stop, seed=config.seed, max_steps=config.max_steps)
+        return metaworld_experts.task_episodes(item.path, item.stop, seed=config.seed, max_steps=config.max_steps)
     if config.fmt == "hdf5":
-        return converters.read_hdf5(item.path, action_key=config.action_key, language=config.language,
+        return sources.read_hdf5(item.path, action_key=config.action_key, language=config.language,
                                     demos=item.demos)
     if config.fmt == "lerobot":  # reads only the item's episodes (and their video frames)
         return lerobot.read_lerobot(item.path, action_key=config.action_key, language=config.language,
                                     episodes=range(item.first, item.stop), tolerance_s=config.tolerance_s)
-    episodes = converters.READERS[config.fmt](item.path, action_key=config.action_key, language=config.language)
+    episodes = sources.READERS[config.fmt](item.path, action_key=config.action_key, language=config.language)
     return itertools.islice(episodes, item.first, item.stop)
 
 
@@ -254,17 +253,17 @@ def convert_beam(fmt: str, input_path: str, output: str, *, action_key: Optional
     FileNotFoundError / FileExistsError / ValueError naming the flag; nothing is left at `output` on failure.
     """
     _require_beam()
-    if fmt not in converters.READERS:
-        raise ValueError(f"format={fmt!r} is not one of {sorted(converters.READERS)}.")
-    inputs = converters.expand_inputs(fmt, input_path)
+    if fmt not in sources.READERS:
+        raise ValueError(f"format={fmt!r} is not one of {sorted(sources.READERS)}.")
+    inputs = sources.expand_inputs(fmt, input_path)
     output = prepare_output(output, overwrite, inputs + ([input_path] if os.path.exists(input_path) else []))
-    masks = converters.split_masks(fmt, inputs, input_path)
+    masks = sources.split_masks(fmt, inputs, input_path)
     config = SourceConfig(name="source", fmt=fmt, inputs=tuple(inputs), action_key=action_key, language=language,
                           image_encoding=image_encoding, episodes_per_item=episodes_per_item, tolerance_s=tolerance_s)
-    sources = os.path.abspath(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} files ({input_path})"
+    where = os.path.abspath(inputs[0]) if len(inputs) == 1 else f"{len(inputs)} files ({input_path})"
     return build(config, output, name=name or dataset_name(output), masks=masks, num_workers=num_workers,
                  beam_pipeline_options=beam_pipeline_options,
-                 description=f"Converted from {fmt} {sources} by data_pipelines.convert on Apache Beam.")
+                 description=f"Converted from {fmt} {where} by data_pipelines.convert on Apache Beam.")
 
 
 def generate_metaworld_beam(tasks: Sequence[str], episodes_per_task: int, output: str, *, seed: int = 0,
@@ -276,6 +275,6 @@ def generate_metaworld_beam(tasks: Sequence[str], episodes_per_task: int, output
     output = prepare_output(output, overwrite)
     config = SourceConfig(name="metaworld", fmt="metaworld", inputs=tuple(tasks), episodes_per_task=episodes_per_task,
                           seed=seed, max_steps=max_steps, image_encoding="png")
-    return build(config, output, name=metaworld.DATASET_NAME, num_workers=num_workers,
+    return build(config, output, name=metaworld_experts.DATASET_NAME, num_workers=num_workers,
                  beam_pipeline_options=beam_pipeline_options,
-                 description=metaworld.description(tasks, episodes_per_task, seed))
+                 description=metaworld_experts.description(tasks, episodes_per_task, seed))

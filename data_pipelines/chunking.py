@@ -3,7 +3,7 @@
 A trajectory is a dict whose tensors share the leading time axis T. These functions run eagerly or inside
 `tf.data` maps (graph mode); they only gather, so they are cheap and never decode images.
 
-Chunking rule (spec section 3): every timestep t starts a chunk of the H actions t..t+H-1; steps past the episode
+Chunking rule (the reference's): every timestep t starts a chunk of the H actions t..t+H-1; steps past the episode
 end repeat the last action and are False in the pad mask; chunks never cross episodes (one trajectory in, its own
 T chunks out).
 """

@@ -124,7 +124,7 @@ def _select(state_dict: Mapping[str, Any], prefix: str) -> dict[str, np.ndarray]
 def _need(state: Mapping[str, np.ndarray], key: str, ndim: int) -> tuple[int, ...]:
     if key not in state:
         raise ValueError(f"Cannot infer the tokenizer config: the state dict has no {key!r}. Is it a reference OAT "
-                         f"tokenizer state dict (spec section 7)? Keys present: {sorted(state)[:8]}...")
+                         f"tokenizer state dict? Keys present: {sorted(state)[:8]}...")
     shape = np.shape(state[key])
     if len(shape) != ndim:
         raise ValueError(f"{key} has shape {shape}; the reference layout has a {ndim}-D array there.")
@@ -182,7 +182,7 @@ def infer_config(state_dict: Mapping[str, Any], prefix: str = "", **overrides: A
 def convert_state_dict(state_dict: Mapping[str, Any], config: OATConfig | None = None,
                        normalizer: Normalizer | None = None, prefix: str = "",
                        **overrides: Any) -> OATTokenizer:
-    """Converts a reference OAT tokenizer state dict (name -> array, spec section 7) to an `OATTokenizer`.
+    """Converts a reference OAT tokenizer state dict (name -> array, the reference PyTorch module names) to an `OATTokenizer`.
 
     Args:
       state_dict: name -> numpy array (or anything np.asarray accepts) in the reference layout.

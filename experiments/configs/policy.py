@@ -1,4 +1,4 @@
-r"""Autoregressive token policy configs (spec section 4), trained with the same entry point as the tokenizers:
+r"""Autoregressive token policy configs (docs/POLICY.md), trained with the same entry point as the tokenizers:
 
   python -m experiments.train --config=experiments/configs/policy.py:oat \
       --config.tokenizer.path=runs/oat_metaworld --config.data.path=/path/to/rlds --workdir=runs/policy_oat

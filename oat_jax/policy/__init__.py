@@ -1,4 +1,4 @@
-"""Policies (spec section 4): the autoregressive action-token policy (model, cached sampling, `TokenPolicy`) and the
+"""Policies (docs/POLICY.md): the autoregressive action-token policy (model, cached sampling, `TokenPolicy`) and the
 Diffusion Policy baseline (`DiffusionPolicy`); `load_policy` loads either kind."""
 
 

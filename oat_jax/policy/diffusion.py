@@ -1,4 +1,4 @@
-"""Diffusion Policy baseline (spec section 4): a transformer denoiser over the H steps of an action chunk,
+"""Diffusion Policy baseline (docs/POLICY.md): a transformer denoiser over the H steps of an action chunk,
 conditioned on the same observation memory as the token policy, trained to predict the noise of the DDIM
 schedule (`oat_jax.policy.ddim`) and sampled with 10 deterministic DDIM steps.
 

@@ -1,4 +1,4 @@
-"""`PolicyConfig` and `TokenPolicyModel`: the autoregressive action-token policy (spec section 4).
+"""`PolicyConfig` and `TokenPolicyModel`: the autoregressive action-token policy (docs/POLICY.md).
 
 A causal transformer over action tokens with cross-attention to observation memory tokens in every block:
 RMSNorm pre-norm blocks, learned position embeddings, output head tied to the token embedding. Token ids:

@@ -28,11 +28,11 @@ from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel
 from oat_jax.policy.diffusion_policy import DiffusionPolicy, diffusion_metadata
 from oat_jax.training import policy_data
+from oat_jax.training.policy_data import camera_fields, check_data_config, observation_keys
 from oat_jax.training.diffusion_step import (init_diffusion_state, make_diffusion_eval_step,
                                              make_diffusion_train_step, summarize_diffusion_eval)
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_trainer import camera_fields, check_data_config, observation_keys
 from oat_jax.training.runner import Runner, host_value
 from oat_jax.training.sharding import process_rows
 

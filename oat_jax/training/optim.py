@@ -1,7 +1,7 @@
 """Optimizer: AdamW with decay on >=2-D weights only, global-norm clipping, warmup + constant/cosine schedule.
 
 Gradient accumulation is done inside the jitted train step (micro-batches scanned, gradients averaged before
-one optimizer update, see `train_step.py`), so one step here is always one parameter update.
+one optimizer update, see `tokenizer_step.py`), so one step here is always one parameter update.
 """
 
 from __future__ import annotations

@@ -130,3 +130,27 @@ class PairBatches:
         """{name: (b, ...)}: this process's rows of the global batch of `step`."""
         idx = self._order.global_indices(step)
         return {k: v[idx] for k, v in self.arrays.items()}
+
+
+def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+    """ValueError naming the field when `config.data` asks for observations the policy trainers cannot feed."""
+    if data_cfg.n_obs_steps < 1:
+        raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
+    if [k.split("/")[-1] for k in data_cfg.obs_keys] != ["state"]:
+        raise ValueError(f"config.data.obs_keys={tuple(data_cfg.obs_keys)}: the trainer feeds state vectors; "
+                         f"give one key whose last component is 'state' (e.g. 'observation/state').")
+
+
+def camera_fields(pairs: dict) -> dict:
+    """{"num_cameras", "image_shape"} of a policy config from pairs' images (M, K, cams, h, w, c) (none: 0, ())."""
+    if "image" not in pairs:
+        return {"num_cameras": 0, "image_shape": ()}
+    return {"num_cameras": int(pairs["image"].shape[2]), "image_shape": tuple(pairs["image"].shape[3:])}
+
+
+def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
+    """{"state": its step key, "image": the camera step keys joined by ','} recorded with a trained policy."""
+    keys = {"state": data_cfg.obs_keys[0]}
+    if image_keys(data_cfg):
+        keys["image"] = ",".join(image_keys(data_cfg))
+    return keys

@@ -33,6 +33,7 @@ from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
 from oat_jax.policy.sampling import SamplingConfig
 from oat_jax.training import policy_data
+from oat_jax.training.policy_data import camera_fields, check_data_config, observation_keys
 from oat_jax.training.loop import config_json
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy_step import (init_policy_state, make_policy_eval_step, make_policy_train_step,
@@ -50,30 +51,6 @@ def frozen_tokenizer(tok_cfg: ml_collections.ConfigDict, train_chunks: np.ndarra
         return fit_action_tokenizer(tok_cfg.fit, train_chunks, **options)
     raise ValueError("Set config.tokenizer.path (a saved tokenizer directory or an OAT training workdir) or "
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
-
-
-def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
-    """ValueError naming the field when `config.data` asks for observations the policy trainers cannot feed."""
-    if data_cfg.n_obs_steps < 1:
-        raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
-    if [k.split("/")[-1] for k in data_cfg.obs_keys] != ["state"]:
-        raise ValueError(f"config.data.obs_keys={tuple(data_cfg.obs_keys)}: the trainer feeds state vectors; "
-                         f"give one key whose last component is 'state' (e.g. 'observation/state').")
-
-
-def camera_fields(pairs: dict) -> dict:
-    """{"num_cameras", "image_shape"} of a policy config from pairs' images (M, K, cams, h, w, c) (none: 0, ())."""
-    if "image" not in pairs:
-        return {"num_cameras": 0, "image_shape": ()}
-    return {"num_cameras": int(pairs["image"].shape[2]), "image_shape": tuple(pairs["image"].shape[3:])}
-
-
-def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
-    """{"state": its step key, "image": the camera step keys joined by ','} recorded with a trained policy."""
-    keys = {"state": data_cfg.obs_keys[0]}
-    if policy_data.image_keys(data_cfg):
-        keys["image"] = ",".join(policy_data.image_keys(data_cfg))
-    return keys
 
 
 def _policy_config(config: ml_collections.ConfigDict, tokenizer, pairs: dict) -> PolicyConfig:
