@@ -52,3 +52,10 @@ def test_forced_tokens_are_kept_and_all_forced_is_the_tokenizer(policy):
     expected = ((np.asarray(norm.normalize(decoded)) - np.asarray(norm.normalize(actions))) ** 2)[:, :4].mean()
     assert report["tokenizer"]["mse_exec"][1] == pytest.approx(float(expected), rel=1e-6)
     assert len(report["teacher_forced"]["accuracy"]) == n and len(report["entropy"]) == n
+    # quantiles of the per-pair executed error: all forced = the tokenizer's own per-pair errors
+    own = ((np.asarray(norm.normalize(policy.tokenizer.detokenize(tokens)[0])) - np.asarray(norm.normalize(actions)))
+           ** 2)[:, :4].mean(axis=(1, 2))
+    np.testing.assert_allclose(report["policy"]["exec_quantiles"][f"f{n}_k{n}"], np.quantile(own, [0.5, 0.9]),
+                               rtol=1e-5)
+    median, p90 = report["policy"]["exec_quantiles"][f"f0_k{n}"]
+    assert median <= p90

@@ -103,7 +103,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.optim.eps = 1e-8  # AdamW epsilon.
     config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (>= 2-D weights only).
     config.optim.clip_norm = 1.0  # global-norm gradient clip (<= 0 disables).
-    config.optim.accum_steps = 1  # kept for the shared optimizer helpers; the policy step does not accumulate.
 
     config.ema = ml_collections.ConfigDict()
     config.ema.power = 0.75  # EMA warm-up exponent.
