@@ -5,7 +5,7 @@ steps, training settings: shuffle + repeat) after a warm-up, over `--repeats` ti
 --convert: episodes per second of converting a generated HDF5 source of `--episodes` image episodes (two 64x64
 cameras, 40 steps by default) single-process and on Apache Beam (DirectRunner, multi-processing) with 1 and 2
 worker processes, interleaved over `--repeats` rounds (needs the [convert,beam] extras).
-The measurements live in oat_jax/training/data_benchmarks.py (timed with oat_jax.timing).
+The measurements live in oat_jax/benchmarks/data_phase.py (timed with oat_jax.timing).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from data_pipelines import EMBEDDED_DATASET_DIR  # noqa: E402
-from oat_jax.training import data_benchmarks  # noqa: E402
+from oat_jax.benchmarks import data_phase  # noqa: E402
 
 _DATASET = flags.DEFINE_string("dataset", EMBEDDED_DATASET_DIR, "RLDS builder directory.")
 _HORIZON = flags.DEFINE_integer("horizon", 32, "Actions per chunk.")
@@ -34,10 +34,10 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "--convert: camera height a
 
 def _convert() -> None:
     episodes, repeats, steps, size = _EPISODES.value, _REPEATS.value, _STEPS.value, _IMAGE_SIZE.value
-    rates = data_benchmarks.convert_rates(episodes, repeats, steps, size)
+    rates = data_phase.convert_rates(episodes, repeats, steps, size)
     for workers, values in rates.items():
         print(f"convert {episodes} episodes ({steps} steps, 2 cameras {size}x{size}), "
-              f"{data_benchmarks.CONVERT_WORKERS[workers]}: {max(values):.1f} episodes/s (best of {repeats}; all: "
+              f"{data_phase.CONVERT_WORKERS[workers]}: {max(values):.1f} episodes/s (best of {repeats}; all: "
               f"{', '.join(f'{v:.1f}' for v in values)})")
     print(f"2 workers / 1 worker: {max(rates[2]) / max(rates[1]):.2f}x; 2 workers / single process: "
           f"{max(rates[2]) / max(rates[0]):.2f}x ({os.cpu_count()} CPUs)")
@@ -50,7 +50,7 @@ def main(argv) -> None:
     if _CONVERT.value:
         _convert()
         return
-    rates = [_BATCH_SIZE.value / data_benchmarks.chunk_pipeline_seconds(
+    rates = [_BATCH_SIZE.value / data_phase.chunk_pipeline_seconds(
         _DATASET.value, horizon=_HORIZON.value, batch_size=_BATCH_SIZE.value, batches=_BATCHES.value,
         warmup=_WARMUP.value, cache=_CACHE.value) for _ in range(_REPEATS.value)]
     print(f"action-only pipeline, H={_HORIZON.value}, batch {_BATCH_SIZE.value}, cache={_CACHE.value}: "

@@ -2,8 +2,8 @@
 process (`run_phase`: results plus device, wall time and peak memory) and the matmul phase.
 
 Each phase measures after compilation and warm-up, blocks on every result (`jax.block_until_ready`) and summarises
-repeated runs by median and 10th/90th percentiles (`oat_jax.timing`). The train and data phases need the training
-code and the data pipelines, so they live in `oat_jax.training` and are imported only when they run.
+repeated runs by median and 10th/90th percentiles (`oat_jax.timing`). The train and data phases (`train_phase`,
+`data_phase`) need the training code and the data pipelines, so they are imported only when they run.
 
 Run one phase in this process (what the benchmark's subprocesses do):
   python -m oat_jax.benchmarks.phases PHASE CONFIG_JSON OUT_JSON
@@ -27,9 +27,9 @@ from oat_jax.benchmarks.machine import device_info, max_rss_mib
 PHASES = ("matmul", "tokenizer", "train", "train_multi", "data")
 RUNNERS = {"matmul": "oat_jax.benchmarks.phases:run_matmul",
            "tokenizer": "oat_jax.benchmarks.tokenizer_phase:run_tokenizer",
-           "train": "oat_jax.training.train_benchmarks:run_train",
-           "train_multi": "oat_jax.training.train_benchmarks:run_train_multi",
-           "data": "oat_jax.training.data_benchmarks:run_data"}
+           "train": "oat_jax.benchmarks.train_phase:run_train",
+           "train_multi": "oat_jax.benchmarks.train_phase:run_train_multi",
+           "data": "oat_jax.benchmarks.data_phase:run_data"}
 
 
 def runner(phase: str) -> Callable[[ml_collections.ConfigDict], dict[str, Any]]:
