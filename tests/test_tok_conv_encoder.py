@@ -77,3 +77,16 @@ def test_quest_variant_changes_only_the_encoder_and_the_objective():
     paper = oat_configs.get_config("paper,quest")
     assert paper.model.encoder == "conv" and paper.model.dtype == "bfloat16"
     assert "quest" in oat_configs.__doc__
+
+
+def test_conv_variant_orders_tokens_over_the_conv_encoder():
+    from experiments.configs import oat as oat_configs
+
+    base, conv = oat_configs.get_config(""), oat_configs.get_config("conv")
+    assert {k for k in base.model if base.model[k] != conv.model[k]} == {"encoder", "enc_patch"}
+    assert conv.model.encoder == "conv" and conv.model.to_dict() == oat_configs.get_config("quest").model.to_dict()
+    assert conv.objective.to_dict() == base.objective.to_dict()  # the default's ordering objective
+    for section in ("optim", "train", "data", "ema", "augment"):
+        assert conv[section].to_dict() == base[section].to_dict(), section
+    paper = oat_configs.get_config("paper,conv")  # the reference objective over the conv encoder
+    assert paper.model.encoder == "conv" and paper.objective.nested_dropout == "pow2"
