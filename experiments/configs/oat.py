@@ -26,17 +26,10 @@ import dataclasses
 
 import ml_collections
 
+from experiments.configs import common
 from oat_jax.training.objective import Objective
 
 VARIANTS = ("oatx", "quest", "conv", "paper", "fsdp", "runlocal", "test")
-
-
-def _parse(arg: str) -> set[str]:
-    chosen = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = sorted(chosen - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"Unknown config variant(s) {unknown}; choose from {VARIANTS} (comma-separated).")
-    return chosen
 
 
 def _model(**overrides) -> ml_collections.ConfigDict:
@@ -59,14 +52,8 @@ def _objective(**changes) -> ml_collections.ConfigDict:
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Returns the training config for the variants named in `arg` (see the module docstring)."""
-    variants = _parse(arg)
-    config = ml_collections.ConfigDict()
-    config.seed = 0  # PRNG seed of param init, dropout and data order.
-
-    config.data = ml_collections.ConfigDict()
-    config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
-    config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
-    config.data.source_split = "train"  # TFDS split holding the episodes (train/val are carved from it by episode).
+    variants = common.parse_variants(arg, VARIANTS)
+    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
     # Weighted mixture instead of path/name: 'name_or_path:weight,...' (names read from data_dir; weight default 1).
     # Each member is normalized with its own statistics; the tokenizer keeps them all (OATTokenizer.for_dataset).
     config.data.mixture = ""
@@ -75,12 +62,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # action is a (D_a,) vector.
     config.data.action_keys = ""
     config.data.allow_embedded = True  # path and name both '' = the embedded dataset (False: an error asks for one).
-    config.data.data_dir = ""  # TFDS data_dir for `name`.
-    config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).
-    config.data.split_seed = 0  # seed of the episode split.
     config.data.in_memory = True  # load every chunk into host memory (exact resume); False streams with tf.data.
     config.data.shuffle_buffer = 100_000  # tf.data shuffle buffer when streaming (in_memory=False).
-    config.data.max_eval_chunks = 4096  # evaluate on at most this many validation chunks (evenly spaced).
     # Extra held-out datasets evaluated on all episodes (e.g. unseen tasks): comma-separated 'label=DIR', 'DIR' or an
     # embedded name ('metaworld_heldout'); 'auto' = metaworld_heldout when training on the embedded data, else none.
     config.data.eval_datasets = "auto"
@@ -109,44 +92,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.augment.splice_prob = 0.5  # P(an example's tail, from a random cut, comes from another chunk).
     config.augment.min_length = -1  # only examples decoded at >= this many tokens are augmented (1 = all, -1 = N).
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.lr = 2e-3  # peak learning rate.
-    config.optim.warmup_steps = 100  # linear warmup updates.
-    config.optim.schedule = "cosine"  # after warmup: 'constant' | 'cosine' (to lr * min_lr_ratio at num_steps).
-    config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
-    config.optim.b1 = 0.9  # AdamW beta1.
-    config.optim.b2 = 0.95  # AdamW beta2.
-    config.optim.eps = 1e-8  # AdamW epsilon.
-    config.optim.weight_decay = 0.0  # AdamW decoupled weight decay (only on >= 2-D weights).
-    config.optim.clip_norm = 1.0  # global gradient-norm clip (<= 0 disables).
     config.optim.accum_steps = 1  # micro-batches per update (gradient accumulation); must divide the batch.
-
-    config.ema = ml_collections.ConfigDict()
-    config.ema.power = 0.75  # EMA warm-up exponent: decay = 1 - n**-power after two updates.
-    config.ema.max_decay = 0.999  # upper clamp of the EMA decay (reference 0.9999 for 100k+ step runs).
-
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 128  # global batch (all devices and processes together) per update.
-    config.train.num_steps = 4000  # total updates.
-    config.train.log_every = 50  # steps between training-metric logs (also the NaN check and, multi-process,
-    #                              the stop-signal check).
-    config.train.eval_every = 500  # steps between held-out evaluations (and a final one at the end).
-    config.train.eval_batch_size = 512  # global batch of the evaluation.
-    config.train.progress_bar = True  # tqdm bar with loss and steps/s on process 0.
-
-    config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every = 500  # steps between checkpoints (plus the final step and on SIGTERM/SIGINT).
-    config.checkpoint.keep_last = 2  # most recent checkpoints kept.
-    config.checkpoint.keep_best = 1  # checkpoints with the lowest validation MSE kept in addition.
-    config.checkpoint.async_save = True  # write checkpoints in the background.
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1  # devices on the data axis (-1 = all remaining).
-    config.mesh.fsdp = 1  # devices on the fsdp axis (params split over it when a rule says 'fsdp').
-
-    config.sharding = ml_collections.ConfigDict()
-    config.sharding.rules = ((".*", "replicate"),)  # (regex on the param path, 'replicate' | 'fsdp' | axes tuple).
-    config.sharding.fsdp_min_size = 2 ** 12  # leaves with fewer elements stay replicated under 'fsdp'.
 
     config.distributed = ml_collections.ConfigDict()
     config.distributed.coordinator_address = ""  # 'host:port' of process 0 for a multi-process run ('' = none).

@@ -21,27 +21,18 @@ The dataset defaults to the embedded Meta-World MT10 dataset; the recipe uses th
 
 import ml_collections
 
+from experiments.configs import common
+
 TOKENIZERS = ("oat", "oatx", "quest", "bin", "fast")
 POLICY_TYPES = TOKENIZERS + ("dp",)  # one per comparison row
 VARIANTS = POLICY_TYPES + ("runlocal", "test")
 
 
-def _parse(arg: str) -> set[str]:
-    chosen = {a.strip() for a in (arg or "").split(",") if a.strip()}
-    unknown = sorted(chosen - set(VARIANTS))
-    if unknown:
-        raise ValueError(f"Unknown config variant(s) {unknown}; choose from {VARIANTS} (comma-separated).")
-    if len(chosen & set(POLICY_TYPES)) > 1:
-        raise ValueError(f"Choose one policy variant among {POLICY_TYPES}, got {sorted(chosen & set(POLICY_TYPES))}.")
-    return chosen
-
-
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Policy training config for the variants in `arg` (see the module docstring)."""
-    variants = _parse(arg)
-    config = ml_collections.ConfigDict()
+    variants = common.parse_variants(arg, VARIANTS, exclusive=POLICY_TYPES)
+    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
     config.kind = "policy"  # experiments.train dispatches on this: 'policy' trains a policy, else a tokenizer.
-    config.seed = 0  # PRNG seed of param init, dropout and data order.
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.name = next(iter(variants & set(POLICY_TYPES)), "oat")  # which row (token type or dp).
@@ -49,18 +40,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.tokenizer.fit = ""  # 'bin' | 'fast': fit this tokenizer on the train chunks when path is ''.
     config.tokenizer.fit_options = ml_collections.ConfigDict()  # keyword options of the fit (e.g. num_bins).
 
-    config.data = ml_collections.ConfigDict()
-    config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
-    config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
-    config.data.source_split = "train"  # TFDS split holding the episodes (train/val are carved from it by episode).
-    config.data.data_dir = ""  # TFDS data_dir for `name`.
-    config.data.val_fraction = 0.1  # fraction of episodes held out (seeded, by episode; same split as tokenizers).
-    config.data.split_seed = 0  # seed of the episode split.
     config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
     config.data.image_keys = ()  # step keys of camera images for the conv encoder, e.g. ("observation/image",).
     config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
     config.data.horizon = 32  # H of the chunks when a tokenizer is fitted here (a loaded one brings its own).
-    config.data.max_eval_chunks = 4096  # held-out pairs used for the validation loss (evenly spaced).
 
     config.obs_normalizer = ml_collections.ConfigDict()
     config.obs_normalizer.mode = "gaussian"  # state normalization fitted on train episodes: 'gaussian' | 'limits'.
@@ -93,42 +76,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.action_normalizer = ml_collections.ConfigDict()
     config.action_normalizer.mode = "limits"  # diffusion policy: train-split actions mapped to [-1, 1].
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.lr = 3e-4  # peak learning rate.
-    config.optim.warmup_steps = 200  # linear warmup updates.
-    config.optim.schedule = "cosine"  # 'constant' | 'cosine' (to lr * min_lr_ratio at num_steps).
-    config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
-    config.optim.b1 = 0.9  # AdamW beta1.
-    config.optim.b2 = 0.95  # AdamW beta2.
-    config.optim.eps = 1e-8  # AdamW epsilon.
-    config.optim.weight_decay = 0.01  # AdamW decoupled weight decay (>= 2-D weights only).
-    config.optim.clip_norm = 1.0  # global-norm gradient clip (<= 0 disables).
-
-    config.ema = ml_collections.ConfigDict()
-    config.ema.power = 0.75  # EMA warm-up exponent.
-    config.ema.max_decay = 0.999  # EMA decay clamp.
-
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 128  # global batch per update.
-    config.train.num_steps = 5000  # total updates (the same for every tokenizer in a comparison).
-    config.train.log_every = 50  # steps between train-metric logs.
-    config.train.eval_every = 500  # steps between held-out token-loss evaluations (and at the end).
-    config.train.eval_batch_size = 256  # batch of the held-out evaluation.
-    config.train.progress_bar = True  # tqdm bar on process 0.
-
-    config.checkpoint = ml_collections.ConfigDict()
-    config.checkpoint.every = 1000  # steps between checkpoints (plus the last step and on SIGTERM/SIGINT).
-    config.checkpoint.keep_last = 2  # most recent checkpoints kept.
-    config.checkpoint.keep_best = 1  # checkpoints with the lowest validation loss kept in addition.
-    config.checkpoint.async_save = True  # background checkpoint writes.
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1  # devices on the data axis (-1 = all).
-    config.mesh.fsdp = 1  # devices on the fsdp axis.
-
-    config.sharding = ml_collections.ConfigDict()
-    config.sharding.rules = ((".*", "replicate"),)  # (regex on the param path, rule); see training/sharding.py.
-    config.sharding.fsdp_min_size = 2 ** 12  # leaves below this size stay replicated under 'fsdp'.
+    config.optim.update(lr=3e-4, warmup_steps=200, weight_decay=0.01)
+    config.train.update(num_steps=5000, eval_batch_size=256)  # the same num_steps for every tokenizer compared
+    config.checkpoint.every = 1000
 
     if "bin" in variants:
         config.tokenizer.fit = "bin"

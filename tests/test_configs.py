@@ -1,0 +1,40 @@
+"""The training config files: every field both kinds of run have is defined once (experiments/configs/common.py),
+and the variant keywords are parsed in one place."""
+
+import pytest
+
+from experiments.configs import common, oat, policy
+
+
+def _leaves(config, prefix=""):
+    out = set()
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out.add(prefix + key)
+    return out
+
+
+@pytest.mark.parametrize("tokenizer_variant, policy_variant", [("", "oat"), ("paper", "bin"), ("test", "dp,test")])
+def test_fields_of_both_configs_are_the_shared_ones(tokenizer_variant, policy_variant):
+    shared = _leaves(oat.get_config(tokenizer_variant)) & _leaves(policy.get_config(policy_variant))
+    shared = {f for f in shared if not f.startswith("model.")}  # each kind's own network (both have a dtype)
+    assert shared == _leaves(common.base())  # no field is defined in both files, and none of common's is dropped
+
+
+def test_values_that_differ_are_stated_by_the_config_that_changes_them():
+    base, tok, pol = common.base(), oat.get_config(""), policy.get_config("oat")
+    assert tok.optim.lr == base.optim.lr and pol.optim.lr != base.optim.lr  # the policy states its own
+    assert (pol.optim.lr, pol.optim.warmup_steps, pol.optim.weight_decay) == (3e-4, 200, 0.01)
+    assert "accum_steps" in tok.optim and "accum_steps" not in pol.optim  # only the tokenizer step accumulates
+
+
+def test_variant_keywords_are_checked_the_same_way():
+    with pytest.raises(ValueError, match=r"Unknown config variant\(s\) \['bogus'\]"):
+        oat.get_config("bogus")
+    with pytest.raises(ValueError, match=r"Unknown config variant\(s\) \['bogus'\]"):
+        policy.get_config("oat,bogus")
+    with pytest.raises(ValueError, match="Choose one variant among"):
+        policy.get_config("oat,bin")
+    assert oat.get_config(" paper , oatx ").objective.nested_dropout == "none"  # spaces and combinations
