@@ -14,13 +14,14 @@ LEGACY_TRAINING_FIELDS = ("nested_dropout", "nested_dropout_power", "nested_drop
 DROPOUT_RNGS = ("hash", "threefry")
 
 
-def dataclass_from_dict(cls, d: Mapping[str, Any]):
+def dataclass_from_dict(cls, d: Mapping[str, Any], what: str = ""):
     """`cls(**d)` for a dataclass `cls`; keys that are not fields raise ValueError naming them and the known fields
-    (they usually mean a config written by another version). Missing keys take the field defaults."""
+    (they usually mean a config written by another version). Missing keys take the field defaults.
+    what: how the message names the dict (default: the class name, e.g. "OATConfig")."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known fields: {sorted(known)}.")
+        raise ValueError(f"Unknown {what or cls.__name__} fields {unknown}; known fields: {sorted(known)}.")
     return cls(**d)
 
 

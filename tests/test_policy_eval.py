@@ -129,14 +129,15 @@ def test_metaworld_evaluation_end_to_end(tmp_path):
     greedy = policy_eval.evaluate([run], ["reach-v3"], episodes=1, seeds=[0], num_tokens=[4], max_steps=8,
                                   latency_repeats=1, log=lambda s: None, temperature=0.0)
     assert greedy["sampling"] == {"temperature": 0.0, "top_k": 10}
-    assert policy_eval._sampling_override(run, None, 3) == SamplingConfig(1.0, 3)
-    assert policy_eval._sampling_override(run, None, None) is None
     import jax
     from oat_jax.policy import load_policy
+    loaded = load_policy(run)
+    assert policy_eval._with_sampling(loaded, run, None, 3).sampling == SamplingConfig(1.0, 3)
+    assert policy_eval._with_sampling(loaded, run, None, None) is loaded
     obs = {"state": np.random.default_rng(0).normal(size=(3, policy.config.n_obs_steps, 39)).astype(np.float32)}
-    sampled = [load_policy(run).sample_tokens(obs, jax.random.PRNGKey(i))[0] for i in range(3)]
-    argmax = [load_policy(run, sampling=SamplingConfig(0.0, 10)).sample_tokens(obs, jax.random.PRNGKey(i))[0]
-              for i in range(3)]
+    sampled = [loaded.sample_tokens(obs, jax.random.PRNGKey(i))[0] for i in range(3)]
+    greedy_policy = loaded.with_sampling(SamplingConfig(0.0, 10))
+    argmax = [greedy_policy.sample_tokens(obs, jax.random.PRNGKey(i))[0] for i in range(3)]
     assert any((a != sampled[0]).any() for a in sampled[1:])  # the saved temperature 1 draws differ by key
     assert all((a == argmax[0]).all() for a in argmax[1:])  # greedy ignores the key
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from oat_jax import artifacts, timing
+from oat_jax import timing
 from oat_jax.eval.rollouts import (first_history, first_image_history, make_metaworld_envs, render_camera,
                                    render_frames, run_batched_episodes)
 from oat_jax.policy import load_policy
@@ -104,17 +104,19 @@ def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: lis
     return act
 
 
-def _sampling_override(path: str, temperature: float | None, top_k: int | None) -> SamplingConfig | None:
-    """The saved sampling settings of the policy at `path` with `temperature` / `top_k` replaced (None: no change)."""
+def _with_sampling(policy, path: str, temperature: float | None, top_k: int | None):
+    """`policy` drawing tokens with its saved settings, `temperature` / `top_k` replaced where not None."""
     if temperature is None and top_k is None:
-        return None
-    saved = artifacts.read_policy_metadata(path).get("sampling")
-    if saved is None:
+        return policy
+    if not isinstance(policy, TokenPolicy):
         raise ValueError(f"{path} holds a diffusion policy, which samples no tokens: --temperature / --top_k do not "
                          f"apply to it.")
-    saved = SamplingConfig(**saved)
-    return SamplingConfig(temperature=saved.temperature if temperature is None else float(temperature),
-                          top_k=saved.top_k if top_k is None else int(top_k))
+    changes = {}
+    if temperature is not None:
+        changes["temperature"] = float(temperature)
+    if top_k is not None:
+        changes["top_k"] = int(top_k)
+    return policy.with_sampling(dataclasses.replace(policy.sampling, **changes))
 
 
 def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds: Sequence[int],
@@ -143,7 +145,7 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
     if paired and len(seeds) != len(workdirs):
         raise ValueError(f"--paired needs one evaluation seed per workdir: {len(workdirs)} workdirs, seeds {seeds}.")
     clock = timing.Stopwatch()
-    policies = [load_policy(w, sampling=_sampling_override(w, temperature, top_k)) for w in workdirs]
+    policies = [_with_sampling(load_policy(w), w, temperature, top_k) for w in workdirs]
     label = label or policies[0].label
     used = getattr(policies[0], "sampling", None)
     if not hasattr(policies[0], "tokenizer") and any(k is not None for k in num_tokens):
@@ -206,8 +208,9 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
     evaluation batch (`episodes`), with the median of `repeats` calls after a warm-up call.
     """
     for res in results:
-        sampling = res.get("sampling")
-        policy = load_policy(res["workdirs"][0], sampling=SamplingConfig(**sampling) if sampling else None)
+        policy = load_policy(res["workdirs"][0])
+        if res.get("sampling"):  # the settings the evaluation used
+            policy = policy.with_sampling(SamplingConfig(**res["sampling"]))
         envs, image_fn = _eval_envs(policy, res["tasks"][0], 1, res["seeds"][0], res.get("camera", ""))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -2,18 +2,14 @@
 Diffusion Policy baseline (`DiffusionPolicy`); `load_policy` loads either kind."""
 
 
-def load_policy(path, step=None, verify: bool = True, sampling=None):
+def load_policy(path, step=None, verify: bool = True):
     """The saved policy at `path` (a policy directory, a policy training workdir, or a checkpoint step; `step` as in
     `TokenPolicy.load`), as a `TokenPolicy` or a `DiffusionPolicy` according to its policy.json "type".
-    sampling: a `SamplingConfig` that replaces a token policy's saved temperature / top-k (None keeps them).
-    Raises FileNotFoundError when no saved policy is there, ValueError for `sampling` with a diffusion policy."""
+    Raises FileNotFoundError when no saved policy is there."""
     from oat_jax import artifacts
 
     if artifacts.read_policy_metadata(path, step).get("type", "token") == "diffusion":
-        if sampling is not None:
-            raise ValueError(f"{path} holds a diffusion policy, which samples no tokens: temperature / top-k do not "
-                             f"apply to it.")
         from oat_jax.policy.diffusion_policy import DiffusionPolicy
         return DiffusionPolicy.load(path, step, verify=verify)
     from oat_jax.policy.policy import TokenPolicy
-    return TokenPolicy.load(path, step, sampling=sampling, verify=verify)
+    return TokenPolicy.load(path, step, verify=verify)

@@ -68,6 +68,11 @@ class TokenPolicy:
             raise ValueError(f"n_action_steps={n_action_steps} must be in 1..horizon={t.horizon}.")
         self.sampler = make_sampler(config, sampling)
 
+    def with_sampling(self, sampling: SamplingConfig) -> "TokenPolicy":
+        """The same policy (params, tokenizer, normalizers shared) drawing tokens with `sampling`."""
+        return TokenPolicy(self.config, self.params, self.tokenizer, self.obs_normalizers, sampling, self.obs_keys,
+                           self.n_action_steps)
+
     @property
     def label(self) -> str:
         """Name in tables: the tokenizer's name."""

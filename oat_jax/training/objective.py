@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from oat_jax.config import dataclass_from_dict
+
 if TYPE_CHECKING:
     from oat_jax.model import OATModel
 
@@ -112,11 +114,7 @@ class Objective:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Objective":
         """From `config.objective` (a dict or ConfigDict); unknown keys raise ValueError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown config.objective fields {unknown}; known fields: {sorted(known)}.")
-        return cls(**dict(d))
+        return dataclass_from_dict(cls, dict(d), "config.objective")
 
     @property
     def ordered(self) -> bool:
