@@ -2,7 +2,7 @@
 
 All inputs and outputs are in normalized action units; `OATTokenizer` adds the normalizer and input checks.
 RNG stream: "dropout" (ordinary dropout). The model decodes the prefix lengths it is given; which lengths training
-uses (nested dropout) is the objective's choice (oat_jax/training/objective.py).
+uses (nested dropout) is the objective's choice (oat_jax/training/tokenizer/objective.py).
 """
 
 from __future__ import annotations

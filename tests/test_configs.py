@@ -38,3 +38,51 @@ def test_variant_keywords_are_checked_the_same_way():
     with pytest.raises(ValueError, match="Choose one variant among"):
         policy.get_config("oat,bin")
     assert oat.get_config(" paper , oatx ").objective.nested_dropout == "none"  # spaces and combinations
+
+
+def _names_read_by_the_code():
+    """Attribute names and exact string constants (`.get("name")`, `d["name"]`) in the code that consumes configs:
+    oat_jax/, data_pipelines/ and experiments/ without the config files themselves."""
+    import ast
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    names = set()
+    for root in ("oat_jax", "data_pipelines", "experiments"):
+        for path in (repo / root).rglob("*.py"):
+            if path.parent.name == "configs":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute):
+                    names.add(node.attr)
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names.add(node.value)
+    return names
+
+
+@pytest.mark.parametrize("module, variants", [(oat, ("", "oatx", "quest", "paper", "fsdp", "runlocal", "test")),
+                                              (policy, ("oat", "quest", "bin", "fast", "dp", "runlocal", "test"))])
+def test_every_config_field_is_read_by_the_code(module, variants):
+    """A field nothing reads is an error: sections built into a dataclass must name its fields, the others must be
+    read by name somewhere in the code."""
+    import dataclasses
+    import inspect
+
+    from oat_jax import OATConfig
+    from oat_jax.action_tokenizers.bin import BinActionTokenizer
+    from oat_jax.policy.sampling import SamplingConfig
+    from oat_jax.training.tokenizer.objective import Objective
+
+    typed = {"objective": Objective, "sampling": SamplingConfig}
+    if module is oat:
+        typed["model"] = OATConfig
+    read = _names_read_by_the_code()
+    for variant in variants:
+        for leaf in _leaves(module.get_config(variant)):
+            section, name = leaf.split(".")[0], leaf.split(".")[-1]
+            if section in typed:
+                assert name in {f.name for f in dataclasses.fields(typed[section])}, (variant, leaf)
+            elif leaf.startswith("tokenizer.fit_options."):  # keyword options of the Bin / FAST fit
+                assert name in inspect.signature(BinActionTokenizer.fit).parameters, (variant, leaf)
+            else:
+                assert name in read, (variant, leaf)

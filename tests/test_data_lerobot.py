@@ -56,7 +56,7 @@ def test_lerobot_dataset_converts_from_the_cli_and_trains_a_tokenizer(tmp_path, 
     assert len({s["language_instruction"] for steps in episodes for s in steps}) > 1  # tasks differ by episode
 
     from oat_jax import OATTokenizer
-    from oat_jax.training import tokenizer_trainer
+    from oat_jax.training.tokenizer import trainer as tokenizer_trainer
 
     workdir = str(tmp_path / "tok")
     tokenizer_trainer.train_and_evaluate(train_helpers.tiny_config(out), workdir)

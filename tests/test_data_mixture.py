@@ -70,7 +70,7 @@ def test_members_must_agree_on_the_action_size(data_dir):
 def test_in_memory_mixture_sampling_matches_the_weights(data_dir):
     chunks = [np.zeros((50, 4, 2), np.float32), np.ones((7, 4, 2), np.float32), np.full((300, 4, 2), 2, np.float32)]
     weights = [3.0, 1.0, 0.5]
-    batches = data.MixtureBatches(chunks, weights, global_batch=64, rows=np.arange(64), seed=0)
+    batches = data.InMemoryBatches(chunks, weights, global_batch=64, rows=np.arange(64), seed=0)
     members = np.concatenate([batches.global_members(s)[0] for s in range(300)])
     p = np.asarray(weights) / sum(weights)
     n = len(members)
@@ -81,7 +81,7 @@ def test_in_memory_mixture_sampling_matches_the_weights(data_dir):
     assert set(np.concatenate([batches.global_members(s)[1][batches.global_members(s)[0] == 1]
                                for s in range(300)])) == set(range(7))
     np.testing.assert_array_equal(batches.global_members(5)[1], idx)
-    half = data.MixtureBatches(chunks, weights, 64, np.arange(32, 64), seed=0).local_batch(5)["actions"]
+    half = data.InMemoryBatches(chunks, weights, 64, np.arange(32, 64), seed=0).local_batch(5)["actions"]
     np.testing.assert_array_equal(half, batches.local_batch(5)["actions"][32:])
     np.testing.assert_array_equal(batches.local_batch(5)["actions"][:, 0, 0], m.astype(np.float32))
 

@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 import train_helpers
 from data_pipelines import oxe, rlds_reader
-from oat_jax.training import tokenizer_trainer as trainer
+from oat_jax.training.tokenizer import trainer
 from train_helpers import compilation_cache  # noqa: F401  (pytest fixture)
 
 T = 10

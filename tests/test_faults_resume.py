@@ -4,7 +4,7 @@ the checkpoint, not Orbax's internals."""
 import pytest
 
 import train_helpers
-from oat_jax.training import tokenizer_trainer as trainer
+from oat_jax.training.tokenizer import trainer
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 
 

@@ -82,7 +82,7 @@ def test_the_cycle_finder_finds_a_cycle_and_only_cycles():
 
 def test_the_graph_sees_imports_inside_functions():
     graph = import_graph()
-    assert "oat_jax.training.tokenizer_trainer" in graph["oat_jax.training"]  # the package's train_and_evaluate
+    assert "oat_jax.training.tokenizer.trainer" in graph["oat_jax.training"]  # the package's train_and_evaluate
     assert "oat_jax.eval.policy_eval" in graph["experiments.eval_policy"]
     assert "data_pipelines.beam_convert" in graph["data_pipelines.convert"]  # the --beam path, inside main()
 

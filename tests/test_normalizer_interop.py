@@ -11,7 +11,7 @@ import train_helpers
 from data_pipelines import statistics
 from oat_jax import load_pretrained
 from oat_jax.normalizer import ActionNormalizer
-from oat_jax.training import tokenizer_trainer as trainer
+from oat_jax.training.tokenizer import trainer
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 
 RNG = np.random.default_rng(0)

@@ -1,5 +1,5 @@
-"""The tokenizer's training objective (oat_jax/training/objective.py): the prefix-length distribution, the sampled
-and split batch plans, the split loss with its weights and hinge, the gradient detach, validation, the training
+"""The tokenizer's training objective (oat_jax/training/tokenizer/objective.py): the prefix-length distribution, the
+sampled and split batch plans, the split loss with its weights and hinge, the gradient detach, validation, the training
 configs' objectives, and chunk augmentation in the train step."""
 
 import jax
@@ -12,10 +12,9 @@ from oat_helpers import random_params, smooth_actions
 
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, init_params
-from oat_jax.normalizer import Normalizer
-from oat_jax.training import augment
-from oat_jax.training.objective import Objective, detach_leading, keep_length_distribution, monotone_penalty
-from oat_jax.training.tokenizer_step import init_train_state, make_train_step
+from oat_jax.training.tokenizer import augment
+from oat_jax.training.tokenizer.objective import Objective, detach_leading, keep_length_distribution, monotone_penalty
+from oat_jax.training.tokenizer.step import init_train_state, make_train_step
 
 TINY = OATConfig(action_dim=3, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_width=16, enc_depth=1, enc_heads=2,
                  enc_dropout=0.0, dec_width=16, dec_depth=1, dec_heads=2, dec_ffn_dim=32, dec_dropout=0.0,
@@ -303,7 +302,7 @@ def test_split_train_step_augments_only_the_full_length_rows(accum_steps):
     model, tx = OATModel(TINY), optax.sgd(1e-2)
     x = _batch(TINY, batch=16, seed=6)
     aug = _aug(flip=1.0, splice=1.0, min_length=-1)
-    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), Normalizer.identity(3), EMA, SPLIT,
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA, SPLIT,
                                    aug, accum_steps=accum_steps))
     state = init_train_state(model, tx, 0).replace(params=_trained_like(TINY))
     _, metrics = step(state, {"actions": x})
@@ -332,7 +331,7 @@ def test_sampled_train_step_gates_augmentation_by_the_drawn_length():
     batch = {"actions": _batch(TINY, batch=16, seed=4)}
     results = {}
     for name, cfg in (("plain", None), ("gated", _aug(1.0, 1.0, -1)), ("on", _aug(1.0, 1.0, 1))):
-        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), Normalizer.identity(3), EMA,
+        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA,
                                        objective, cfg))
         _, metrics = step(init_train_state(model, tx, 0).replace(params=_trained_like(TINY)), batch)
         results[name] = float(metrics["loss"])

@@ -7,7 +7,7 @@ import optax
 from oat_helpers import smooth_actions
 
 from oat_jax import OATConfig, OATModel, init_params
-from oat_jax.training.objective import Objective
+from oat_jax.training.tokenizer.objective import Objective
 
 # Tiny model, no ordinary dropout. Nested dropout in 'power' mode (P(k) ~ k^2): on a memorisable batch the pow2
 # default trains k=4 and k=8 equally and then leaves k=8 at about the k=4 error after a few hundred steps; weighting

@@ -177,7 +177,7 @@ print("RESULT" + json.dumps(out))
 
 
 def _trained_workdir(directory: str) -> str:
-    from oat_jax.training import tokenizer_trainer
+    from oat_jax.training.tokenizer import trainer as tokenizer_trainer
 
     data = train_helpers.write_tiny_dataset(os.path.join(directory, "data"))
     workdir = os.path.join(directory, "run")

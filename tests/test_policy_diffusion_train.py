@@ -15,7 +15,7 @@ from experiments.configs import policy as policy_configs
 from oat_jax.policy import load_policy
 from oat_jax.policy.diffusion_policy import DiffusionPolicy
 from oat_jax.policy.policy import TokenPolicy
-from oat_jax.training.policy_trainer import train_policy
+from oat_jax.training.policy.diffusion_trainer import train_and_evaluate
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def dp_run(tiny_dataset, tmp_path_factory):  # noqa: F811
     config = policy_configs.get_config("dp,test")
     config.data.path = tiny_dataset
     workdir = str(tmp_path_factory.mktemp("dp") / "run")
-    metrics = train_policy(config, workdir)
+    metrics = train_and_evaluate(config, workdir)
     return config, workdir, metrics
 
 

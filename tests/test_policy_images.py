@@ -15,9 +15,9 @@ from data_pipelines import rlds_writer
 from experiments.configs import policy as policy_configs
 from oat_jax.eval import rollouts
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
-from oat_jax.training import policy_data
+from oat_jax.training.policy import data as policy_data
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
+from oat_jax.training.policy.step import init_policy_state, make_policy_train_step
 
 EPISODE_LENS, SIZE, K = (7, 5, 9), 16, 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,7 +181,8 @@ def test_trainers_train_an_image_policy_that_acts_on_images(image_dataset, tmp_p
     """config.data.image_keys feeds the conv encoder through the trainer (diffusion and token policy alike); the
     saved policy records its cameras and acts on (state, image) histories."""
     from oat_jax.policy import load_policy
-    from oat_jax.training.policy_trainer import train_policy
+    from oat_jax.training.policy import diffusion_trainer
+    from oat_jax.training.policy import trainer as policy_trainer
 
     config = policy_configs.get_config(f"{variant},test")
     config.data.path, config.data.image_keys = image_dataset, ("observation/image",)
@@ -189,7 +190,8 @@ def test_trainers_train_an_image_policy_that_acts_on_images(image_dataset, tmp_p
     config.train.num_steps, config.train.eval_every = 2, 2
     if variant == "bin":
         config.tokenizer.fit_options.num_bins = 8
-    metrics = train_policy(config, str(tmp_path / "run"))
+    trainer = diffusion_trainer if config.policy.get("type") == "diffusion" else policy_trainer
+    metrics = trainer.train_and_evaluate(config, str(tmp_path / "run"))
     assert np.isfinite(metrics["val_loss"])
     policy = load_policy(str(tmp_path / "run"))
     assert (policy.config.num_cameras, policy.config.image_shape) == (1, (SIZE, SIZE, 3))

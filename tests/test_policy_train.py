@@ -17,7 +17,7 @@ from experiments.configs import policy as policy_configs
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
+from oat_jax.training.policy.step import init_policy_state, make_policy_train_step
 
 
 def test_train_step_lowers_the_loss_on_a_fixed_batch():
@@ -49,8 +49,8 @@ def test_trainer_writes_a_self_contained_policy(tiny_dataset, tmp_path):  # noqa
     config.data.path = tiny_dataset
     config.tokenizer.path = str(tmp_path / "tok_run")  # a workdir holding tokenizer/
     workdir = str(tmp_path / "policy_run")
-    from oat_jax.training.policy_trainer import train_policy
-    metrics = train_policy(config, workdir)
+    from oat_jax.training.policy.trainer import train_and_evaluate
+    metrics = train_and_evaluate(config, workdir)
     assert np.isfinite(metrics["val_loss"]) and 0.0 <= metrics["val_token_acc"] <= 1.0
     with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
         final = json.load(f)
@@ -62,7 +62,7 @@ def test_trainer_writes_a_self_contained_policy(tiny_dataset, tmp_path):  # noqa
     assert actions.shape == (2, 8, ACTION_DIM) and valid.all()
     # resuming restores the tokenizer from the checkpoint (the original is deleted) and trains on
     config.train.num_steps += 2
-    more = train_policy(config, workdir)
+    more = train_and_evaluate(config, workdir)
     assert np.isfinite(more["val_loss"])
     with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
         assert json.load(f)["step"] == config.train.num_steps

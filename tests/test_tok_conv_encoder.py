@@ -60,33 +60,26 @@ def test_config_validation_and_torch_import_refusal():
         reference_layout(CONV)
 
 
-def test_quest_variant_changes_only_the_encoder_and_the_objective():
+def test_default_orders_tokens_over_the_conv_encoder_and_variants_change_one_thing():
     from experiments.configs import oat as oat_configs
 
-    base, quest = oat_configs.get_config(""), oat_configs.get_config("quest")
-    assert base.model.encoder == "registers" and base.objective.nested_dropout != "none"
-    changed = {k for k in base.model if base.model[k] != quest.model[k]}
-    # The conv encoder downsamples single steps itself (QueST), so it takes no input patches.
-    assert changed == {"encoder", "enc_patch"}
-    assert (quest.model.encoder, quest.model.enc_patch) == ("conv", 1)
-    # Without nested dropout every decode is full-length: nothing to split, hinge or detach.
-    assert quest.objective.to_dict() == oat_configs.get_config("oatx").objective.to_dict()
+    base, quest, oatx = (oat_configs.get_config(v) for v in ("", "quest", "oatx"))
+    # The default: ordered tokens (nested dropout) over the causal conv encoder on single steps.
+    assert (base.model.encoder, base.model.enc_patch) == ("conv", 1) and base.objective.nested_dropout == "power"
+    # QueST-style: the same model, unordered tokens; without nested dropout every decode is full-length.
+    assert quest.model.to_dict() == base.model.to_dict()
     assert quest.objective.nested_dropout == "none" and quest.objective.detach_tokens == 0
-    for section in ("optim", "train", "data", "ema", "augment"):  # the same training recipe and budget
-        assert quest[section].to_dict() == base[section].to_dict(), section
-    paper = oat_configs.get_config("paper,quest")
-    assert paper.model.encoder == "conv" and paper.model.dtype == "bfloat16"
-    assert "quest" in oat_configs.__doc__
-
-
-def test_conv_variant_orders_tokens_over_the_conv_encoder():
-    from experiments.configs import oat as oat_configs
-
-    base, conv = oat_configs.get_config(""), oat_configs.get_config("conv")
-    assert {k for k in base.model if base.model[k] != conv.model[k]} == {"encoder", "enc_patch"}
-    assert conv.model.encoder == "conv" and conv.model.to_dict() == oat_configs.get_config("quest").model.to_dict()
-    assert conv.objective.to_dict() == base.objective.to_dict()  # the default's ordering objective
-    for section in ("optim", "train", "data", "ema", "augment"):
-        assert conv[section].to_dict() == base[section].to_dict(), section
-    paper = oat_configs.get_config("paper,conv")  # the reference objective over the conv encoder
-    assert paper.model.encoder == "conv" and paper.objective.nested_dropout == "pow2"
+    # OAT x: the paper's register encoder (2-step input patches at the default's size), unordered.
+    assert {k for k in base.model if base.model[k] != oatx.model[k]} == {"encoder", "enc_patch"}
+    assert (oatx.model.encoder, oatx.model.enc_patch) == ("registers", 2)
+    assert oatx.objective.to_dict() == quest.objective.to_dict()
+    for variant in (quest, oatx):
+        for section in ("optim", "train", "data", "ema", "augment"):  # the same training recipe and budget
+            assert variant[section].to_dict() == base[section].to_dict(), section
+    paper = oat_configs.get_config("paper")  # the reference: register encoder, pow2 nested dropout, bf16
+    assert (paper.model.encoder, paper.objective.nested_dropout, paper.model.dtype) == ("registers", "pow2", "bfloat16")
+    assert oat_configs.get_config("paper,quest").model.encoder == "conv"
+    assert oat_configs.get_config("paper,oatx").model.to_dict() == paper.model.to_dict()
+    with pytest.raises(ValueError, match="oatx"):
+        oat_configs.get_config("oatx,quest")
+    assert "quest" in oat_configs.__doc__ and "encoder=registers" in oat_configs.__doc__

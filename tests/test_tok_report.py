@@ -14,7 +14,8 @@ from oat_jax import OATTokenizer
 from oat_jax.action_tokenizers import BinActionTokenizer, FASTActionTokenizer, load_action_tokenizer, metrics
 from oat_jax.eval import tokenizer_report, tokenizer_report_render
 from oat_jax.normalizer import Normalizer
-from oat_jax.training import policy_data, train_and_evaluate
+from oat_jax.training import train_and_evaluate
+from oat_jax.training.policy import data as policy_data
 import train_helpers
 from test_tok_oat import TINY, random_oat, random_params
 

@@ -15,7 +15,7 @@ from oat_jax.training import checkpointing, data, train_and_evaluate
 from oat_jax.training.faults import NonFiniteLossError
 from oat_jax.training.metrics import read_metrics
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.tokenizer_step import init_train_state, model_config
+from oat_jax.training.tokenizer.step import init_train_state, model_config
 import train_helpers
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 

@@ -8,7 +8,7 @@ import pytest
 from experiments.configs import oat as oat_configs
 from oat_jax.model import init_params
 from oat_jax.training import ema, optim
-from oat_jax.training.tokenizer_step import model_config
+from oat_jax.training.tokenizer.step import model_config
 
 
 def _optim(**kw):

@@ -12,8 +12,8 @@ from experiments.configs import oat as oat_configs
 from oat_jax.model import OATModel
 from oat_jax.normalizer import ActionNormalizer
 from oat_jax.training import optim, sharding
-from oat_jax.training.objective import Objective
-from oat_jax.training.tokenizer_step import init_train_state, make_train_step, model_config
+from oat_jax.training.tokenizer.objective import Objective
+from oat_jax.training.tokenizer.step import init_train_state, make_train_step, model_config
 
 GLOBAL_BATCH = 16
 
@@ -29,9 +29,9 @@ def _losses(variant, devices, num_steps=3, accum_steps=1, dtype="float32"):
     state_sharding = sharding.tree_shardings(jax.eval_shape(init), mesh, config.sharding)
     state = jax.jit(init, out_shardings=state_sharding)()
     batch_sharding = sharding.batch_sharding(mesh)
-    normalizer = ActionNormalizer.from_stats({"min": [-1, -5, -0.2], "max": [1, 5, 0.2]})
+    normalizer = ActionNormalizer.from_stats({"min": [-1, -5, -0.2], "max": [1, 5, 0.2]})  # batches come normalized
     # the paper's objective (one sampled k per row): accumulated micro-batches then give exactly the one-batch step
-    step = jax.jit(make_train_step(model, tx, schedule, normalizer, config.ema, Objective(), None, accum_steps, mesh),
+    step = jax.jit(make_train_step(model, tx, schedule, config.ema, Objective(), None, accum_steps, mesh),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     rng = np.random.default_rng(0)
@@ -39,7 +39,7 @@ def _losses(variant, devices, num_steps=3, accum_steps=1, dtype="float32"):
     losses = []
     for _ in range(num_steps):
         actions = (rng.uniform(-1, 1, (GLOBAL_BATCH, model.config.horizon, 3)) * [1, 5, 0.2]).astype(np.float32)
-        batch = sharding.to_global({"actions": actions[rows]}, batch_sharding, GLOBAL_BATCH)
+        batch = sharding.to_global({"actions": normalizer.normalize(actions[rows])}, batch_sharding, GLOBAL_BATCH)
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return np.array(losses), state

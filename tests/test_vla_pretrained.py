@@ -17,7 +17,7 @@ from oat_jax import ActionNormalizer, OATTokenizer, artifacts, load_pretrained
 from oat_jax.artifacts import resolve_step
 from oat_jax.training.checkpointing import CheckpointStore
 from oat_jax.training.train_state import TrainState
-from oat_jax.training.tokenizer_step import model_config
+from oat_jax.training.tokenizer.step import model_config
 
 STATS = {"action": {"min": [-1.0, -2.0, 0.0], "max": [1.0, 3.0, 0.5], "mean": [0.0, 0.5, 0.2],
                     "std": [0.5, 1.0, 0.1], "q01": [-0.9, -1.8, 0.01], "q99": [0.9, 2.8, 0.49], "count": 100},

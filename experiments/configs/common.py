@@ -39,13 +39,12 @@ def base() -> ml_collections.ConfigDict:
     config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
     config.optim.b1 = 0.9  # AdamW beta1.
     config.optim.b2 = 0.95  # AdamW beta2.
-    config.optim.eps = 1e-8  # AdamW epsilon.
     config.optim.weight_decay = 0.0  # AdamW decoupled weight decay (only on >= 2-D weights).
     config.optim.clip_norm = 1.0  # global gradient-norm clip (<= 0 disables).
 
     config.ema = ml_collections.ConfigDict()
-    config.ema.power = 0.75  # EMA warm-up exponent: decay = 1 - n**-power after two updates.
-    config.ema.max_decay = 0.999  # upper clamp of the EMA decay (reference 0.9999 for 100k+ step runs).
+    config.ema.max_decay = 0.999  # EMA decay = min(1 - n**-0.75, max_decay) after two updates (reference 0.9999
+    #                               for 100k+ step runs).
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 128  # global batch (all devices and processes together) per update.

@@ -1,15 +1,17 @@
 r"""OAT tokenizer training configs.
 
-Default (embedded Meta-World dataset, a small fast model; about 5 minutes on 2 idle CPU cores):
+Default (embedded Meta-World dataset, a small fast model; about 5 minutes on 2 idle CPU cores): ordered tokens over a
+causal conv encoder on single steps (token j summarizes steps 1..4(j + 1)), trained with nested dropout:
   python -m experiments.train --config=experiments/configs/oat.py --workdir=runs/oat_metaworld
 
 Variants are chosen by the config argument (comma-separated keywords, combinable):
-  --config=experiments/configs/oat.py:oatx        OAT x ablation: no nested dropout (prefixes are not meaningful)
-  --config=experiments/configs/oat.py:conv        ordered tokens over QueST-style's causal conv encoder (token j
-      summarizes steps 1..4(j + 1)): the default's objective, model.encoder='conv' on single steps; its policies
-      succeed more often on unseen Meta-World tasks, its k = 1 decodes 2.2x worse (docs/POLICY.md)
-  --config=experiments/configs/oat.py:quest       QueST-style baseline: causal conv + causal transformer encoder
-      (model.encoder='conv'), FSQ, the same decoder, no nested dropout; same budget as the default
+  --config=experiments/configs/oat.py:oatx        OAT x ablation: the paper's register encoder (model.encoder=
+      'registers', 2-step input patches) without nested dropout (prefixes are not meaningful)
+  --config=experiments/configs/oat.py:quest       QueST-style baseline: the default's conv encoder, no nested dropout
+      (unordered tokens); same budget as the default
+The paper's register encoder with the default's objective (the default before ordered conv; its policies succeed less
+often on Meta-World tasks no run was tuned on, its k = 1 decodes 2.2x better, docs/POLICY.md):
+  --config.model.encoder=registers --config.model.enc_patch=2
   --config=experiments/configs/oat.py:paper       the paper's model and reference hyperparameters (batch 256 per
       GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); it needs a dataset:
       add --config.data.path=/path/to/rlds_builder_dir, or --config.data.name=libero_10 --config.data.data_dir=DIR
@@ -18,8 +20,8 @@ Variants are chosen by the config argument (comma-separated keywords, combinable
   --config=experiments/configs/oat.py:runlocal    tiny model, a few steps (smoke test, seconds)
   --config=experiments/configs/oat.py:test        tiny model used by the unit tests
 Any field can be overridden, e.g. --config.optim.lr=1e-4 --config.train.num_steps=2000.
-Several processes (e.g. two CPU hosts): add --config.distributed.coordinator_address=host0:1234
-  --config.distributed.num_processes=2 --config.distributed.process_id=<i> on each.
+Several processes (e.g. two CPU hosts): add --coordinator_address=host0:1234 --num_processes=2 --process_id=<i> on
+each (experiments/train.py; --distributed_auto on a TPU pod or SLURM job).
 """
 
 import dataclasses
@@ -27,32 +29,32 @@ import dataclasses
 import ml_collections
 
 from experiments.configs import common
-from oat_jax.training.objective import Objective
+from oat_jax.training.tokenizer.objective import Objective
 
-VARIANTS = ("oatx", "quest", "conv", "paper", "fsdp", "runlocal", "test")
+VARIANTS = ("oatx", "quest", "paper", "fsdp", "runlocal", "test")
 
 
 def _model(**overrides) -> ml_collections.ConfigDict:
-    """OATConfig fields (see oat_jax/config.py for each one's meaning); action_dim=-1 = taken from the dataset."""
+    """The OATConfig fields people tune (see oat_jax/config.py for each one's meaning), the paper's values with
+    `overrides`; the others keep OATConfig's (the reference's) values and action_dim is the dataset's."""
     model = ml_collections.ConfigDict(dict(
-        action_dim=-1, horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
-        enc_width=256, enc_depth=2, enc_heads=4, enc_mlp_ratio=4.0, enc_dropout=0.1, causal_registers=True,
-        encoder="registers", enc_patch=1,
+        horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
+        encoder="registers", enc_width=256, enc_depth=2, enc_heads=4, enc_dropout=0.1, enc_patch=1,
         dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        causal_decoder=True, dec_patch=1, layer_norm_eps=1e-5,
-        dtype="float32", dropout_rng="hash"))
+        dec_patch=1, dtype="float32"))
     model.update(overrides)
     return model
 
 
 def _objective(**changes) -> ml_collections.ConfigDict:
-    """`Objective` fields (see oat_jax/training/objective.py for each one's meaning): the paper's, with `changes`."""
+    """`Objective` fields (see oat_jax/training/tokenizer/objective.py for each one's meaning): the paper's, with
+    `changes`."""
     return ml_collections.ConfigDict(dataclasses.asdict(Objective(**changes)))
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Returns the training config for the variants named in `arg` (see the module docstring)."""
-    variants = common.parse_variants(arg, VARIANTS)
+    variants = common.parse_variants(arg, VARIANTS, exclusive=("oatx", "quest"))
     config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
     # Weighted mixture instead of path/name: 'name_or_path:weight,...' (names read from data_dir; weight default 1).
     # Each member is normalized with its own statistics; the tokenizer keeps them all (OATTokenizer.for_dataset).
@@ -74,36 +76,26 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.normalizer.unnormalized_dims = ""  # comma-separated action dims left raw (e.g. a gripper in [0, 1]).
 
     # Default: a smaller, faster tokenizer than the paper's (width 96, 2 + 2 layers, no dropout) that learns the small
-    # Meta-World dataset within a few minutes on a CPU, with 2-step input and 4-step output patches (2.2x cheaper
-    # steps than the reference's shapes; docs/TOKENIZER_FIDELITY.md).
+    # Meta-World dataset within a few minutes on a CPU, with 4-step output patches (docs/TOKENIZER_FIDELITY.md); its
+    # encoder is the causal conv encoder on single steps instead of the paper's registers, so the first tokens
+    # describe the start of the chunk, which a policy executes (docs/POLICY.md).
     config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
-                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, enc_patch=2,
-                          dec_patch=4)
+                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, encoder="conv",
+                          enc_patch=1, dec_patch=4)
 
-    # The training objective (oat_jax/training/objective.py). Default, beyond the paper: 90% of the rows decoded at
-    # all N tokens, the other 10% each at every k < N weighted by P(k) ~ k^-1.5, a hinge on any k decoding worse than
-    # k - 1, and full-length decodes passing token 1 only 0.3 of their gradient (so the first token is shaped by the
-    # short prefixes).
+    # The training objective (oat_jax/training/tokenizer/objective.py). Default, beyond the paper: 90% of the rows
+    # decoded at all N tokens, the other 10% each at every k < N weighted by P(k) ~ k^-1.5, a hinge on any k decoding
+    # worse than k - 1, and full-length decodes passing token 1 only 0.3 of their gradient (so the first token is
+    # shaped by the short prefixes).
     config.objective = _objective(nested_dropout="power", power=-1.5, full=0.9, split=True, monotone_weight=0.1,
                                   monotone_margin=0.05, detach_tokens=1, detach_scale=0.3)
 
-    config.augment = ml_collections.ConfigDict()  # chunk augmentation in training (oat_jax/training/augment.py)
+    config.augment = ml_collections.ConfigDict()  # chunk augmentation (oat_jax/training/tokenizer/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
     config.augment.splice_prob = 0.5  # P(an example's tail, from a random cut, comes from another chunk).
     config.augment.min_length = -1  # only examples decoded at >= this many tokens are augmented (1 = all, -1 = N).
 
     config.optim.accum_steps = 1  # micro-batches per update (gradient accumulation); must divide the batch.
-
-    config.distributed = ml_collections.ConfigDict()
-    config.distributed.coordinator_address = ""  # 'host:port' of process 0 for a multi-process run ('' = none).
-    config.distributed.num_processes = 1  # processes in the run (with coordinator_address).
-    config.distributed.process_id = 0  # this process's index (with coordinator_address).
-    config.distributed.auto = False  # True: jax.distributed.initialize() detects the cluster (TPU pod, SLURM).
-    config.distributed.cpu_collectives = "gloo"  # CPU cross-process collectives ('' keeps JAX's default).
-
-    config.plots = ml_collections.ConfigDict()
-    config.plots.num_chunks = 4  # validation chunks drawn in reconstructions.png.
-    config.plots.prefix_lengths = (1, 2, 4, 8)  # k values drawn in reconstructions.png.
 
     if "paper" in variants:
         config.data.allow_embedded = False  # the paper recipe needs a dataset: set path, or name + data_dir.
@@ -111,7 +103,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.objective = _objective()  # pow2, one sampled k per row
         config.augment.update(flip_prob=0.0, splice_prob=0.0, min_length=1)
         config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
-                            eps=1e-8, weight_decay=0.0, clip_norm=1.0)
+                            weight_decay=0.0, clip_norm=1.0)
         config.ema.max_decay = 0.9999
         # 256 per GPU on 4 GPUs; ~5000 epochs of LIBERO-10 (~100k chunks) at batch 1024.
         config.train.update(batch_size=1024, num_steps=500_000, log_every=100, eval_every=5000,
@@ -124,23 +116,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if "runlocal" in variants or "test" in variants:
         config.model = _model(enc_width=32, enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2,
                               dec_ffn_dim=64, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_dropout=0.0,
-                              dec_dropout=0.0, dec_attn_dropout=0.0)
+                              dec_dropout=0.0, dec_attn_dropout=0.0, encoder="conv")
         config.optim.update(warmup_steps=2, schedule="constant", lr=3e-3)
         config.train.update(batch_size=16, num_steps=20, log_every=5, eval_every=10, eval_batch_size=32,
                             progress_bar="runlocal" in variants)
         config.checkpoint.update(every=10, async_save=True)
         config.data.max_eval_chunks = 96
-        config.plots.prefix_lengths = (1, 2, 4)
     if "test" in variants:
         config.train.update(num_steps=4, log_every=1, eval_every=4)
         config.checkpoint.every = 2
         config.sharding.fsdp_min_size = 16
     # Unordered tokens: no nested dropout, so every decode is full-length (nothing to split, hinge or detach).
     unordered = _objective(nested_dropout="none")
-    if "oatx" in variants:
+    if "oatx" in variants:  # the paper's register encoder (2-step input patches at the default's size) unordered
+        config.model.update(encoder="registers", enc_patch=1 if "paper" in variants else 2)
         config.objective = unordered
-    if "quest" in variants or "conv" in variants:  # the causal conv encoder on single steps
+    if "quest" in variants:  # QueST-style: the causal conv encoder on single steps, unordered tokens
         config.model.update(encoder="conv", enc_patch=1)
-    if "quest" in variants:  # QueST-style: that encoder with unordered tokens
         config.objective = unordered
     return config

@@ -34,16 +34,24 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
     config.kind = "policy"  # experiments.train dispatches on this: 'policy' trains a policy, else a tokenizer.
 
-    config.tokenizer = ml_collections.ConfigDict()
-    config.tokenizer.name = next(iter(variants & set(POLICY_TYPES)), "oat")  # which row (token type or dp).
-    config.tokenizer.path = ""  # saved tokenizer dir or OAT/QueST training workdir; '' with fit = fit at start.
-    config.tokenizer.fit = ""  # 'bin' | 'fast': fit this tokenizer on the train chunks when path is ''.
-    config.tokenizer.fit_options = ml_collections.ConfigDict()  # keyword options of the fit (e.g. num_bins).
+    diffusion = "dp" in variants
+    if not diffusion:  # a token policy: its frozen tokenizer and how it samples tokens when acting
+        config.tokenizer = ml_collections.ConfigDict()
+        config.tokenizer.path = ""  # saved tokenizer dir or OAT/QueST training workdir (the oat/oatx/quest rows).
+        if variants & {"bin", "fast"}:
+            config.tokenizer.fit = "bin" if "bin" in variants else "fast"  # fitted on the train chunks at start.
+            config.tokenizer.fit_options = ml_collections.ConfigDict()  # keyword options of the fit (num_bins).
+            if "bin" in variants:
+                config.tokenizer.fit_options.num_bins = 256
+        config.sampling = ml_collections.ConfigDict()
+        config.sampling.temperature = 1.0  # sampling temperature at evaluation (paper 1.0; 0 = greedy).
+        config.sampling.top_k = 10  # top-k at evaluation (paper 10; 0 = off).
 
     config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
     config.data.image_keys = ()  # step keys of camera images for the conv encoder, e.g. ("observation/image",).
     config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
-    config.data.horizon = 32  # H of the chunks when a tokenizer is fitted here (a loaded one brings its own).
+    if diffusion or variants & {"bin", "fast"}:  # chunks made here (a loaded tokenizer brings its own H)
+        config.data.horizon = 32  # H of the chunks the tokenizer is fitted on / the denoiser generates.
 
     config.obs_normalizer = ml_collections.ConfigDict()
     config.obs_normalizer.mode = "gaussian"  # state normalization fitted on train episodes: 'gaussian' | 'limits'.
@@ -57,34 +65,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.model.state_hidden = 256  # hidden size of the state MLP encoder.
     config.model.dtype = "float32"  # matmul dtype: 'float32' | 'bfloat16'.
 
-    config.sampling = ml_collections.ConfigDict()
-    config.sampling.temperature = 1.0  # sampling temperature at evaluation (paper 1.0; 0 = greedy).
-    config.sampling.top_k = 10  # top-k at evaluation (paper 10; 0 = off).
-
     config.policy = ml_collections.ConfigDict()
     config.policy.n_action_steps = 16  # actions of each chunk executed before re-planning (paper 16 of 32).
-    config.policy.type = "diffusion" if "dp" in variants else "token"  # 'token' (AR over tokens) | 'diffusion'.
+    config.policy.type = "diffusion" if diffusion else "token"  # 'token' (AR over tokens) | 'diffusion'.
 
-    config.diffusion = ml_collections.ConfigDict()  # the Diffusion Policy (policy.type 'diffusion') only
-    config.diffusion.num_train_timesteps = 100  # T of the DDIM training schedule (reference DP 100).
-    config.diffusion.num_inference_steps = 10  # DDIM steps when acting (reference DP 10).
-    config.diffusion.prediction_type = "epsilon"  # network target: 'epsilon' | 'sample' | 'v_prediction'.
-    config.diffusion.clip_sample = True  # clip the predicted clean chunk to [-1, 1] while sampling.
-    config.diffusion.causal_attn = True  # causal self-attention over the chunk's steps (reference DP: True).
-    config.diffusion.eval_sample_steps = 10  # DDIM steps of the held-out sampled-chunk MSE (0 = skip it).
-
-    config.action_normalizer = ml_collections.ConfigDict()
-    config.action_normalizer.mode = "limits"  # diffusion policy: train-split actions mapped to [-1, 1].
+    if diffusion:  # the Diffusion Policy baseline: its DDIM schedule and action normalizer
+        config.diffusion = ml_collections.ConfigDict()
+        config.diffusion.num_train_timesteps = 100  # T of the DDIM training schedule (reference DP 100).
+        config.diffusion.num_inference_steps = 10  # DDIM steps when acting (reference DP 10).
+        config.diffusion.prediction_type = "epsilon"  # network target: 'epsilon' | 'sample' | 'v_prediction'.
+        config.diffusion.clip_sample = True  # clip the predicted clean chunk to [-1, 1] while sampling.
+        config.diffusion.causal_attn = True  # causal self-attention over the chunk's steps (reference DP: True).
+        config.diffusion.eval_sample_steps = 10  # DDIM steps of the held-out sampled-chunk MSE (0 = skip it).
+        config.action_normalizer = ml_collections.ConfigDict()
+        config.action_normalizer.mode = "limits"  # train-split actions mapped to [-1, 1] (reference DP).
 
     config.optim.update(lr=3e-4, warmup_steps=200, weight_decay=0.01)
     config.train.update(num_steps=5000, eval_batch_size=256)  # the same num_steps for every tokenizer compared
     config.checkpoint.every = 1000
 
-    if "bin" in variants:
-        config.tokenizer.fit = "bin"
-        config.tokenizer.fit_options = ml_collections.ConfigDict({"num_bins": 256})
-    if "fast" in variants:
-        config.tokenizer.fit = "fast"
     if "runlocal" in variants or "test" in variants:
         config.model.update(width=64, depth=2, num_heads=2, state_hidden=64)
         config.optim.update(warmup_steps=10, lr=1e-3)
@@ -98,6 +97,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4, eval_batch_size=32)
         config.checkpoint.update(every=2, async_save=False)
         config.data.max_eval_chunks = 64
-        config.data.horizon = 8  # the tiny tokenizers' H; a diffusion policy denoises chunks of this length
-        config.diffusion.eval_sample_steps = 2
+        if "horizon" in config.data:
+            config.data.horizon = 8  # the tiny tokenizers' H
+        if diffusion:
+            config.diffusion.eval_sample_steps = 2
     return config

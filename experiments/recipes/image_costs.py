@@ -18,7 +18,7 @@ from oat_jax import timing
 from oat_jax.eval import rollouts
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
+from oat_jax.training.policy.step import init_policy_state, make_policy_train_step
 
 flags.DEFINE_string("task", "reach-v3", "Meta-World task of the environment timed.")
 flags.DEFINE_string("camera", "corner", "Camera rendered.")

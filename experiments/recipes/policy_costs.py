@@ -18,7 +18,7 @@ from oat_jax import timing
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel, init_params, param_count
 from oat_jax.policy.sampling import SamplingConfig, Sampler
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.policy_step import init_policy_state, make_policy_train_step
+from oat_jax.training.policy.step import init_policy_state, make_policy_train_step
 
 flags.DEFINE_integer("width", 256, "Model width (and state MLP hidden size).")
 flags.DEFINE_integer("depth", 4, "Transformer blocks.")

@@ -41,7 +41,7 @@ def main(argv):
 
     from oat_jax.eval.open_loop import open_loop_report
     from oat_jax.policy.policy import TokenPolicy
-    from oat_jax.training import policy_data
+    from oat_jax.training.policy import data as policy_data
 
     results = {}
     for work in [w for w in _WORKDIRS.value.split(",") if w]:

@@ -18,7 +18,7 @@ from absl import app
 from oat_jax import timing
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel, init_params
-from oat_jax.training.objective import Objective
+from oat_jax.training.tokenizer.objective import Objective
 
 BASE = dict(action_dim=4, horizon=32, num_tokens=8, levels=(8, 5, 5, 5), enc_width=96, enc_depth=2, enc_heads=4,
             enc_dropout=0.0, dec_width=96, dec_depth=2, dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0,

@@ -47,7 +47,7 @@ def _in_memory_row(config: ml_collections.ConfigDict, dataset: str) -> dict[str,
     chunks = train_data.load_chunks(loader.DatasetSpec(path=dataset), config.training.data, "train",
                                     d.horizon)
     load_s = clock.elapsed()
-    batcher = train_data.InMemoryBatches(chunks, d.batch_size, np.arange(d.batch_size), config.seed)
+    batcher = train_data.InMemoryBatches([chunks], [1.0], d.batch_size, np.arange(d.batch_size), config.seed)
     counter = iter(range(10 ** 9))
     stats = timing.time_calls(lambda: batcher.local_batch(next(counter))["actions"], d.batches, config.max_seconds,
                               warmup=d.warmup)

@@ -17,8 +17,9 @@ from oat_jax import timing
 from oat_jax.benchmarks.costs import flops_of, rate_fields
 from oat_jax.benchmarks.inputs import random_normalizer
 from oat_jax.model import OATModel
-from oat_jax.training import optim, sharding, tokenizer_step
-from oat_jax.training.objective import Objective
+from oat_jax.training import optim, sharding
+from oat_jax.training.tokenizer import step as tokenizer_step
+from oat_jax.training.tokenizer.objective import Objective
 
 
 def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devices: list):
@@ -37,11 +38,11 @@ def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devi
     state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, tcfg.sharding)
     state = jax.jit(init_fn, out_shardings=state_sharding)()
     batch_sharding = sharding.batch_sharding(mesh)
-    actions = rng.uniform(-2.0, 2.0, (batch, mcfg.horizon, mcfg.action_dim)).astype(np.float32)
+    actions = normalizer.normalize(rng.uniform(-2.0, 2.0, (batch, mcfg.horizon, mcfg.action_dim)).astype(np.float32))
     data = {"actions": jax.device_put(actions, batch_sharding)}
     objective = Objective.from_dict(tcfg.objective)
-    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, normalizer, tcfg.ema, objective,
-                                                  tcfg.get("augment"), 1, mesh),
+    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, tcfg.ema, objective, tcfg.get("augment"), 1,
+                                                  mesh),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     return step.lower(state, data).compile(), state, data

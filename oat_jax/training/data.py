@@ -1,9 +1,12 @@
 """Training and evaluation data on top of `data_pipelines` (train/val split by episode, chunks of H steps).
 
-Two ways to feed the train step, both yielding this process's rows of the global batch (raw units):
-- in memory (`config.data.in_memory`, default): every train chunk is loaded once into a numpy array; the global
-  batch of step s is a fixed function of (seed, s) (epoch-wise permutations), and each process takes its rows.
-  Resuming at step s therefore replays exactly the batches of an uninterrupted run, whatever the process count.
+The training data is one dataset or a weighted mixture (`dataset_members`; one dataset is a mixture of one), each
+member normalized on the host with its own statistics' normalizer. Two ways to feed the train step, both yielding
+this process's rows of the global batch (`train_batches`):
+- in memory (`config.data.in_memory`, default): every train chunk is loaded once into numpy arrays; the global
+  batch of step s is a fixed function of (seed, s) (one dataset: epoch-wise permutations), and each process takes
+  its rows. Resuming at step s therefore replays exactly the batches of an uninterrupted run, whatever the process
+  count.
 - streaming: `loader.make_chunk_dataset` with this process's episode shard, shuffled and repeated, re-seeded from
   the start step on resume (statistically, not bitwise, equivalent to an uninterrupted run). For datasets that do
   not fit in host memory.
@@ -184,71 +187,45 @@ def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int,
             for label, spec in eval_dataset_specs(entries, flag).items()}
 
 
-class InMemoryBatches:
-    """Global batch of step s = chunks at positions s*B .. s*B+B-1 of an endless sequence of seeded permutations;
-    this process keeps `rows` of it.
+class EpochOrder:
+    """Global row order of step s over M items: positions s*B .. s*B+B-1 of an endless sequence of seeded
+    permutations (every item once per epoch); this process keeps `rows`.
 
     Args:
-      chunks: (M, H, D_a) float32 train chunks (identical on every process).
+      size: M.
       global_batch: B.
       rows: (b,) int sorted global rows this process feeds (`sharding.process_rows`).
       seed: data-order seed.
     """
 
-    def __init__(self, chunks: np.ndarray, global_batch: int, rows: np.ndarray, seed: int):
-        self.chunks, self.global_batch, self.rows, self.seed = chunks, global_batch, np.asarray(rows), seed
+    def __init__(self, size: int, global_batch: int, rows: np.ndarray, seed: int):
+        self.size, self.global_batch, self.rows, self.seed = size, global_batch, np.asarray(rows), seed
         self._perm_epoch, self._perm = None, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.chunks))
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.size)
             self._perm_epoch = epoch
         return self._perm
 
-    def global_indices(self, step: int) -> np.ndarray:
-        """(B,) int64 chunk indices of the global batch of `step`."""
-        m = len(self.chunks)
+    def indices(self, step: int) -> np.ndarray:
+        """(b,) int64 item indices of this process's rows of the global batch of `step`."""
         positions = step * self.global_batch + self.rows
         out = np.empty(len(positions), np.int64)
-        for epoch in np.unique(positions // m):
-            sel = positions // m == epoch
-            out[sel] = self._permutation(int(epoch))[positions[sel] % m]
+        for epoch in np.unique(positions // self.size):
+            sel = positions // self.size == epoch
+            out[sel] = self._permutation(int(epoch))[positions[sel] % self.size]
         return out
 
-    def local_batch(self, step: int) -> dict[str, np.ndarray]:
-        """{"actions": (b, H, D_a) float32}: this process's rows of the global batch of `step`."""
-        return {"actions": self.chunks[self.global_indices(step)]}
 
+class InMemoryBatches:
+    """In-memory batches of the training data, one dataset or a weighted mixture (a dataset is a mixture of one),
+    each chunk already normalized with its own dataset's normalizer. The global batch of step s is a fixed function
+    of (seed, s), so a resumed run replays the batches of an uninterrupted one on any process count; this process
+    keeps `rows` of it.
 
-class StreamingBatches:
-    """This process's batches from a shuffled, repeated `tf.data` pipeline over its shard of the train episodes.
-
-    Args:
-      local_batch: rows per process (global batch / process count).
-      start_step: first step of this run (re-seeds the shuffle on resume).
-    """
-
-    def __init__(self, spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,
-                 local_batch: int, seed: int, start_step: int):
-        ds = loader.make_chunk_dataset(spec, split="train", horizon=horizon, batch_size=local_batch, shuffle=True,
-                                       repeat=True, seed=seed + 1_000_003 * start_step,
-                                       val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
-                                       shuffle_buffer=data_cfg.shuffle_buffer,
-                                       process_index=jax.process_index(), process_count=jax.process_count())
-        self._it = ds.as_numpy_iterator()
-
-    def local_batch(self, step: int) -> dict[str, np.ndarray]:
-        """{"actions": (b, H, D_a) float32}: the next batch (`step` is only for the interface)."""
-        del step
-        return {"actions": np.asarray(next(self._it)["actions"], np.float32)}
-
-
-class MixtureBatches:
-    """In-memory batches of a weighted mixture, each chunk already normalized with its own dataset's normalizer.
-
-    Every row of the global batch of step s draws its dataset with probability weight / sum(weights), then a chunk of
-    that dataset uniformly, from a generator seeded by (seed, s): a fixed function of (seed, s), so a resumed run
-    replays the batches of an uninterrupted one on any process count. This process keeps `rows`.
+    One dataset: `EpochOrder` (every chunk once per epoch). A mixture: every row draws its dataset with probability
+    weight / sum(weights), then a chunk of that dataset uniformly, from a generator seeded by (seed, s).
 
     Args:
       chunks: per member (M_i, H, D_a) float32 normalized train chunks.
@@ -264,9 +241,11 @@ class MixtureBatches:
         w = np.asarray(weights, np.float64)
         self.probs = w / w.sum()
         self.sizes = np.array([len(c) for c in self.chunks], np.int64)
+        self._order = EpochOrder(len(self.chunks[0]), global_batch, self.rows, seed) if len(self.chunks) == 1 else None
 
     def global_members(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B,) int member index and (B,) int chunk index within that member, for the global batch of `step`."""
+        """A mixture's (B,) int member index and (B,) int chunk index within that member, for the global batch of
+        `step`."""
         rng = np.random.default_rng([self.seed, step, 0x6D6978])
         member = rng.choice(len(self.chunks), size=self.global_batch, p=self.probs)
         index = np.minimum((rng.random(self.global_batch) * self.sizes[member]).astype(np.int64),
@@ -275,13 +254,22 @@ class MixtureBatches:
 
     def local_batch(self, step: int) -> dict[str, np.ndarray]:
         """{"actions": (b, H, D_a) float32 normalized}: this process's rows of the global batch of `step`."""
+        if self._order is not None:
+            return {"actions": self.chunks[0][self._order.indices(step)]}
         member, index = self.global_members(step)
         return {"actions": np.stack([self.chunks[m][i] for m, i in zip(member[self.rows], index[self.rows])])}
 
 
-class StreamingMixtureBatches:
-    """This process's batches of a weighted mixture streamed with `tf.data` (`loader.make_chunk_dataset` samples the
-    members by weight), each row normalized on the host with its dataset's normalizer."""
+class StreamingBatches:
+    """This process's batches from a shuffled, repeated `tf.data` pipeline over its shard of the train episodes of
+    one dataset or a weighted mixture (`loader.make_chunk_dataset` samples the members by weight), each row
+    normalized on the host with its dataset's normalizer; re-seeded from the start step on resume (statistically,
+    not bitwise, equivalent to an uninterrupted run).
+
+    Args:
+      local_batch: rows per process (global batch / process count).
+      start_step: first step of this run.
+    """
 
     def __init__(self, members: Sequence[Member], normalizers: Sequence[Normalizer],
                  data_cfg: ml_collections.ConfigDict, horizon: int, local_batch: int, seed: int, start_step: int):
@@ -301,23 +289,13 @@ class StreamingMixtureBatches:
                                           self.normalizers)}
 
 
-def make_mixture_batches(members: Sequence[Member], normalizers: Sequence[Normalizer],
-                         data_cfg: ml_collections.ConfigDict, horizon: int, global_batch: int, rows: np.ndarray,
-                         seed: int, start_step: int):
-    """`MixtureBatches` or `StreamingMixtureBatches` following `config.data.in_memory` (normalized chunks)."""
+def train_batches(members: Sequence[Member], normalizers: Sequence[Normalizer], data_cfg: ml_collections.ConfigDict,
+                  horizon: int, global_batch: int, rows: np.ndarray, seed: int, start_step: int):
+    """The training data's normalized batches: `InMemoryBatches` or `StreamingBatches` following
+    `config.data.in_memory`; `local_batch(step)` -> {"actions": (b, H, D_a) float32}."""
     if data_cfg.in_memory:
         chunks = [n.normalize(load_chunks(m.spec, data_cfg, "train", horizon)) for m, n in zip(members, normalizers)]
-        logging.info("Loaded %s train chunks of the mixture into memory.",
-                     ", ".join(f"{m.label}: {len(c)}" for m, c in zip(members, chunks)))
-        return MixtureBatches(chunks, [m.weight for m in members], global_batch, rows, seed)
-    return StreamingMixtureBatches(members, normalizers, data_cfg, horizon, len(rows), seed, start_step)
-
-
-def make_train_batches(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,
-                       global_batch: int, rows: np.ndarray, seed: int, start_step: int):
-    """`InMemoryBatches` or `StreamingBatches` following `config.data.in_memory`."""
-    if data_cfg.in_memory:
-        chunks = load_chunks(spec, data_cfg, "train", horizon)
-        logging.info("Loaded %d train chunks of shape %s into memory.", len(chunks), chunks.shape[1:])
-        return InMemoryBatches(chunks, global_batch, rows, seed)
-    return StreamingBatches(spec, data_cfg, horizon, len(rows), seed, start_step)
+        logging.info("Loaded %s train chunks of shape %s into memory.",
+                     ", ".join(f"{m.label}: {len(c)}" for m, c in zip(members, chunks)), chunks[0].shape[1:])
+        return InMemoryBatches(chunks, [m.weight for m in members], global_batch, rows, seed)
+    return StreamingBatches(members, normalizers, data_cfg, horizon, len(rows), seed, start_step)

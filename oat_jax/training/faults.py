@@ -45,6 +45,13 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def agreed_at(self, step: int, every: int) -> bool:
+        """`agreed()` at every step with one process; with several (where it is a collective) only at every
+        `every`-th step, False in between."""
+        if jax.process_count() > 1 and step % int(every):
+            return False
+        return self.agreed()
+
     def agreed(self) -> bool:
         """True if any process was asked to stop (a collective when several processes run: call on all)."""
         if jax.process_count() == 1:

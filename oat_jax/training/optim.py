@@ -1,7 +1,7 @@
 """Optimizer: AdamW with decay on >=2-D weights only, global-norm clipping, warmup + constant/cosine schedule.
 
 Gradient accumulation is done inside the jitted train step (micro-batches scanned, gradients averaged before
-one optimizer update, see `tokenizer_step.py`), so one step here is always one parameter update.
+one optimizer update, see `tokenizer/step.py`), so one step here is always one parameter update.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import optax
 
 SCHEDULES = ("constant", "cosine")
 
+
+ADAM_EPS = 1e-8  # AdamW epsilon (the reference's)
 
 def make_lr_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """Learning rate per update index `count` (0-based): linear warmup, then constant or cosine decay.
@@ -60,14 +62,14 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> tuple[op
     """AdamW (+ optional global-norm clipping) following `config.optim`.
 
     Args:
-      optim: config with `lr`, `warmup_steps`, `schedule`, `min_lr_ratio`, `b1`, `b2`, `eps`, `weight_decay`,
+      optim: config with `lr`, `warmup_steps`, `schedule`, `min_lr_ratio`, `b1`, `b2`, `weight_decay`,
         `clip_norm` (<= 0 disables clipping).
       num_steps: total number of updates of the run.
     Returns:
       (optax transformation over float32 params, the learning-rate schedule for logging).
     """
     schedule = make_lr_schedule(optim, num_steps)
-    adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay,
+    adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=ADAM_EPS, weight_decay=optim.weight_decay,
                         mask=weight_decay_mask)
     if optim.clip_norm and optim.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw), schedule

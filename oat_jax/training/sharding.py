@@ -24,26 +24,27 @@ MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over every device
 
 
-def maybe_initialize_distributed(dist: ml_collections.ConfigDict) -> None:
+def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 1, process_id: int = 0,
+                                 auto: bool = False, cpu_collectives: str = "gloo") -> None:
     """Calls `jax.distributed.initialize` when the run spans several processes. Must run before any JAX op.
 
     Args:
-      dist: `config.distributed` with `coordinator_address` ('' = not set), `num_processes`, `process_id`,
-        `auto` (True: let JAX detect the cluster, e.g. a TPU pod or SLURM job) and `cpu_collectives` ('gloo' or '';
-        needed for several CPU processes).
+      coordinator_address: 'host:port' of process 0 ('' = not set: one process, unless `auto`).
+      num_processes / process_id: the run's process count and this process's index (with coordinator_address).
+      auto: let JAX detect the cluster (a TPU pod, a SLURM job).
+      cpu_collectives: 'gloo' (needed for several CPU processes) or '' (JAX's default).
     """
-    explicit = bool(dist.coordinator_address)
-    if not explicit and not dist.auto:
+    explicit = bool(coordinator_address)
+    if not explicit and not auto:
         return
-    if dist.cpu_collectives:
-        jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+    if cpu_collectives:
+        jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     if explicit:
-        if dist.num_processes < 1 or not 0 <= dist.process_id < dist.num_processes:
-            raise ValueError(f"config.distributed: coordinator_address is set, so num_processes must be >= 1 and "
-                             f"0 <= process_id < num_processes; got num_processes={dist.num_processes}, "
-                             f"process_id={dist.process_id}.")
-        jax.distributed.initialize(coordinator_address=dist.coordinator_address,
-                                   num_processes=dist.num_processes, process_id=dist.process_id)
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise ValueError(f"--coordinator_address is set, so --num_processes must be >= 1 and 0 <= --process_id "
+                             f"< --num_processes; got num_processes={num_processes}, process_id={process_id}.")
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
     else:
         jax.distributed.initialize()
     logging.info("jax.distributed initialised: process %d of %d, %d local / %d global devices.",

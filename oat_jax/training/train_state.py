@@ -38,10 +38,11 @@ def apply_gradients(state: TrainState, grads: Any, tx: optax.GradientTransformat
                     ema_cfg: ml_collections.ConfigDict) -> tuple[TrainState, jax.Array]:
     """One optimizer update and one EMA update; returns (the next state, the EMA decay used (float32 scalar)).
 
-    `grads` has the structure of `state.params`; `ema_cfg` holds `power` and `max_decay` (see `ema.ema_update`).
+    `grads` has the structure of `state.params`; `ema_cfg` holds `max_decay` (see `ema.ema_update`; the warm-up
+    exponent is the reference's 0.75).
     """
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params, decay = ema.ema_update(state.ema_params, params, state.ema_count, ema_cfg.power, ema_cfg.max_decay)
+    ema_params, decay = ema.ema_update(state.ema_params, params, state.ema_count, max_decay=ema_cfg.max_decay)
     return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
                          ema_count=state.ema_count + 1), decay

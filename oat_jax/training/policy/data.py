@@ -114,8 +114,8 @@ def token_statistics(tokens: np.ndarray, lengths: np.ndarray, vocab_size: int) -
 
 
 class PairBatches:
-    """Global batch of step s over in-memory arrays (same order as `data.InMemoryBatches`); this process keeps
-    `rows` of it.
+    """Global batch of step s over in-memory arrays (`data.EpochOrder`, the tokenizer's order of one dataset); this
+    process keeps `rows` of it.
 
     Args:
       arrays: {name: (M, ...)} with equal M (tokens, lengths, normalized observations).
@@ -124,11 +124,11 @@ class PairBatches:
     def __init__(self, arrays: dict[str, np.ndarray], global_batch: int, rows: np.ndarray, seed: int):
         self.arrays = arrays
         size = len(next(iter(arrays.values())))
-        self._order = data.InMemoryBatches(np.empty((size, 0), np.float32), global_batch, rows, seed)
+        self._order = data.EpochOrder(size, global_batch, rows, seed)
 
     def local_batch(self, step: int) -> dict[str, np.ndarray]:
         """{name: (b, ...)}: this process's rows of the global batch of `step`."""
-        idx = self._order.global_indices(step)
+        idx = self._order.indices(step)
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
@@ -154,3 +154,10 @@ def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
     if image_keys(data_cfg):
         keys["image"] = ",".join(image_keys(data_cfg))
     return keys
+
+
+def check_action_steps(config: ml_collections.ConfigDict, horizon: int, what: str) -> None:
+    """ValueError unless config.policy.n_action_steps is in 1..horizon (`what` names the horizon's source)."""
+    if not 1 <= int(config.policy.n_action_steps) <= horizon:
+        raise ValueError(f"config.policy.n_action_steps={config.policy.n_action_steps} must be in 1..{horizon} "
+                         f"({what}).")

@@ -1,4 +1,4 @@
-"""The tokenizer's pure train step: the objective's loss (oat_jax/training/objective.py), chunk augmentation,
+"""The tokenizer's pure train step: the objective's loss (oat_jax/training/tokenizer/objective.py), chunk augmentation,
 gradient accumulation, optimizer update, EMA."""
 
 from __future__ import annotations
@@ -13,22 +13,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from oat_jax.config import OATConfig
 from oat_jax.model import OATModel
-from oat_jax.normalizer import Normalizer
-from oat_jax.training import augment
-from oat_jax.training.objective import Objective
+from oat_jax.training.tokenizer import augment
+from oat_jax.training.tokenizer.objective import Objective
 from oat_jax.training.train_state import TrainState, apply_gradients
 from oat_jax.training.sharding import BATCH_AXES
 
 
 def model_config(model_cfg: ml_collections.ConfigDict, action_dim: int) -> OATConfig:
-    """`OATConfig` from `config.model`; action_dim = -1 there means "the dataset's action dimension"."""
+    """`OATConfig` from `config.model` (fields not listed there keep OATConfig's defaults) with the dataset's
+    `action_dim`; an unknown field is a ValueError naming it."""
     fields = model_cfg.to_dict()
-    if fields.get("action_dim", -1) in (-1, None):
-        fields["action_dim"] = action_dim
-    elif fields["action_dim"] != action_dim:
-        raise ValueError(f"config.model.action_dim={fields['action_dim']} but the dataset's actions have {action_dim} "
-                         f"dimensions; set it to -1 to follow the dataset.")
-    return OATConfig.from_dict(fields)
+    if "action_dim" in fields:
+        raise ValueError("config.model.action_dim: the action dimension is the dataset's; remove the field.")
+    return OATConfig.from_dict({**fields, "action_dim": action_dim})
 
 
 def init_train_state(model: OATModel, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -50,13 +47,13 @@ def _split_micro(x: jax.Array, accum_steps: int, mesh: Mesh | None) -> jax.Array
 
 
 def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    normalizer: Normalizer, ema_cfg: ml_collections.ConfigDict, objective: Objective,
+                    ema_cfg: ml_collections.ConfigDict, objective: Objective,
                     augment_cfg: ml_collections.ConfigDict | None = None, accum_steps: int = 1,
                     mesh: Mesh | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """Builds `train_step(state, batch) -> (state, metrics)` (pure; jit it with shardings outside).
 
-    One step: normalize the batch {"actions": (B, H, D_a) float32, raw units}; draw the prefix length of each row
-    (`objective.row_lengths`); augment the chunks of the rows decoded at >= augment.min_length tokens
+    One step on the batch {"actions": (B, H, D_a) float32, normalized (`data.train_batches`)}: draw the prefix
+    length of each row (`objective.row_lengths`); augment the chunks of the rows decoded at >= augment.min_length tokens
     (`augment`); split the batch into `accum_steps` micro-batches of B / accum_steps rows (rows i, i + accum_steps,
     ..., each still spread over every device; `mesh` pins them to the batch sharding) whose gradients of
     `objective.loss` are averaged before one optimizer update; update the EMA.
@@ -72,7 +69,7 @@ def make_train_step(model: OATModel, tx: optax.GradientTransformation, schedule:
         return jax.value_and_grad(lambda p: objective.loss(model, p, actions, lengths, rng))(params)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        actions = normalizer.normalize(batch["actions"])
+        actions = batch["actions"]
         drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
         lengths = objective.row_lengths(nested_rng, actions.shape[0], n, accum_steps)
         if augmenting:

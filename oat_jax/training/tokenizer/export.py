@@ -1,6 +1,6 @@
 r"""Write the tokenizer directory of a training checkpoint (the EMA params), e.g. after a multi-process run.
 
-  python -m oat_jax.training.final_tokenizer --workdir=runs/oat_metaworld [--step=best|latest|<int>] [--output=DIR]
+  python -m oat_jax.training.tokenizer.export --workdir=runs/oat_metaworld [--step=best|latest|<int>] [--output=DIR]
 
 A checkpoint step is itself a loadable tokenizer (`OATTokenizer.load(workdir, step=...)`); this command writes it
 as a standalone directory (default `<workdir>/tokenizer`, replaced if present). A single-process run writes its
@@ -29,7 +29,7 @@ def write_in_subprocess(workdir: str, step: int) -> str:
     """Runs this module's command in a fresh single-process CPU interpreter (for multi-process runs)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
-    subprocess.run([sys.executable, "-m", "oat_jax.training.final_tokenizer", f"--workdir={workdir}",
+    subprocess.run([sys.executable, "-m", "oat_jax.training.tokenizer.export", f"--workdir={workdir}",
                     f"--step={step}"], check=True, env=env)
     return os.path.join(workdir, artifacts.WORKDIR_TOKENIZER)
 

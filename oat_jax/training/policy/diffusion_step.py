@@ -17,7 +17,7 @@ import optax
 
 from oat_jax.policy import ddim
 from oat_jax.policy.diffusion import DiffusionPolicyModel, diffusion_loss, init_params, sample_actions
-from oat_jax.training.policy_step import observation
+from oat_jax.training.policy.step import observation
 from oat_jax.training.train_state import TrainState, apply_gradients
 
 

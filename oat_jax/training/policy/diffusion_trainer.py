@@ -1,0 +1,168 @@
+"""`train_and_evaluate(config, workdir)`: trains the Diffusion Policy baseline on the token policy's data.
+
+Run with `python -m experiments.train --config=experiments/configs/policy.py:dp --workdir=...` (config.kind =
+"policy", config.policy.type = "diffusion"). Steps: load the (observation history, chunk) pairs of the token policy,
+fit the observation normalizer ('gaussian') and the action normalizer ('limits': actions to [-1, 1], as the
+reference DP) on the train split, then the loop (jitted step over the device mesh, EMA, held-out denoising
+loss and sampled-chunk MSE, Orbax checkpoints with retention by validation loss), and write the EMA policy to
+`<workdir>/policy` (`DiffusionPolicy.load(workdir)`, or `oat_jax.policy.load_policy`).
+
+Each checkpoint holds the `policy` item (policy.json's content), so a step loads with
+`DiffusionPolicy.load(workdir, step=...)` and a resumed run keeps its normalizers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from oat_jax import artifacts
+from oat_jax.eval.subsets import evenly_spaced
+from oat_jax.normalizer import Normalizer
+from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel
+from oat_jax.policy.diffusion_policy import DiffusionPolicy, diffusion_metadata
+from oat_jax.training import loop
+from oat_jax.training.policy import data as policy_data
+from oat_jax.training.faults import StopRequest
+from oat_jax.training.policy.data import camera_fields, check_action_steps, check_data_config, observation_keys
+from oat_jax.training.progress import Progress
+from oat_jax.training.policy.diffusion_step import (init_diffusion_state, make_diffusion_eval_step,
+                                             make_diffusion_train_step, summarize_diffusion_eval)
+from oat_jax.training.optim import make_optimizer
+from oat_jax.training.sharding import process_rows, to_global
+
+
+def diffusion_config(config: ml_collections.ConfigDict, pairs: dict) -> DiffusionConfig:
+    """The DiffusionConfig of a run on `pairs` (their action, state and camera shapes): the policy model sizes of
+    `config.model`, the schedule of `config.diffusion`."""
+    m, d = config.model, config.diffusion
+    return DiffusionConfig(action_dim=int(pairs["actions"].shape[-1]), horizon=int(config.data.horizon),
+                           obs_dim=int(pairs["state"].shape[-1]), **camera_fields(pairs),
+                           n_obs_steps=int(config.data.n_obs_steps), embed_dim=m.width, depth=m.depth,
+                           num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                           state_hidden=m.state_hidden, num_train_timesteps=d.num_train_timesteps,
+                           num_inference_steps=d.num_inference_steps, prediction_type=d.prediction_type,
+                           clip_sample=d.clip_sample, causal_attn=d.causal_attn, dtype=m.dtype)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains the Diffusion Policy baseline following `config` (experiments/configs/policy.py:dp) in `workdir`,
+    resuming from its latest checkpoint; the loop reads top to bottom. Returns the final held-out metrics ({} when
+    stopped by a signal: the current step is checkpointed and the same command resumes)."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    is_main, num_steps = jax.process_index() == 0, int(config.train.num_steps)
+    batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
+    with contextlib.ExitStack() as closing:
+        with loop.setup_errors():  # a config or data error here prints as one line
+            mesh, batch_sharding = loop.mesh_and_batch_sharding(config)
+            check_data_config(config.data)  # before anything is written in the workdir
+            ckpt = closing.enter_context(loop.checkpoint_store(config, workdir, artifacts.DIFFUSION_RUN_ITEMS,
+                                                               artifacts.BEST_METRIC["policy"]))
+            latest, t0 = ckpt.latest_step(), time.perf_counter()
+            spec = policy_data.policy_spec(config.data)
+            k, horizon = int(config.data.n_obs_steps), int(config.data.horizon)
+            check_action_steps(config, horizon, "config.data.horizon")
+            train_pairs = policy_data.load_pairs(spec, config.data, "train", horizon, k)
+            val_pairs = policy_data.load_pairs(spec, config.data, "val", horizon, k)
+            if latest is None:
+                obs_normalizer = Normalizer.fit(train_pairs["state"], config.obs_normalizer.mode)
+                action_normalizer = Normalizer.fit(train_pairs["actions"], config.action_normalizer.mode)
+            else:  # the normalizers stay the ones the checkpoint was trained with
+                saved = ckpt.restore_json(latest, (artifacts.POLICY_ITEM,))
+                loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], config, workdir)
+                meta = saved[artifacts.POLICY_ITEM]
+                obs_normalizer = Normalizer.from_dict(meta["obs_normalizers"]["state"])
+                action_normalizer = Normalizer.from_dict(meta["action_normalizer"])
+
+            def arrays(pairs: dict) -> dict:  # normalized actions and states, images as loaded
+                return {"actions": action_normalizer.normalize(pairs["actions"]).astype(np.float32),
+                        "state": obs_normalizer.normalize(pairs["state"]),
+                        **({"image": pairs["image"]} if "image" in pairs else {})}
+
+            train_arrays = arrays(train_pairs)
+            val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
+            val_arrays = {**arrays(val_pairs), "seed": np.arange(len(val_pairs["actions"]), dtype=np.int32)}
+            num_train_pairs = len(train_arrays["actions"])
+            dconfig = diffusion_config(config, train_pairs)
+            logging.info("Diffusion policy data: %d train / %d val pairs; prepared in %.1f s.", num_train_pairs,
+                         len(val_arrays["actions"]), time.perf_counter() - t0)
+
+            model = DiffusionPolicyModel(dconfig)
+            tx, schedule = make_optimizer(config.optim, num_steps)
+            state, state_sharding = loop.init_or_restore(lambda: init_diffusion_state(model, tx, int(config.seed)),
+                                                         mesh, config.sharding, ckpt, latest)
+            if latest is not None:
+                logging.info("Resumed the diffusion policy from step %d.", latest)
+            train_step = loop.jit_train_step(make_diffusion_train_step(model, tx, schedule, config.ema),
+                                             state_sharding, batch_sharding)
+            eval_step = loop.jit_eval_step(make_diffusion_eval_step(model, int(config.diffusion.eval_sample_steps)),
+                                           state_sharding.ema_params, batch_sharding)
+            start = int(loop.host_value(state.step))
+            batches = policy_data.PairBatches(train_arrays, batch_size, process_rows(batch_sharding, batch_size),
+                                              int(config.seed))
+            keys, n_action_steps = observation_keys(config.data), int(config.policy.n_action_steps)
+            assets = {artifacts.POLICY_ITEM: diffusion_metadata(dconfig, action_normalizer,
+                                                                {"state": obs_normalizer}, keys, n_action_steps)}
+        writer = closing.enter_context(loop.metric_writer(workdir))
+
+        def evaluate(params) -> dict[str, float]:  # held-out denoising loss and sampled-chunk MSE
+            return summarize_diffusion_eval(
+                loop.held_out_sums(eval_step, params, val_arrays, batch_sharding, eval_batch_size))
+
+        # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
+        step, saved, evaluated, metrics, pending = start, latest, None, {}, []
+        rate = loop.StepRate(step)
+        with StopRequest() as stop, Progress(num_steps, start, is_main and config.train.progress_bar) as bar:
+            while step < num_steps:
+                batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
+                state, step_metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, step_metrics))
+                if loop.itstime(step, config.train.log_every, num_steps):
+                    steps_per_sec = rate.rate(step)
+                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, config.optim.lr)
+                    bar.update(step, loss=values["loss"], steps_per_sec=steps_per_sec)
+                    pending = []
+                if loop.itstime(step, config.train.eval_every, num_steps):
+                    metrics, evaluated = evaluate(state.ema_params), step
+                    loop.log_eval(writer, step, metrics)
+                    bar.write(_eval_line(step, metrics))
+                stopping = step < num_steps and stop.agreed_at(step, config.train.log_every)
+                if loop.itstime(step, config.checkpoint.every, num_steps) or stopping:
+                    loop.save(ckpt, step, state, config, assets, metrics if evaluated == step else None)
+                    saved = step
+                if stopping:
+                    return loop.stopped(step, ckpt)
+            if evaluated != step:  # a finished run resumed: evaluate again for the export
+                metrics = evaluate(state.ema_params)
+                loop.log_eval(writer, step, metrics)
+                bar.write(_eval_line(step, metrics))
+            if saved != step:
+                loop.save(ckpt, step, state, config, assets, metrics)
+            ckpt.wait()
+
+        # --- export: the EMA policy and final_metrics.json ---
+        if is_main:
+            params = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
+            policy = DiffusionPolicy(dconfig, params, action_normalizer, {"state": obs_normalizer}, keys,
+                                     n_action_steps)
+            policy.save(os.path.join(workdir, artifacts.WORKDIR_POLICY), overwrite=True)
+            with open(os.path.join(workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
+                json.dump({"step": step, **metrics, "train_pairs": num_train_pairs}, f, indent=1)
+        return metrics
+
+
+def _eval_line(step: int, metrics: dict[str, float]) -> str:
+    """'step S: val denoising loss ..., sampled-chunk MSE ...'."""
+    line = f"step {step}: val denoising loss {metrics['val_loss']:.4f}"
+    if "val_sample_mse" in metrics:
+        line += f", sampled-chunk MSE {metrics['val_sample_mse']:.4f} (normalized)"
+    return line
