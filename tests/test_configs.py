@@ -86,3 +86,49 @@ def test_every_config_field_is_read_by_the_code(module, variants):
                 assert name in inspect.signature(BinActionTokenizer.fit).parameters, (variant, leaf)
             else:
                 assert name in read, (variant, leaf)
+
+
+def test_typed_run_configs_name_the_field_that_is_wrong():
+    """The trainers read frozen dataclasses built once from the ConfigDict: every variant builds, and an unknown or
+    missing field, or a section the run kind does not read, is a ValueError naming config.<section>.<field>."""
+    import dataclasses
+
+    from oat_jax.training import run_config
+
+    for variant in ("", "oatx", "quest", "paper", "fsdp", "runlocal", "test"):
+        run = run_config.tokenizer_run(oat.get_config(variant))
+        assert run.model.action_dim == 1 and run.objective == run_config.Objective.from_dict(
+            oat.get_config(variant).objective)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            run.optim.lr = 1.0
+    for variant in ("oat", "bin", "fast", "dp", "oat,test", "dp,test"):
+        run = run_config.policy_run(policy.get_config(variant))
+        assert (run.diffusion is None) == (variant.split(",")[0] != "dp") == (run.sampling is not None)
+    assert run_config.to_json(run_config.policy_run(policy.get_config("bin")))["tokenizer"]["fit_options"] == {
+        "num_bins": 256}
+
+    config = oat.get_config("")
+    with config.unlocked():
+        config.train.bogus = 1
+    with pytest.raises(ValueError, match=r"config\.train: unknown field\(s\) \['config\.train\.bogus'\]"):
+        run_config.tokenizer_run(config)
+    config = oat.get_config("")
+    with config.unlocked():
+        del config.optim["b2"]
+    with pytest.raises(ValueError, match=r"missing field\(s\) \['config\.optim\.b2'\]"):
+        run_config.tokenizer_run(config)
+    config = policy.get_config("oat")
+    with config.unlocked():
+        config.diffusion = policy.get_config("dp").diffusion
+    with pytest.raises(ValueError, match=r"config\.diffusion: a policy of config\.policy\.type='token' does not"):
+        run_config.policy_run(config)  # a token policy with a diffusion section: policy.type says token
+    config = oat.get_config("")
+    with config.unlocked():
+        config.sampling = policy.get_config("oat").sampling
+    with pytest.raises(ValueError, match=r"config\.sampling: a TokenizerRun does not read this section"):
+        run_config.tokenizer_run(config)
+    config = oat.get_config("")
+    with config.unlocked():
+        config.model.action_dim = 7
+    with pytest.raises(ValueError, match=r"config\.model\.action_dim"):
+        run_config.tokenizer_run(config)

@@ -49,14 +49,15 @@ def test_sigterm_then_kill9_then_resume(tmp_path, tiny_dataset):
 
     # 1. SIGTERM mid-training: a checkpoint at the current step, exit code 0, no tokenizer yet.
     log1 = str(tmp_path / "run1.log")
-    proc = train_helpers.popen(train_helpers.train_command(workdir, data, *FLAGS, "--config.checkpoint.every=100000"),
-                               env, log1)
+    # log_every 7: the records since the last log line must be written at the stop too
+    proc = train_helpers.popen(train_helpers.train_command(workdir, data, *FLAGS, "--config.checkpoint.every=100000",
+                                                           "--config.train.log_every=7"), env, log1)
     _wait_for(lambda: len(_logged_steps(workdir)) >= 3, proc, log1)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0, train_helpers.read_log(log1)[-3000:]
     stopped = _complete_steps(workdir)
     assert len(stopped) == 1 and 3 <= stopped[0] < STEPS, stopped
-    assert stopped[0] == max(_logged_steps(workdir))
+    assert _logged_steps(workdir) == list(range(1, stopped[0] + 1))  # every step up to the stop, once
     assert "Stopped by signal" in train_helpers.read_log(log1)
     assert not os.path.exists(os.path.join(workdir, "tokenizer"))
     first_run_steps = _logged_steps(workdir)

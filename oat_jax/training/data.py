@@ -44,7 +44,7 @@ def dataset_members(data_cfg: ml_collections.ConfigDict) -> list[Member]:
     """The training datasets of `config.data`: the members of `mixture` ('name_or_path:weight,...'), else the one
     dataset of `dataset_spec`. Raises ValueError (naming the flags) for a mixture given with path/name, and for
     members whose actions have different sizes."""
-    mixture = data_cfg.get("mixture", "")
+    mixture = getattr(data_cfg, "mixture", "")
     if not mixture:
         spec = dataset_spec(data_cfg)
         return [Member(loader.dataset_label(spec), spec)]
@@ -52,8 +52,9 @@ def dataset_members(data_cfg: ml_collections.ConfigDict) -> list[Member]:
         raise ValueError("config.data.mixture replaces config.data.path and config.data.name: set either the mixture "
                          "(members as 'name_or_path:weight,...', names read from config.data.data_dir) or one "
                          "dataset.")
-    specs = [dataclasses.replace(spec, source_split=data_cfg.get("source_split", "train") or "train")
-             for spec in loader.parse_mixture(mixture, data_cfg.data_dir or None, data_cfg.get("action_keys", ""))]
+    specs = [dataclasses.replace(spec, source_split=getattr(data_cfg, "source_split", "train") or "train")
+             for spec in loader.parse_mixture(mixture, data_cfg.data_dir or None,
+                                              getattr(data_cfg, "action_keys", ""))]
     members = [Member(loader.dataset_label(spec), spec, spec.weight) for spec in specs]
     dims = {}
     for m in members:
@@ -103,10 +104,10 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     """`loader.DatasetSpec` for `config.data` (path, or name + data_dir; neither = the embedded Meta-World)."""
     if data_cfg.path and data_cfg.name:
         raise ValueError("config.data: set either path (a builder directory) or name (+ data_dir), not both.")
-    if not (data_cfg.path or data_cfg.name or data_cfg.get("allow_embedded", True)):
+    if not (data_cfg.path or data_cfg.name or getattr(data_cfg, "allow_embedded", True)):
         raise ValueError("This config needs a dataset: add --config.data.path=RLDS_BUILDER_DIR, or "
                          "--config.data.name=NAME --config.data.data_dir=TFDS_DATA_DIR.")
-    keys, split = data_cfg.get("action_keys", ""), data_cfg.get("source_split", "train") or "train"
+    keys, split = getattr(data_cfg, "action_keys", ""), getattr(data_cfg, "source_split", "train") or "train"
     if data_cfg.name:  # a registered Open X-Embodiment name brings its action fields (data_pipelines.oxe)
         return oxe.spec_for(data_cfg.name, data_cfg.data_dir or None, action_keys=keys, source_split=split)
     return loader.DatasetSpec(path=data_cfg.path or EMBEDDED_DATASET_DIR, action_keys=keys, source_split=split)
@@ -180,9 +181,10 @@ def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int,
     'auto' means the embedded unseen-task set ('metaworld_heldout') when training on the embedded Meta-World MT10
     dataset (config.data.path, name and mixture empty), and nothing otherwise. Errors name `flag`.
     """
-    entries = data_cfg.get("eval_datasets", "")
+    entries = getattr(data_cfg, "eval_datasets", "")
     if entries == "auto":
-        entries = "" if (data_cfg.path or data_cfg.name or data_cfg.get("mixture")) else "metaworld_heldout"
+        embedded = not (data_cfg.path or data_cfg.name or getattr(data_cfg, "mixture", None))
+        entries = "metaworld_heldout" if embedded else ""
     return {label: evenly_spaced(load_chunks(spec, data_cfg, "all", horizon), int(data_cfg.max_eval_chunks))
             for label, spec in eval_dataset_specs(entries, flag).items()}
 

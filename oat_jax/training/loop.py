@@ -8,14 +8,12 @@ trainer's `train_and_evaluate` (tokenizer/trainer.py, policy/trainer.py, policy/
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
 from typing import Any, Callable, Iterator
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
@@ -27,11 +25,6 @@ from oat_jax.training.sharding import (batch_sharding, check_batch_divisible, ma
 
 Metrics = dict[str, float]
 LOSS_HINT = "lower config.optim.lr or check the data"
-
-
-def config_json(config: ml_collections.ConfigDict) -> dict:
-    """The config as plain JSON (what checkpoints store, and what a resumed run compares against)."""
-    return json.loads(config.to_json_best_effort())
 
 
 def host_value(x: jax.Array) -> np.ndarray:
@@ -54,17 +47,17 @@ def setup_errors() -> Iterator[None]:
         raise mark_setup_error(e)
 
 
-def mesh_and_batch_sharding(config: ml_collections.ConfigDict) -> tuple[Mesh, NamedSharding]:
+def mesh_and_batch_sharding(config: Any) -> tuple[Mesh, NamedSharding]:
     """The device mesh of `config.mesh` and the batch sharding over it; ValueError unless config.train.batch_size
     (over config.optim.accum_steps micro-batches) and eval_batch_size split evenly over the devices."""
     mesh = make_mesh(config.mesh)
-    check_batch_divisible(int(config.train.batch_size), mesh, int(config.optim.get("accum_steps", 1)))
+    check_batch_divisible(int(config.train.batch_size), mesh, int(config.optim.accum_steps))
     check_batch_divisible(int(config.train.eval_batch_size), mesh)
     return mesh, batch_sharding(mesh)
 
 
 @contextlib.contextmanager
-def checkpoint_store(config: ml_collections.ConfigDict, workdir: str, run_items: tuple[str, ...],
+def checkpoint_store(config: Any, workdir: str, run_items: tuple[str, ...],
                      best_metric: str) -> Iterator[CheckpointStore]:
     """`workdir/checkpoints` with the run kind's items (`artifacts.*_RUN_ITEMS`) and config.checkpoint's
     retention; closed (pending writes finished) on exit."""
@@ -86,7 +79,7 @@ def metric_writer(workdir: str) -> Iterator[MetricWriter]:
         close_quietly_on_error(writer.close, "metric writer")
 
 
-def init_or_restore(init_fn: Callable[[], Any], mesh: Mesh, sharding_cfg: ml_collections.ConfigDict,
+def init_or_restore(init_fn: Callable[[], Any], mesh: Mesh, sharding_cfg: Any,
                     ckpt: CheckpointStore, step: int | None,
                     on_mismatch: Callable[[Exception], Exception] | None = None) -> tuple[Any, Any]:
     """(state, its shardings): `init_fn()` jitted and sharded by `sharding_cfg` when `step` is None, else the
@@ -187,21 +180,22 @@ def log_eval(writer: MetricWriter, step: int, metrics: Metrics) -> None:
                                  f"checkpoint of this step. Check the evaluation data for non-finite values.")
 
 
-def save(ckpt: CheckpointStore, step: int, state: Any, config: ml_collections.ConfigDict, assets: dict[str, dict],
+def save(ckpt: CheckpointStore, step: int, state: Any, config_json: dict, assets: dict[str, dict],
          metrics: Metrics | None) -> None:
-    """Checkpoints `state` (params, EMA params, optimizer state), the config and the run's JSON `assets` at `step`,
+    """Checkpoints `state` (params, EMA params, optimizer state), the run's config (`run_config.to_json`) and JSON
+    `assets` at `step`,
     scored by `metrics` (this step's held-out metrics, or None); raises NonFiniteLossError instead when the params
     hold NaN/Inf."""
     if not bool(host_value(tree_all_finite((state.params, state.ema_params)))):
         raise NonFiniteLossError(f"Params are NaN/Inf at step {step}: not writing a checkpoint. The last good "
                                  f"checkpoint is step {ckpt.latest_step()}; {LOSS_HINT}.")
     scored = None if metrics is None else {ckpt.best_metric: float(metrics[ckpt.best_metric])}
-    ckpt.save(step, state, config_json(config), assets, scored)
+    ckpt.save(step, state, config_json, assets, scored)
 
 
-def warn_if_config_changed(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Logs a warning when a resumed run's config differs from the one its checkpoint was saved with."""
-    if saved != config_json(config):
+def warn_if_config_changed(saved: dict, current: dict, workdir: str) -> None:
+    """Logs a warning when a resumed run's config (`run_config.to_json`) differs from its checkpoint's."""
+    if saved != current:
         logging.warning("Resuming from %s with a config that differs from the checkpoint's; using the new one.",
                         workdir)
 

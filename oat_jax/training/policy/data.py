@@ -27,7 +27,7 @@ def policy_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
 
 def image_keys(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     """Step key paths of the camera images of `config.data.image_keys` (camera order; () = no images)."""
-    keys = data_cfg.get("image_keys", ()) or ()
+    keys = getattr(data_cfg, "image_keys", ()) or ()
     return (keys,) if isinstance(keys, str) else tuple(keys)
 
 

@@ -28,7 +28,7 @@ from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel
 from oat_jax.policy.diffusion_policy import DiffusionPolicy, diffusion_metadata
-from oat_jax.training import loop
+from oat_jax.training import loop, run_config
 from oat_jax.training.policy import data as policy_data
 from oat_jax.training.faults import StopRequest
 from oat_jax.training.policy.data import camera_fields, check_action_steps, check_data_config, observation_keys
@@ -39,7 +39,7 @@ from oat_jax.training.optim import make_optimizer
 from oat_jax.training.sharding import process_rows, to_global
 
 
-def diffusion_config(config: ml_collections.ConfigDict, pairs: dict) -> DiffusionConfig:
+def diffusion_config(config: run_config.PolicyRun, pairs: dict) -> DiffusionConfig:
     """The DiffusionConfig of a run on `pairs` (their action, state and camera shapes): the policy model sizes of
     `config.model`, the schedule of `config.diffusion`."""
     m, d = config.model, config.diffusion
@@ -58,26 +58,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stopped by a signal: the current step is checkpointed and the same command resumes)."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    is_main, num_steps = jax.process_index() == 0, int(config.train.num_steps)
-    batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
+    with loop.setup_errors():  # the typed config; a field error names config.<section>.<field>
+        run = run_config.policy_run(config)
+    run_json = run_config.to_json(run)
+    is_main, num_steps = jax.process_index() == 0, int(run.train.num_steps)
+    batch_size, eval_batch_size = int(run.train.batch_size), int(run.train.eval_batch_size)
     with contextlib.ExitStack() as closing:
         with loop.setup_errors():  # a config or data error here prints as one line
-            mesh, batch_sharding = loop.mesh_and_batch_sharding(config)
-            check_data_config(config.data)  # before anything is written in the workdir
-            ckpt = closing.enter_context(loop.checkpoint_store(config, workdir, artifacts.DIFFUSION_RUN_ITEMS,
+            mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
+            check_data_config(run.data)  # before anything is written in the workdir
+            ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.DIFFUSION_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
-            spec = policy_data.policy_spec(config.data)
-            k, horizon = int(config.data.n_obs_steps), int(config.data.horizon)
-            check_action_steps(config, horizon, "config.data.horizon")
-            train_pairs = policy_data.load_pairs(spec, config.data, "train", horizon, k)
-            val_pairs = policy_data.load_pairs(spec, config.data, "val", horizon, k)
+            spec = policy_data.policy_spec(run.data)
+            k, horizon = int(run.data.n_obs_steps), int(run.data.horizon)
+            check_action_steps(run, horizon, "config.data.horizon")
+            train_pairs = policy_data.load_pairs(spec, run.data, "train", horizon, k)
+            val_pairs = policy_data.load_pairs(spec, run.data, "val", horizon, k)
             if latest is None:
-                obs_normalizer = Normalizer.fit(train_pairs["state"], config.obs_normalizer.mode)
-                action_normalizer = Normalizer.fit(train_pairs["actions"], config.action_normalizer.mode)
+                obs_normalizer = Normalizer.fit(train_pairs["state"], run.obs_normalizer.mode)
+                action_normalizer = Normalizer.fit(train_pairs["actions"], run.action_normalizer.mode)
             else:  # the normalizers stay the ones the checkpoint was trained with
                 saved = ckpt.restore_json(latest, (artifacts.POLICY_ITEM,))
-                loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], config, workdir)
+                loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
                 meta = saved[artifacts.POLICY_ITEM]
                 obs_normalizer = Normalizer.from_dict(meta["obs_normalizers"]["state"])
                 action_normalizer = Normalizer.from_dict(meta["action_normalizer"])
@@ -88,27 +91,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         **({"image": pairs["image"]} if "image" in pairs else {})}
 
             train_arrays = arrays(train_pairs)
-            val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
+            val_pairs = {name: evenly_spaced(v, int(run.data.max_eval_chunks)) for name, v in val_pairs.items()}
             val_arrays = {**arrays(val_pairs), "seed": np.arange(len(val_pairs["actions"]), dtype=np.int32)}
             num_train_pairs = len(train_arrays["actions"])
-            dconfig = diffusion_config(config, train_pairs)
+            dconfig = diffusion_config(run, train_pairs)
             logging.info("Diffusion policy data: %d train / %d val pairs; prepared in %.1f s.", num_train_pairs,
                          len(val_arrays["actions"]), time.perf_counter() - t0)
 
             model = DiffusionPolicyModel(dconfig)
-            tx, schedule = make_optimizer(config.optim, num_steps)
-            state, state_sharding = loop.init_or_restore(lambda: init_diffusion_state(model, tx, int(config.seed)),
-                                                         mesh, config.sharding, ckpt, latest)
+            tx, schedule = make_optimizer(run.optim, num_steps)
+            state, state_sharding = loop.init_or_restore(lambda: init_diffusion_state(model, tx, int(run.seed)),
+                                                         mesh, run.sharding, ckpt, latest)
             if latest is not None:
                 logging.info("Resumed the diffusion policy from step %d.", latest)
-            train_step = loop.jit_train_step(make_diffusion_train_step(model, tx, schedule, config.ema),
+            train_step = loop.jit_train_step(make_diffusion_train_step(model, tx, schedule, run.ema),
                                              state_sharding, batch_sharding)
-            eval_step = loop.jit_eval_step(make_diffusion_eval_step(model, int(config.diffusion.eval_sample_steps)),
+            eval_step = loop.jit_eval_step(make_diffusion_eval_step(model, int(run.diffusion.eval_sample_steps)),
                                            state_sharding.ema_params, batch_sharding)
             start = int(loop.host_value(state.step))
             batches = policy_data.PairBatches(train_arrays, batch_size, process_rows(batch_sharding, batch_size),
-                                              int(config.seed))
-            keys, n_action_steps = observation_keys(config.data), int(config.policy.n_action_steps)
+                                              int(run.seed))
+            keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
             assets = {artifacts.POLICY_ITEM: diffusion_metadata(dconfig, action_normalizer,
                                                                 {"state": obs_normalizer}, keys, n_action_steps)}
         writer = closing.enter_context(loop.metric_writer(workdir))
@@ -120,33 +123,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with StopRequest() as stop, Progress(num_steps, start, is_main and config.train.progress_bar) as bar:
+        with StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar:
             while step < num_steps:
                 batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
                 state, step_metrics = train_step(state, batch)
                 step += 1
                 pending.append((step, step_metrics))
-                if loop.itstime(step, config.train.log_every, num_steps):
+                if loop.itstime(step, run.train.log_every, num_steps):
                     steps_per_sec = rate.rate(step)
-                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, config.optim.lr)
+                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, run.optim.lr)
                     bar.update(step, loss=values["loss"], steps_per_sec=steps_per_sec)
                     pending = []
-                if loop.itstime(step, config.train.eval_every, num_steps):
+                if loop.itstime(step, run.train.eval_every, num_steps):
                     metrics, evaluated = evaluate(state.ema_params), step
                     loop.log_eval(writer, step, metrics)
                     bar.write(_eval_line(step, metrics))
-                stopping = step < num_steps and stop.agreed_at(step, config.train.log_every)
-                if loop.itstime(step, config.checkpoint.every, num_steps) or stopping:
-                    loop.save(ckpt, step, state, config, assets, metrics if evaluated == step else None)
+                stopping = step < num_steps and stop.agreed_at(step, run.train.log_every)
+                if loop.itstime(step, run.checkpoint.every, num_steps) or stopping:
+                    loop.save(ckpt, step, state, run_json, assets, metrics if evaluated == step else None)
                     saved = step
-                if stopping:
+                if stopping:  # the records since the last log line are written too
+                    if pending:
+                        loop.log_train(writer, pending, rate.rate(step), ckpt, run.optim.lr)
                     return loop.stopped(step, ckpt)
             if evaluated != step:  # a finished run resumed: evaluate again for the export
                 metrics = evaluate(state.ema_params)
                 loop.log_eval(writer, step, metrics)
                 bar.write(_eval_line(step, metrics))
             if saved != step:
-                loop.save(ckpt, step, state, config, assets, metrics)
+                loop.save(ckpt, step, state, run_json, assets, metrics)
             ckpt.wait()
 
         # --- export: the EMA policy and final_metrics.json ---

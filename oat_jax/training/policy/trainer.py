@@ -32,8 +32,7 @@ from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
-from oat_jax.policy.sampling import SamplingConfig
-from oat_jax.training import loop
+from oat_jax.training import loop, run_config
 from oat_jax.training.policy import data as policy_data
 from oat_jax.training.faults import StopRequest
 from oat_jax.training.optim import make_optimizer
@@ -44,22 +43,21 @@ from oat_jax.training.progress import Progress
 from oat_jax.training.sharding import process_rows, to_global
 
 
-def frozen_tokenizer(tok_cfg: ml_collections.ConfigDict, train_chunks: np.ndarray | None):
+def frozen_tokenizer(source: run_config.TokenizerSource, train_chunks: np.ndarray | None):
     """The tokenizer named by `config.tokenizer`: loaded from `path`, or fitted (Bin / FAST) on `train_chunks`."""
-    if tok_cfg.path:
-        return load_action_tokenizer(os.path.expanduser(tok_cfg.path))
-    if tok_cfg.get("fit"):
-        options = dict(tok_cfg.fit_options.to_dict()) if tok_cfg.get("fit_options") else {}
-        return fit_action_tokenizer(tok_cfg.fit, train_chunks, **options)
+    if source.path:
+        return load_action_tokenizer(os.path.expanduser(source.path))
+    if source.fit:
+        return fit_action_tokenizer(source.fit, train_chunks, **dict(source.fit_options))
     raise ValueError("Set config.tokenizer.path (a saved tokenizer directory or an OAT training workdir) or "
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
 
 
-def _policy_config(config: ml_collections.ConfigDict, tokenizer, pairs: dict) -> PolicyConfig:
-    m = config.model
+def _policy_config(run: run_config.PolicyRun, tokenizer, pairs: dict) -> PolicyConfig:
+    m = run.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
                         variable_length=not tokenizer.fixed_length, obs_dim=int(pairs["state"].shape[-1]),
-                        **camera_fields(pairs), n_obs_steps=int(config.data.n_obs_steps), width=m.width, depth=m.depth,
+                        **camera_fields(pairs), n_obs_steps=int(run.data.n_obs_steps), width=m.width, depth=m.depth,
                         num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout, state_hidden=m.state_hidden,
                         dtype=m.dtype)
 
@@ -82,49 +80,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    is_main, num_steps = jax.process_index() == 0, int(config.train.num_steps)
-    batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
+    with loop.setup_errors():  # the typed config; a field error names config.<section>.<field>
+        run = run_config.policy_run(config)
+    run_json = run_config.to_json(run)
+    is_main, num_steps = jax.process_index() == 0, int(run.train.num_steps)
+    batch_size, eval_batch_size = int(run.train.batch_size), int(run.train.eval_batch_size)
     with contextlib.ExitStack() as closing:
         with loop.setup_errors():  # a config or data error here prints as one line
-            mesh, batch_sharding = loop.mesh_and_batch_sharding(config)
-            check_data_config(config.data)  # before anything is written in the workdir
-            ckpt = closing.enter_context(loop.checkpoint_store(config, workdir, artifacts.POLICY_RUN_ITEMS,
+            mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
+            check_data_config(run.data)  # before anything is written in the workdir
+            ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.POLICY_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
-            tokenizer, saved_policy, train_pairs = _frozen_tokenizer(config, workdir, ckpt, latest, is_main)
-            horizon, k = int(tokenizer.horizon), int(config.data.n_obs_steps)
-            check_action_steps(config, horizon, "the tokenizer's horizon")
-            spec = policy_data.policy_spec(config.data)
+            tokenizer, saved_policy, train_pairs = _frozen_tokenizer(run, run_json, workdir, ckpt, latest, is_main)
+            horizon, k = int(tokenizer.horizon), int(run.data.n_obs_steps)
+            check_action_steps(run, horizon, "the tokenizer's horizon")
+            spec = policy_data.policy_spec(run.data)
             if train_pairs is None:
-                train_pairs = policy_data.load_pairs(spec, config.data, "train", horizon, k)
-            val_pairs = policy_data.load_pairs(spec, config.data, "val", horizon, k)
-            normalizer = (Normalizer.fit(train_pairs["state"], config.obs_normalizer.mode) if saved_policy is None
+                train_pairs = policy_data.load_pairs(spec, run.data, "train", horizon, k)
+            val_pairs = policy_data.load_pairs(spec, run.data, "val", horizon, k)
+            normalizer = (Normalizer.fit(train_pairs["state"], run.obs_normalizer.mode) if saved_policy is None
                           else Normalizer.from_dict(saved_policy["obs_normalizers"]["state"]))
             train_arrays = _arrays(train_pairs, tokenizer, normalizer)
             token_stats = policy_data.token_statistics(train_arrays["tokens"], train_arrays["lengths"],
                                                        tokenizer.vocab_size)
-            val_pairs = {name: evenly_spaced(v, int(config.data.max_eval_chunks)) for name, v in val_pairs.items()}
+            val_pairs = {name: evenly_spaced(v, int(run.data.max_eval_chunks)) for name, v in val_pairs.items()}
             val_arrays = _arrays(val_pairs, tokenizer, normalizer)
             num_train_pairs = len(train_arrays["tokens"])
-            pconfig = _policy_config(config, tokenizer, train_pairs)
-            sampling = SamplingConfig(float(config.sampling.temperature), int(config.sampling.top_k))
+            pconfig = _policy_config(run, tokenizer, train_pairs)
+            sampling = run.sampling
             logging.info("Policy data: %d train / %d val pairs, tokenizer %s (%s), targets %s; prepared in %.1f s.",
                          num_train_pairs, len(val_arrays["tokens"]), tokenizer.name, pconfig.max_tokens,
                          {k_: round(v, 3) for k_, v in token_stats.items()}, time.perf_counter() - t0)
 
             model = TokenPolicyModel(pconfig)
-            tx, schedule = make_optimizer(config.optim, num_steps)
-            state, state_sharding = loop.init_or_restore(lambda: init_policy_state(model, tx, int(config.seed)),
-                                                         mesh, config.sharding, ckpt, latest)
+            tx, schedule = make_optimizer(run.optim, num_steps)
+            state, state_sharding = loop.init_or_restore(lambda: init_policy_state(model, tx, int(run.seed)),
+                                                         mesh, run.sharding, ckpt, latest)
             if latest is not None:
                 logging.info("Resumed the policy from step %d.", latest)
-            train_step = loop.jit_train_step(make_policy_train_step(model, tx, schedule, config.ema), state_sharding,
+            train_step = loop.jit_train_step(make_policy_train_step(model, tx, schedule, run.ema), state_sharding,
                                              batch_sharding)
             eval_step = loop.jit_eval_step(make_policy_eval_step(model), state_sharding.ema_params, batch_sharding)
             start = int(loop.host_value(state.step))
             batches = policy_data.PairBatches(train_arrays, batch_size, process_rows(batch_sharding, batch_size),
-                                              int(config.seed))
-            keys, n_action_steps = observation_keys(config.data), int(config.policy.n_action_steps)
+                                              int(run.seed))
+            keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
             assets = {artifacts.POLICY_ITEM: policy_metadata(pconfig, sampling, {"state": normalizer}, keys,
                                                              n_action_steps, tokenizer.name),
                       artifacts.FROZEN_TOKENIZER_ITEM: {"name": tokenizer.name,
@@ -137,33 +138,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with StopRequest() as stop, Progress(num_steps, start, is_main and config.train.progress_bar) as bar:
+        with StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar:
             while step < num_steps:
                 batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
                 state, step_metrics = train_step(state, batch)
                 step += 1
                 pending.append((step, step_metrics))
-                if loop.itstime(step, config.train.log_every, num_steps):
+                if loop.itstime(step, run.train.log_every, num_steps):
                     steps_per_sec = rate.rate(step)
-                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, config.optim.lr)
+                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, run.optim.lr)
                     bar.update(step, loss=values["loss"], acc=values["token_acc"], steps_per_sec=steps_per_sec)
                     pending = []
-                if loop.itstime(step, config.train.eval_every, num_steps):
+                if loop.itstime(step, run.train.eval_every, num_steps):
                     metrics, evaluated = evaluate(state.ema_params), step
                     loop.log_eval(writer, step, metrics)
                     bar.write(_eval_line(step, metrics))
-                stopping = step < num_steps and stop.agreed_at(step, config.train.log_every)
-                if loop.itstime(step, config.checkpoint.every, num_steps) or stopping:
-                    loop.save(ckpt, step, state, config, assets, metrics if evaluated == step else None)
+                stopping = step < num_steps and stop.agreed_at(step, run.train.log_every)
+                if loop.itstime(step, run.checkpoint.every, num_steps) or stopping:
+                    loop.save(ckpt, step, state, run_json, assets, metrics if evaluated == step else None)
                     saved = step
-                if stopping:
+                if stopping:  # the records since the last log line are written too
+                    if pending:
+                        loop.log_train(writer, pending, rate.rate(step), ckpt, run.optim.lr)
                     return loop.stopped(step, ckpt)
             if evaluated != step:  # a finished run resumed: evaluate again for the export
                 metrics = evaluate(state.ema_params)
                 loop.log_eval(writer, step, metrics)
                 bar.write(_eval_line(step, metrics))
             if saved != step:
-                loop.save(ckpt, step, state, config, assets, metrics)
+                loop.save(ckpt, step, state, run_json, assets, metrics)
             ckpt.wait()
 
         # --- export: the EMA policy and final_metrics.json (with the target token statistics) ---
@@ -177,20 +180,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return metrics
 
 
-def _frozen_tokenizer(config: ml_collections.ConfigDict, workdir: str, ckpt, latest: int | None, is_main: bool):
+def _frozen_tokenizer(run: run_config.PolicyRun, run_json: dict, workdir: str, ckpt, latest: int | None,
+                      is_main: bool):
     """(tokenizer, the saved policy item (None: a fresh run), train pairs if they were loaded to fit it): a resumed
-    run's copy in the workdir; else config.tokenizer's (loaded, or fitted on the train chunks), copied to
+    run's copy in the workdir; else run.tokenizer's (loaded, or fitted on the train chunks), copied to
     `<workdir>/frozen_tokenizer` so checkpoints do not depend on its original location."""
     if latest is not None:
         saved = ckpt.restore_json(latest)
-        loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], config, workdir)
+        loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
         saved_policy, copy = artifacts.policy_run_assets(workdir, latest)
         return load_action_tokenizer(copy), saved_policy, None
     train_pairs = None
-    if config.tokenizer.get("fit") and not config.tokenizer.path:
-        train_pairs = policy_data.load_pairs(policy_data.policy_spec(config.data), config.data, "train",
-                                             int(config.data.horizon), int(config.data.n_obs_steps))
-    tokenizer = frozen_tokenizer(config.tokenizer, None if train_pairs is None else train_pairs["actions"])
+    if run.tokenizer.fit and not run.tokenizer.path:
+        train_pairs = policy_data.load_pairs(policy_data.policy_spec(run.data), run.data, "train",
+                                             int(run.data.horizon), int(run.data.n_obs_steps))
+    tokenizer = frozen_tokenizer(run.tokenizer, None if train_pairs is None else train_pairs["actions"])
     if is_main:  # no checkpoint refers to a copy yet: replace a stale one of an earlier start
         copy = os.path.join(workdir, artifacts.WORKDIR_FROZEN_TOKENIZER)
         shutil.rmtree(copy, ignore_errors=True)

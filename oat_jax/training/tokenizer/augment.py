@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 FIELDS = ("flip_prob", "splice_prob")
 
 
-def check_config(aug: ml_collections.ConfigDict, num_tokens: int | None = None) -> None:
+def check_config(aug, num_tokens: int | None = None) -> None:
     """Raises ValueError naming the first `config.augment` field out of range (probabilities in [0, 1],
     min_length -1 or in 1..num_tokens)."""
     for name in FIELDS:
-        value = float(aug.get(name, 0.0))
+        value = float(getattr(aug, name, 0.0))
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"config.augment.{name} must be a probability in [0, 1], got {value}.")
-    min_length = int(aug.get("min_length", 1))
+    min_length = int(getattr(aug, "min_length", 1))
     if min_length != -1 and (min_length < 1 or (num_tokens is not None and min_length > num_tokens)):
         raise ValueError(f"config.augment.min_length must be -1 (= N, full-length examples only) or in "
                          f"1..{num_tokens or 'N'} (the prefix lengths that get augmented chunks; 1 = every "
@@ -41,42 +40,42 @@ def check_config(aug: ml_collections.ConfigDict, num_tokens: int | None = None) 
 
 
 def gate_by_length(original: jax.Array, augmented: jax.Array, lengths: jax.Array,
-                   aug: ml_collections.ConfigDict, num_tokens: int) -> jax.Array:
+                   aug, num_tokens: int) -> jax.Array:
     """Keeps the augmented chunk only for examples decoded at >= `aug.min_length` tokens.
 
     Args:
       original, augmented: (B, H, D_a) float32 chunks before and after `augment_chunks`.
       lengths: (B,) int32 prefix length of each example (its shortest decode; `Objective.row_lengths`).
-      aug: `config.augment`.
+      aug: `config.augment` (`run_config.Augment`).
       num_tokens: N, what min_length -1 stands for.
     Returns:
       (B, H, D_a) float32; `augmented` itself when min_length is 1.
     """
-    min_length = int(aug.get("min_length", 1))
+    min_length = int(getattr(aug, "min_length", 1))
     min_length = num_tokens if min_length == -1 else min_length
     if min_length <= 1:
         return augmented
     return jnp.where((lengths >= min_length)[:, None, None], augmented, original)
 
 
-def is_active(aug: ml_collections.ConfigDict | None) -> bool:
+def is_active(aug) -> bool:
     """True when any augmentation probability is above 0."""
-    return aug is not None and any(float(aug.get(name, 0.0)) > 0.0 for name in FIELDS)
+    return aug is not None and any(float(getattr(aug, name, 0.0)) > 0.0 for name in FIELDS)
 
 
-def augment_chunks(x: jax.Array, rng: jax.Array, aug: ml_collections.ConfigDict) -> jax.Array:
+def augment_chunks(x: jax.Array, rng: jax.Array, aug) -> jax.Array:
     """Randomly flips and splices action chunks.
 
     Args:
       x: (B, H, D_a) float32 normalized action chunks.
       rng: PRNG key.
-      aug: `config.augment` (flip_prob, splice_prob).
+      aug: `config.augment` (`run_config.Augment`) (flip_prob, splice_prob).
     Returns:
       (B, H, D_a) float32, the augmented chunks.
     """
     b, h, d = x.shape
     keys = jax.random.split(rng, 6)
-    flip_p, splice_p = (float(aug.get(name, 0.0)) for name in FIELDS)
+    flip_p, splice_p = (float(getattr(aug, name, 0.0)) for name in FIELDS)
     if flip_p > 0:
         signs = jnp.where(jax.random.bernoulli(keys[0], 0.5, (b, 1, d)), -1.0, 1.0)
         chosen = jax.random.bernoulli(keys[1], flip_p, (b, 1, 1))

@@ -29,7 +29,7 @@ from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.model import OATModel
 from oat_jax.normalizer import Normalizer
 from oat_jax.tokenizer import OATTokenizer
-from oat_jax.training import data, loop, plots
+from oat_jax.training import data, loop, plots, run_config
 from oat_jax.training.tokenizer import evaluation as tokenizer_eval
 from oat_jax.training.faults import StopRequest
 from oat_jax.training.tokenizer.export import write_in_subprocess
@@ -37,7 +37,7 @@ from oat_jax.training.tokenizer.objective import Objective
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.progress import Progress
 from oat_jax.training.sharding import process_rows, to_global
-from oat_jax.training.tokenizer.step import init_train_state, make_train_step, model_config
+from oat_jax.training.tokenizer.step import init_train_state, make_train_step
 
 
 PLOTTED_CHUNKS, PLOTTED_PREFIXES = 4, (1, 2, 4, 8)  # reconstructions.png: validation chunks, prefix lengths
@@ -60,39 +60,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    is_main, num_steps = jax.process_index() == 0, int(config.train.num_steps)
-    batch_size, eval_batch_size = int(config.train.batch_size), int(config.train.eval_batch_size)
+    with loop.setup_errors():  # the typed config; a field error names config.<section>.<field>
+        run = run_config.tokenizer_run(config)
+    run_json = run_config.to_json(run)
+    is_main, num_steps = jax.process_index() == 0, int(run.train.num_steps)
+    batch_size, eval_batch_size = int(run.train.batch_size), int(run.train.eval_batch_size)
     with contextlib.ExitStack() as closing:
         with loop.setup_errors():  # a config or data error here prints as one line
-            mesh, batch_sharding = loop.mesh_and_batch_sharding(config)
-            members = data.dataset_members(config.data)  # checked before anything is written in the workdir
-            ckpt = closing.enter_context(loop.checkpoint_store(config, workdir, artifacts.TOKENIZER_RUN_ITEMS,
+            mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
+            members = data.dataset_members(run.data)  # checked before anything is written in the workdir
+            ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.TOKENIZER_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["tokenizer"]))
             latest = ckpt.latest_step()
-            saved_config, stats = _statistics(config, workdir, members, ckpt, latest)
-            normalizer = Normalizer.from_stats(stats["action"], config.normalizer.mode)
+            saved_config, stats = _statistics(run, workdir, members, ckpt, latest)
+            normalizer = Normalizer.from_stats(stats["action"], run.normalizer.mode)
             # Every member is normalized on the host with its own statistics (one dataset: the top-level ones).
             is_mixture = len(members) > 1
-            normalizers = (data.member_normalizers(stats, members, config.normalizer.mode) if is_mixture
+            normalizers = (data.member_normalizers(stats, members, run.normalizer.mode) if is_mixture
                            else {members[0].label: normalizer})
-            cfg = model_config(config.model, normalizer.action_dim)
-            objective = Objective.from_dict(config.objective)
+            cfg = run.model.replace(action_dim=normalizer.action_dim)
+            objective = run.objective
             objective.validate(cfg.num_tokens)
             model = OATModel(cfg)
-            tx, schedule = make_optimizer(config.optim, num_steps)
-            init = functools.partial(init_train_state, model, tx, int(config.seed))
-            resume_error = functools.partial(_resume_error, saved_config, config, latest, ckpt.manager.directory)
-            state, state_sharding = loop.init_or_restore(init, mesh, config.sharding, ckpt, latest, resume_error)
+            tx, schedule = make_optimizer(run.optim, num_steps)
+            init = functools.partial(init_train_state, model, tx, int(run.seed))
+            resume_error = functools.partial(_resume_error, saved_config, run_json, latest, ckpt.manager.directory)
+            state, state_sharding = loop.init_or_restore(init, mesh, run.sharding, ckpt, latest, resume_error)
             if latest is not None:
                 logging.info("Resumed from the checkpoint of step %d in %s.", latest, ckpt.manager.directory)
             train_step = loop.jit_train_step(
-                make_train_step(model, tx, schedule, config.ema, objective, config.get("augment"),
-                                int(config.optim.accum_steps), mesh), state_sharding, batch_sharding)
-            held_out = _held_out(config, members, normalizers, model, cfg, state_sharding.ema_params,
+                make_train_step(model, tx, schedule, run.ema, objective, run.augment,
+                                int(run.optim.accum_steps), mesh), state_sharding, batch_sharding)
+            held_out = _held_out(run, members, normalizers, model, cfg, state_sharding.ema_params,
                                  batch_sharding)
             rows, start = process_rows(batch_sharding, batch_size), int(loop.host_value(state.step))
-            batches = data.train_batches(members, list(normalizers.values()), config.data, cfg.horizon, batch_size,
-                                         rows, int(config.seed), start)
+            batches = data.train_batches(members, list(normalizers.values()), run.data, cfg.horizon, batch_size,
+                                         rows, int(run.seed), start)
             assets = {artifacts.STATS_ITEM: stats, artifacts.TOKENIZER_ITEM: artifacts.tokenizer_assets(
                 cfg, normalizer, normalizers if is_mixture else None)}
         writer = closing.enter_context(loop.metric_writer(workdir))
@@ -100,33 +103,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with StopRequest() as stop, Progress(num_steps, start, is_main and config.train.progress_bar) as bar:
+        with StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar:
             while step < num_steps:
                 batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
                 state, step_metrics = train_step(state, batch)
                 step += 1
                 pending.append((step, step_metrics))
-                if loop.itstime(step, config.train.log_every, num_steps):
+                if loop.itstime(step, run.train.log_every, num_steps):
                     steps_per_sec = rate.rate(step)
-                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, config.optim.lr)
+                    values = loop.log_train(writer, pending, steps_per_sec, ckpt, run.optim.lr)
                     bar.update(step, loss=values["loss"], steps_per_sec=steps_per_sec)
                     pending = []
-                if loop.itstime(step, config.train.eval_every, num_steps):
+                if loop.itstime(step, run.train.eval_every, num_steps):
                     metrics, evaluated = held_out_metrics(state.ema_params, held_out, eval_batch_size), step
                     loop.log_eval(writer, step, metrics)
                     bar.write(_eval_line(step, metrics, cfg.num_tokens, held_out.curve_labels))
-                stopping = step < num_steps and stop.agreed_at(step, config.train.log_every)
-                if loop.itstime(step, config.checkpoint.every, num_steps) or stopping:
-                    loop.save(ckpt, step, state, config, assets, metrics if evaluated == step else None)
+                stopping = step < num_steps and stop.agreed_at(step, run.train.log_every)
+                if loop.itstime(step, run.checkpoint.every, num_steps) or stopping:
+                    loop.save(ckpt, step, state, run_json, assets, metrics if evaluated == step else None)
                     saved = step
-                if stopping:
+                if stopping:  # the records since the last log line are written too
+                    if pending:
+                        loop.log_train(writer, pending, rate.rate(step), ckpt, run.optim.lr)
                     return loop.stopped(step, ckpt)
             if evaluated != step:  # a finished run resumed: evaluate again for the export
                 metrics = held_out_metrics(state.ema_params, held_out, eval_batch_size)
                 loop.log_eval(writer, step, metrics)
                 bar.write(_eval_line(step, metrics, cfg.num_tokens, held_out.curve_labels))
             if saved != step:
-                loop.save(ckpt, step, state, config, assets, metrics)
+                loop.save(ckpt, step, state, run_json, assets, metrics)
             ckpt.wait()
 
         # --- export: the EMA tokenizer, final metrics, plots ---
@@ -146,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return metrics
 
 
-def _statistics(config: ml_collections.ConfigDict, workdir: str, members: list[data.Member], ckpt,
+def _statistics(run: run_config.TokenizerRun, workdir: str, members: list[data.Member], ckpt,
                 latest: int | None) -> tuple[dict | None, dict]:
     """(the config a resumed run was saved with (None: a fresh run), the action statistics the normalizers are
     fitted on): computed on the train split of a fresh run, restored from the checkpoint when resuming (the
@@ -154,11 +159,11 @@ def _statistics(config: ml_collections.ConfigDict, workdir: str, members: list[d
     recorded as a mask, so checkpoints and load_pretrained rebuild the same normalizer."""
     saved_config = None
     if latest is None:
-        stats = data.member_statistics(members, config.data)
+        stats = data.member_statistics(members, run.data)
     else:
         saved = ckpt.restore_json(latest, (artifacts.STATS_ITEM,))
         saved_config, stats = saved[artifacts.RUN_CONFIG_ITEM], saved[artifacts.STATS_ITEM]
-        loop.warn_if_config_changed(saved_config, config, workdir)
+        loop.warn_if_config_changed(saved_config, run_config.to_json(run), workdir)
     saved_members = list(stats.get("datasets", {}))
     names = [m.label for m in members] if len(members) > 1 else []
     if saved_members != names:
@@ -166,7 +171,7 @@ def _statistics(config: ml_collections.ConfigDict, workdir: str, members: list[d
         raise ValueError(f"The run in {workdir} was started on {started}; the config names "
                          f"{f'the mixture {names}' if names else 'one dataset'}. Resume with the training "
                          f"data it started with (config.data.mixture / path / name), or use a new --workdir.")
-    raw_dims = [int(d) for d in str(config.normalizer.get("unnormalized_dims", "")).split(",") if d.strip()]
+    raw_dims = [int(d) for d in str(run.normalizer.unnormalized_dims).split(",") if d.strip()]
     if raw_dims:
         dim = len(stats["action"]["min"])
         if any(not 0 <= d < dim for d in raw_dims):
@@ -175,10 +180,9 @@ def _statistics(config: ml_collections.ConfigDict, workdir: str, members: list[d
     return saved_config, stats
 
 
-def _resume_error(saved_config: dict | None, config: ml_collections.ConfigDict, step: int, directory: str,
-                  e: Exception) -> Exception:
+def _resume_error(saved_config: dict | None, current: dict, step: int, directory: str, e: Exception) -> Exception:
     """The error of a checkpoint whose state does not fit the current config, naming the changed fields."""
-    changed = config_changes(saved_config, loop.config_json(config))
+    changed = config_changes(saved_config, current)
     return ValueError(
         f"Cannot resume from the checkpoint of step {step} in {directory}: it does not fit the current config"
         + (f" (changed since it was saved: {changed})" if changed else "") + ". Resume with the saved values, or "
@@ -195,13 +199,13 @@ class HeldOut(NamedTuple):
     batch_sharding: Any
 
 
-def _held_out(config: ml_collections.ConfigDict, members: list[data.Member], normalizers: dict[str, Normalizer],
+def _held_out(run: run_config.TokenizerRun, members: list[data.Member], normalizers: dict[str, Normalizer],
               model: OATModel, cfg: OATConfig, params_sharding: Any, batch_sharding: Any) -> HeldOut:
     """The validation chunks of every member and of config.data.eval_datasets, with the jitted eval steps."""
     steps = {label: loop.jit_eval_step(tokenizer_eval.make_eval_step(model, n), params_sharding, batch_sharding)
              for label, n in normalizers.items()}
-    chunks = {m.label: data.eval_chunks(m.spec, config.data, cfg.horizon) for m in members}
-    extras = data.extra_eval_chunks(config.data, cfg.horizon)  # {label: chunks}, e.g. unseen tasks
+    chunks = {m.label: data.eval_chunks(m.spec, run.data, cfg.horizon) for m in members}
+    extras = data.extra_eval_chunks(run.data, cfg.horizon)  # {label: chunks}, e.g. unseen tasks
     for label, c in extras.items():
         if c.shape[-1] != cfg.action_dim:
             raise ValueError(f"config.data.eval_datasets: {label!r} has {c.shape[-1]}-D actions but the tokenizer is "
