@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -134,3 +135,32 @@ def test_nan_loss_stops_without_nan_checkpoint(tiny_dataset, tmp_path):
         state, _, _ = _restore(str(tmp_path), step, config)
         assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves((state.params, state.ema_params)))
         assert bad_step is None or step < bad_step
+
+
+def test_the_next_batches_are_assembled_while_a_step_runs():
+    """`loop.prefetched` overlaps the host's batch work with the step: step i only finishes once batch i + 1 is
+    being assembled (serialized, this would wait forever), batches arrive in step order, sharded on the devices,
+    and an error of the data source is raised by the consumer."""
+    import threading
+
+    from oat_jax.training import loop
+    from oat_jax.training.sharding import batch_sharding, make_mesh
+
+    sharding = batch_sharding(make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1})))
+    started = {i: threading.Event() for i in range(8)}
+
+    class SlowSource:
+        def local_batch(self, step):
+            started[step].set()
+            if step == 6:
+                raise OSError("disk went away")
+            return {"actions": np.full((8, 2), step, np.float32)}
+
+    with loop.prefetched(SlowSource(), 0, 8, sharding, 8) as feed:
+        for step in range(6):
+            batch = next(feed)
+            assert batch["actions"].sharding == sharding and float(batch["actions"][0, 0]) == step
+            if step < 5:  # the "train step": needs the next batch to be under way already
+                assert started[step + 1].wait(timeout=20), f"batch {step + 1} not started during step {step}"
+        with pytest.raises(OSError, match="disk went away"):
+            next(feed)

@@ -2,7 +2,8 @@
 # Closed-loop screening of tokenizer designs on one Meta-World task set (docs/POLICY.md, "Task sets no run was tuned
 # on"): scripted demonstrations, one tokenizer per design and training seed, the comparison's small policy at
 # POLICY_STEPS, closed-loop evaluation (training seed s on evaluation seed s). Designs are "name|variant|flags" (flags
-# comma-separated), e.g. TYPES="oat|| quest|:quest| oatconv||--config.model.encoder=conv,--config.model.enc_patch=1".
+# comma-separated), e.g. TYPES="oat|| quest|:quest| registers||--config.model.encoder=registers,--config.model.enc_patch=2"
+# (the default's ordered conv tokens, QueST-style, and the paper's register encoder with the default's objective).
 # Every step is skipped when its output exists, so re-running resumes (and a new POLICY_STEPS reuses the tokenizers).
 #   RUNS=runs/setA TASKS=hammer-v3,sweep-into-v3,basketball-v3,peg-unplug-side-v3 SEEDS="0 1" \
 #     bash experiments/recipes/closed_loop_screen.sh

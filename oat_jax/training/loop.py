@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -109,6 +111,48 @@ def jit_eval_step(eval_step: Callable, params_sharding: Any, batch_sharding: Nam
     replicated."""
     return jax.jit(eval_step, in_shardings=(params_sharding, batch_sharding),
                    out_shardings=replicated(batch_sharding.mesh))
+
+
+@contextlib.contextmanager
+def prefetched(batches: Any, start: int, stop: int, sharding: NamedSharding, batch_size: int,
+               depth: int = 2) -> Iterator[Iterator[Any]]:
+    """The global batches of steps start .. stop - 1, assembled and placed on the devices (`to_global`, sharded by
+    `sharding`) by a background thread up to `depth` steps ahead, so the host's batch work overlaps the device's
+    train step. `batches.local_batch(step)` gives this process's rows; an error there is raised by `next`."""
+    buffer: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+    done = threading.Event()
+
+    def put(item) -> bool:  # False once the consumer has left
+        while not done.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for step in range(start, stop):
+                if not put((True, to_global(batches.local_batch(step), sharding, batch_size))):
+                    return
+        except BaseException as e:  # noqa: BLE001  (handed to the consumer, raised by its next())
+            put((False, e))
+
+    def consume():
+        for _ in range(start, stop):
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            yield item
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        done.set()
+        thread.join(timeout=5.0)
 
 
 def padded_batches(rows: np.ndarray, batch_size: int):

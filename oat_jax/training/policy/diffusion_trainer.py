@@ -36,7 +36,7 @@ from oat_jax.training.progress import Progress
 from oat_jax.training.policy.diffusion_step import (init_diffusion_state, make_diffusion_eval_step,
                                              make_diffusion_train_step, summarize_diffusion_eval)
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.sharding import process_rows, to_global
+from oat_jax.training.sharding import process_rows
 
 
 def diffusion_config(config: run_config.PolicyRun, pairs: dict) -> DiffusionConfig:
@@ -123,10 +123,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar:
+        with (StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar,
+              loop.prefetched(batches, start, num_steps, batch_sharding, batch_size) as feed):
             while step < num_steps:
-                batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
-                state, step_metrics = train_step(state, batch)
+                state, step_metrics = train_step(state, next(feed))  # the next batches are assembled meanwhile
                 step += 1
                 pending.append((step, step_metrics))
                 if loop.itstime(step, run.train.log_every, num_steps):

@@ -40,7 +40,7 @@ from oat_jax.training.policy.step import (init_policy_state, make_policy_eval_st
                                           summarize_eval)
 from oat_jax.training.policy.data import camera_fields, check_action_steps, check_data_config, observation_keys
 from oat_jax.training.progress import Progress
-from oat_jax.training.sharding import process_rows, to_global
+from oat_jax.training.sharding import process_rows
 
 
 def frozen_tokenizer(source: run_config.TokenizerSource, train_chunks: np.ndarray | None):
@@ -138,10 +138,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar:
+        with (StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar,
+              loop.prefetched(batches, start, num_steps, batch_sharding, batch_size) as feed):
             while step < num_steps:
-                batch = to_global(batches.local_batch(step), batch_sharding, batch_size)
-                state, step_metrics = train_step(state, batch)
+                state, step_metrics = train_step(state, next(feed))  # the next batches are assembled meanwhile
                 step += 1
                 pending.append((step, step_metrics))
                 if loop.itstime(step, run.train.log_every, num_steps):
