@@ -69,3 +69,38 @@ def test_exported_rejects_nan_chunks_and_bad_ids_the_tokenizer_flags_invalid(tok
     good_actions, good_valid = tok.detokenize(good[:, :2])
     assert good_valid.all()
     np.testing.assert_allclose(exported.detokenize(good[:, :2]), good_actions, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["token", "diffusion"])
+def test_a_non_finite_observation_never_yields_a_valid_chunk(kind, tmp_path):
+    """Both policy kinds: a row whose state history holds NaN or Inf gets a NaN chunk and valid False, the other rows
+    are unchanged; an observation that is not a dict, lacks 'state' or is not numeric is one clear error."""
+    import jax
+
+    from policy_helpers import random_obs, save_tiny_oat, tiny_policy
+
+    if kind == "token":
+        policy = tiny_policy(save_tiny_oat(str(tmp_path / "oat")))
+    else:
+        from oat_jax.normalizer import Normalizer
+        from oat_jax.policy.diffusion import DiffusionConfig, init_params
+        from oat_jax.policy.diffusion_policy import DiffusionPolicy
+        config = DiffusionConfig(action_dim=3, horizon=8, obs_dim=5, n_obs_steps=2, embed_dim=16, depth=1,
+                                 num_heads=2, state_hidden=16, num_inference_steps=2)
+        action_normalizer = Normalizer.from_stats({"min": [-1.0, -2.0, 0.0], "max": [1.0, 2.0, 1.0]})
+        policy = DiffusionPolicy(config, init_params(config, jax.random.PRNGKey(0)), action_normalizer, {},
+                                 n_action_steps=4)
+    obs = random_obs(4, obs_dim=policy.config.obs_dim)
+    clean, clean_valid = policy.act(obs, jax.random.PRNGKey(0))
+    bad = {"state": obs["state"].copy()}
+    bad["state"][1, 0, 0], bad["state"][3, -1, -1] = np.nan, np.inf
+    actions, valid = policy.act(bad, jax.random.PRNGKey(0))
+    assert list(valid) == [clean_valid[0], False, clean_valid[2], False]
+    assert np.isnan(actions[[1, 3]]).all() and np.isfinite(actions[[0, 2]]).all()
+    np.testing.assert_allclose(actions[[0, 2]], clean[[0, 2]], atol=1e-5)
+    with pytest.raises(TypeError, match="obs must be a dict"):
+        policy.act(obs["state"], jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"obs has no \['state'\] entry"):
+        policy.act({"State": obs["state"]}, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"obs\['state'\] must be a numeric"):
+        policy.act({"state": [["a"]]}, jax.random.PRNGKey(0))

@@ -14,7 +14,7 @@ import numpy as np
 from oat_jax import artifacts
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
-from oat_jax.policy.observations import prepare_observation
+from oat_jax.policy.observations import finite_rows, mask_rows, prepare_observation
 
 FORMAT = "oat_jax.diffusion_policy/1"
 POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "token")
@@ -81,7 +81,8 @@ class DiffusionPolicy:
 
     def act(self, obs: Mapping[str, np.ndarray], rng: jax.Array, num_tokens: int | None = None,
             num_inference_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Raw observations (batch B) -> action chunks (B, H, D_a) float32 raw units, valid (B,) bool (all True).
+        """Raw observations (batch B) -> action chunks (B, H, D_a) float32 raw units, valid (B,) bool (False, with a
+        NaN chunk, for an observation row holding NaN/Inf).
 
         num_inference_steps: DDIM steps (None = config.num_inference_steps; each value compiles once).
         num_tokens: must be None (the token policies' anytime-decoding argument; a diffusion policy has no tokens).
@@ -93,7 +94,7 @@ class DiffusionPolicy:
             raise ValueError(f"num_inference_steps={steps} must be in 1..{self.config.num_train_timesteps}.")
         normalized = _sampler(self.config)(self.params, self.normalize_observation(obs), rng, steps)
         actions = self.action_normalizer.unnormalize(np.asarray(normalized, np.float32))
-        return np.asarray(actions, np.float32), np.ones((actions.shape[0],), bool)
+        return mask_rows(np.asarray(actions, np.float32), finite_rows(obs))
 
     # ----- persistence -----
     def metadata(self) -> dict:

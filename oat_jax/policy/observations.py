@@ -21,9 +21,20 @@ def prepare_observation(config: Any, obs_normalizers: Mapping[str, Normalizer],
       {"state": (B, K, obs_dim) float32 normalized with obs_normalizers["state"] (when present), "image": uint8
       as given (scaled inside the model)}. Raises ValueError naming the expected shape.
     """
+    if not isinstance(obs, Mapping):
+        image = ", 'image': (B, K, cams, h, w, c) uint8" if config.num_cameras else ""
+        raise TypeError(f"obs must be a dict {{'state': (B, K, obs_dim) array{image}}}, got {type(obs).__name__}.")
+    needed = (["state"] if config.obs_dim else []) + (["image"] if config.num_cameras else [])
+    missing = [k for k in needed if k not in obs]
+    if missing:
+        raise ValueError(f"obs has no {missing} entry (it has {sorted(obs)}); this policy reads {needed}.")
     out = {}
     if config.obs_dim:
-        state = np.asarray(obs["state"], np.float32)
+        try:
+            state = np.asarray(obs["state"], np.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"obs['state'] must be a numeric (B, {config.n_obs_steps}, {config.obs_dim}) array: "
+                             f"{e}") from e
         if state.ndim != 3 or state.shape[1:] != (config.n_obs_steps, config.obs_dim):
             raise ValueError(f"obs['state'] must have shape (B, {config.n_obs_steps}, {config.obs_dim}) = (batch, "
                              f"n_obs_steps, obs_dim), got {state.shape}.")
@@ -34,5 +45,23 @@ def prepare_observation(config: Any, obs_normalizers: Mapping[str, Normalizer],
         expected = (config.n_obs_steps, config.num_cameras) + tuple(config.image_shape)
         if image.ndim != 6 or image.shape[1:] != expected:
             raise ValueError(f"obs['image'] must have shape (B,) + {expected}, got {image.shape}.")
+        if image.dtype != np.uint8:
+            raise ValueError(f"obs['image'] must be uint8 (0..255 pixels), got {image.dtype}.")
         out["image"] = image
     return out
+
+
+def finite_rows(obs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(B,) bool: True where every value of the row's state history is finite. A policy gives the other rows a NaN
+    chunk and valid False: a corrupted sensor reading never becomes a confident action."""
+    state = np.asarray(obs["state"], np.float32) if "state" in obs else None
+    if state is None:
+        return np.ones((len(next(iter(obs.values()))),), bool)
+    return np.all(np.isfinite(state.reshape(state.shape[0], -1)), axis=1)
+
+
+def mask_rows(actions: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(actions (B, H, D_a) float32 with NaN in the rows that are not `valid`, valid (B,) bool)."""
+    actions = np.array(actions, np.float32, copy=True)
+    actions[~valid] = np.nan
+    return actions, valid

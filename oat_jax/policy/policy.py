@@ -17,7 +17,7 @@ from oat_jax import artifacts
 from oat_jax.action_tokenizers import ActionTokenizer, load_action_tokenizer
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
-from oat_jax.policy.observations import prepare_observation
+from oat_jax.policy.observations import finite_rows, mask_rows, prepare_observation
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
 
 FORMAT = "oat_jax.policy/1"
@@ -103,11 +103,12 @@ class TokenPolicy:
         """Raw observations -> action chunks (B, H, D_a) float32 raw units, valid (B,) bool.
 
         num_tokens: None (all max_tokens) or k in 1..max_tokens: generate k tokens and decode that prefix (OAT_k).
-        An invalid sequence (e.g. FAST that fails to decode) gives a NaN chunk and valid False.
+        An invalid sequence (e.g. FAST that fails to decode), or an observation row holding NaN/Inf, gives a NaN
+        chunk and valid False.
         """
         tokens, lengths = self.sample_tokens(obs, rng, num_tokens)
         actions, valid = self.tokenizer.detokenize(tokens, lengths)
-        return np.asarray(actions, np.float32), np.asarray(valid, bool)
+        return mask_rows(np.asarray(actions, np.float32), np.asarray(valid, bool) & finite_rows(obs))
 
     # ----- persistence -----
     def metadata(self) -> dict:
