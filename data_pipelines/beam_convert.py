@@ -32,9 +32,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_pipelines import lerobot, metaworld_experts, sources, splits, statistics
-from data_pipelines.rlds_writer import (TRAIN_STATISTICS_SPLIT, VERSION, Episode, EpisodeError, _example, commit,
-                                        dataset_name, episode_features, prepare_output, staging_dir,
-                                        validate_episode)
+from data_pipelines.rlds_writer import (TRAIN_STATISTICS_SPLIT, VERSION, Episode, EpisodeError, _example,
+                                        check_dataset_name, commit, dataset_name, episode_features, prepare_output,
+                                        staging_dir, validate_episode)
 
 FORMATS = (*sources.READERS, "metaworld")
 _ERRORS = {"EpisodeError": EpisodeError, "ValueError": ValueError, "RuntimeError": RuntimeError}
@@ -214,6 +214,7 @@ def build(config: SourceConfig, output: str, *, name: str, description: str, mas
     """Runs the Beam conversion of `config` into the RLDS builder directory `output` (`masks`: robomimic masks,
     each its own split) and returns `output`; nothing is left there on failure. Raises the sources' errors:
     EpisodeError naming the file and episode, RuntimeError of an unreliable Meta-World task."""
+    check_dataset_name(name)
     _require_beam()
     split_items = {"train": plan(config, "train" if "train" in masks else None),
                    **{m: plan(config, m) for m in masks if m != "train"}}

@@ -203,6 +203,15 @@ def dataset_name(output: str) -> str:
     return name if name and name[0].isalpha() else f"dataset_{name}"
 
 
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a TFDS dataset name (lowercase letters, digits and underscores, starting with a letter); else
+    ValueError: the name labels the records inside the output directory and must never act as a path."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
+        raise ValueError(f"--name={name!r} is not a dataset name: use lowercase letters, digits and underscores, "
+                         f"starting with a letter (it names the records inside --output; it is not a path).")
+    return name
+
+
 def is_builder_dir(path: str) -> bool:
     """True if `path` is an RLDS/TFDS builder directory (what `write_rlds` writes): dataset_info.json and
     features.json directly inside."""
@@ -259,7 +268,7 @@ def write_rlds(episodes: Iterable[Episode], output: str, *, name: str | None = N
     if image_encoding not in IMAGE_ENCODINGS:
         raise ValueError(f"image_encoding={image_encoding!r} is not one of {IMAGE_ENCODINGS}.")
     output = prepare_output(output, overwrite, inputs)
-    name = name or dataset_name(output)
+    name = check_dataset_name(name or dataset_name(output))
     iterator: Iterator[Episode] = iter(episodes)
     first = next(iterator, None)
     if first is None:

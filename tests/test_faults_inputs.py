@@ -104,3 +104,18 @@ def test_a_non_finite_observation_never_yields_a_valid_chunk(kind, tmp_path):
         policy.act({"State": obs["state"]}, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"obs\['state'\] must be a numeric"):
         policy.act({"state": [["a"]]}, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "foo/bar", "Evil", "1abc", "a b"])
+def test_a_dataset_name_never_acts_as_a_path(name, tmp_path, capsys):
+    """`convert --name` labels the records inside --output: a name with a path separator, '..' or anything but
+    lowercase letters, digits and underscores is refused before anything is written (exit 1, one line naming it)."""
+    from data_pipelines import convert
+    from test_data_convert import make_episodes, write_npz_dir
+
+    source = write_npz_dir(str(tmp_path / "in"), make_episodes(seed=4))
+    output = tmp_path / "out" / "set"
+    assert convert.main(["--format=npz", f"--input={source}", f"--output={output}", f"--name={name}"]) == 1
+    assert "is not a dataset name" in capsys.readouterr().err
+    assert not output.exists() and not (tmp_path / "evil").exists() and not (tmp_path / "out" / "evil").exists()
+    assert convert.main(["--format=npz", f"--input={source}", f"--output={output}", "--name=my_set_2"]) == 0
