@@ -12,7 +12,9 @@ beside the episodes, where `data_pipelines.statistics.get_dataset_statistics` fi
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import itertools
 import os
 import re
@@ -242,6 +244,9 @@ def _remove_stale_tmp(output: str) -> None:
             os.kill(int(pid), 0)
             continue  # still running
         except ProcessLookupError:
+            previous = os.path.join(parent, entry, "previous")
+            if not os.path.exists(output) and os.path.isdir(previous):  # killed between the two moves of `commit`
+                os.replace(previous, output)
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
         except PermissionError:
             continue
@@ -320,6 +325,7 @@ def prepare_output(output: str, overwrite: bool, inputs: Sequence[str] = ()) -> 
         raise ValueError(f"output={output!r}: write to a local directory, then copy it (e.g. gsutil -m cp -r).")
     output = os.path.abspath(output)
     check_output_apart(output, inputs)
+    _remove_stale_tmp(output)  # a conversion killed mid-commit: its previous dataset is put back first
     if os.path.exists(output) and not (os.path.isdir(output) and not os.listdir(output)):
         if not overwrite:
             raise FileExistsError(f"{output} already exists; choose another --output or pass --overwrite.")
@@ -344,9 +350,35 @@ def staging_dir(output: str) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swaps two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported. (The same
+    swap as oat_jax/atomic_dir.py, which data_pipelines does not import.)"""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EPERM, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), b)
+
+
 def commit(builder_dir: str, output: str, tmp: str) -> None:
-    """Moves a complete builder directory written inside staging directory `tmp` to `output` (an empty directory or
-    previous dataset there is moved into `tmp`, deleted with it)."""
+    """Moves a complete builder directory written inside staging directory `tmp` to `output`. An existing `output`
+    (an empty directory or the previous dataset) is swapped out atomically where the filesystem can (it ends in
+    `tmp`, deleted with it); elsewhere it is moved to `tmp/previous` first, put back if the second move fails, and
+    restored by the next conversion into `output` if the process dies in between (`_remove_stale_tmp`)."""
     if os.path.exists(output):
-        os.replace(output, os.path.join(tmp, "previous"))
+        if _exchange(builder_dir, output):
+            return
+        previous = os.path.join(tmp, "previous")
+        os.replace(output, previous)
+        try:
+            os.replace(builder_dir, output)
+        except BaseException:
+            os.replace(previous, output)
+            raise
+        return
     os.replace(builder_dir, output)

@@ -2,6 +2,8 @@
 exported artifacts validate their inputs like OATTokenizer (ids out of range: an error for the exported
 artifact, an invalid example for OATTokenizer.detokenize)."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,3 +121,49 @@ def test_a_dataset_name_never_acts_as_a_path(name, tmp_path, capsys):
     assert "is not a dataset name" in capsys.readouterr().err
     assert not output.exists() and not (tmp_path / "evil").exists() and not (tmp_path / "out" / "evil").exists()
     assert convert.main(["--format=npz", f"--input={source}", f"--output={output}", "--name=my_set_2"]) == 0
+
+
+def test_a_conversion_killed_between_the_moves_of_its_commit_loses_nothing(tmp_path, monkeypatch):
+    """Where the filesystem cannot swap two directories atomically, the commit moves the old dataset aside first:
+    a failure of the second move puts it back at once, and a process killed in between leaves it in its staging
+    directory, from where the next conversion into that output restores it before anything else."""
+    import subprocess
+
+    import tensorflow_datasets as tfds
+
+    from data_pipelines import convert, rlds_writer
+    from test_data_convert import make_episodes, write_npz_dir
+
+    def episodes_in(path):
+        return len(list(tfds.builder_from_directory(path).as_dataset(split="train")))
+
+    output = str(tmp_path / "out")
+    first = write_npz_dir(str(tmp_path / "a"), make_episodes(seed=1)[:2])
+    second = write_npz_dir(str(tmp_path / "b"), make_episodes(seed=2))
+    assert convert.main(["--format=npz", f"--input={first}", f"--output={output}"]) == 0
+    monkeypatch.setattr(rlds_writer, "_exchange", lambda a, b: False)  # e.g. a filesystem without renameat2
+
+    real_replace, calls = os.replace, []
+
+    def failing_second_move(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(rlds_writer.os, "replace", failing_second_move)
+    with pytest.raises(OSError, match="No space left"):
+        convert.main(["--format=npz", f"--input={second}", f"--output={output}", "--overwrite"])
+    monkeypatch.setattr(rlds_writer.os, "replace", real_replace)
+    assert episodes_in(output) == 2  # the previous dataset, put back
+
+    # killed between the moves: the output is gone, the old dataset sits in a dead writer's staging directory
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    staging = tmp_path / f".out.tmp-{dead.pid}-x"
+    staging.mkdir()
+    os.replace(output, staging / "previous")
+    assert convert.main(["--format=npz", f"--input={second}", f"--output={output}"]) == 1  # no --overwrite
+    assert episodes_in(output) == 2 and not staging.exists()
+    assert convert.main(["--format=npz", f"--input={second}", f"--output={output}", "--overwrite"]) == 0
+    assert episodes_in(output) == len(make_episodes(seed=2))
