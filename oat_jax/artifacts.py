@@ -105,10 +105,19 @@ def read_json(path) -> Any:
                          f"from a copy.") from e
 
 
-def _verify(path: epath.Path, what: str) -> None:
-    """Checks a local directory against its integrity manifest (remote paths are not hashed)."""
-    if "://" not in str(path):
-        integrity.verify(str(path), what)
+def _verify(path: epath.Path, what: str, required: bool = False) -> None:
+    """Checks a local directory against its integrity manifest (remote paths are not hashed). `required`: a
+    directory saved whole with its manifest (a tokenizer with action_tokenizer.json, a policy), so a missing one is
+    an IntegrityError; tokenizers of the first layout and checkpoint steps (a run killed between a step's commit and
+    its manifest leaves none) load unverified without one."""
+    if "://" in str(path):
+        return
+    if not integrity.verify(str(path), what) and required:
+        raise integrity.IntegrityError(
+            f"{path} has no {integrity.MANIFEST_FILE}: every {what} of this layout is saved with one, so it was "
+            f"deleted (or the directory was copied without it) and the files cannot be checked. Save the {what} "
+            f"again, or load with verify=False at your own risk.")
+
 
 
 # ----- params (Orbax) -----
@@ -387,7 +396,7 @@ def read_tokenizer(path, step: Step = None, sharding: ShardingLike = None, verif
     location = resolve_tokenizer(path, step)
     if location.kind == "directory":
         if verify:
-            _verify(location.path, "tokenizer")
+            _verify(location.path, "tokenizer", required=(location.path / TYPE_FILE).exists())
         assets = {"config": read_json(location.path / CONFIG_FILE),
                   "normalizer": read_json(location.path / NORMALIZER_FILE)}
         if (location.path / DATASET_NORMALIZERS_FILE).exists():
@@ -462,7 +471,7 @@ def read_type(path, expected_type: str | None = None) -> dict[str, Any] | None:
             raise FileNotFoundError(f"No {TYPE_FILE} in {path}: not a saved {expected_type!r} tokenizer; write one "
                                     f"with .save(path).")
         return None
-    _verify(path, "action tokenizer")
+    _verify(path, "action tokenizer", required=True)
     description = read_json(file)
     if expected_type is not None and description.get("type") != expected_type:
         raise ValueError(f"{file} describes a {description.get('type')!r} tokenizer, not {expected_type!r}; load it "
@@ -517,7 +526,7 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
     location = resolve_policy(path, step)
     if location.kind == "directory":
         if verify:
-            _verify(location.path, "policy")
+            _verify(location.path, "policy", required=True)
         meta = read_json(location.path / POLICY_FILE)
         params = restore_params(location.path / PARAMS_DIR, abstract(meta))
         tokenizer_dir = location.path / POLICY_TOKENIZER_DIR

@@ -95,7 +95,11 @@ def test_verify_false_and_artifacts_without_a_manifest_still_load(saved, tmp_pat
     x = np.random.default_rng(0).uniform(-1, 1, (3, 8, 2)).astype(np.float32)
     expected = reference.tokenize(x)[0]
     np.testing.assert_array_equal(OATTokenizer.load(copy, verify=False).tokenize(x)[0], expected)
-    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))  # as saved by an older version
+    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))  # deleted: this layout is always saved with one
+    with pytest.raises(integrity.IntegrityError, match="has no integrity.json.*verify=False"):
+        OATTokenizer.load(copy)
+    np.testing.assert_array_equal(OATTokenizer.load(copy, verify=False).tokenize(x)[0], expected)
+    os.remove(os.path.join(copy, "action_tokenizer.json"))  # the first layout, saved before manifests existed
     np.testing.assert_array_equal(OATTokenizer.load(copy).tokenize(x)[0], expected)
 
 
@@ -112,6 +116,14 @@ def test_a_damaged_policy_file_is_an_error_naming_it(tmp_path):
     with pytest.raises(integrity.IntegrityError, match="policy.json"):
         TokenPolicy.load(saved)
     assert TokenPolicy.load(saved, verify=False).n_action_steps == 3
+    for emptied in (False, True):  # a manifest deleted or emptied: nothing could be checked, so nothing loads
+        manifest = os.path.join(saved, integrity.MANIFEST_FILE)
+        if emptied:
+            open(manifest, "w").close()
+        elif os.path.exists(manifest):
+            os.remove(manifest)
+        with pytest.raises(integrity.IntegrityError, match="integrity.json"):
+            TokenPolicy.load(saved)
 
 
 @pytest.mark.parametrize("name,content", [("config.json", '{"horizon": 8, "levels": [4, 3'),
