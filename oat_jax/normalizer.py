@@ -51,6 +51,38 @@ def _stats_from_array(actions: np.ndarray) -> dict[str, np.ndarray]:
             "q01": np.quantile(x, 0.01, axis=0), "q99": np.quantile(x, 0.99, axis=0)}
 
 
+def _checked_arrays(stats: Mapping[str, Any], used: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The statistics' arrays as float64, checked: numeric, one (D_a,) shape for all, finite, min <= max,
+    q01 <= q99, std >= 0 (for the keys this mode uses). ValueError naming the key and the dimensions."""
+    arrays = {}
+    for key in _STAT_KEYS:
+        if key not in stats:
+            continue
+        try:
+            arrays[key] = np.asarray(stats[key], np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"Statistics key {key!r} is not a list of numbers ({e}).") from e
+    shapes = {k: v.shape for k, v in arrays.items()}
+    if any(len(s) != 1 for s in shapes.values()) or len(set(shapes.values())) > 1:
+        raise ValueError(f"Statistics arrays must all be (D_a,) vectors of one length, got shapes {shapes}.")
+    for key in used:
+        bad = np.flatnonzero(~np.isfinite(arrays[key]))
+        if bad.size:
+            raise ValueError(f"Statistics key {key!r} is NaN or Inf in dimension(s) {bad.tolist()}.")
+    for low, high in (("min", "max"), ("q01", "q99")):
+        if low in used and high in used:
+            bad = np.flatnonzero(arrays[low] > arrays[high])
+            if bad.size:
+                raise ValueError(f"Statistics have {low} > {high} in dimension(s) {bad.tolist()} ({low} "
+                                 f"{arrays[low][bad].tolist()}, {high} {arrays[high][bad].tolist()}): the file is "
+                                 f"damaged or its keys are swapped.")
+    if "std" in used:
+        bad = np.flatnonzero(arrays["std"] < 0)
+        if bad.size:
+            raise ValueError(f"Statistics have a negative std in dimension(s) {bad.tolist()}.")
+    return arrays
+
+
 def _range_map(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[low, high] -> [-1, 1] per dimension; dimensions with high - low < 1e-4 map to 0."""
     rng = high - low
@@ -126,7 +158,7 @@ class Normalizer:
         if missing:
             raise ValueError(f"Statistics for mode {mode!r} need keys {list(needed[mode])}; missing {missing} "
                              f"(got keys {sorted(stats)}).")
-        arrays = {k: np.asarray(stats[k], np.float64) for k in _STAT_KEYS if k in stats}
+        arrays = _checked_arrays(stats, needed[mode])
         if mode == "identity":
             dim = len(next(iter(arrays.values()))) if arrays else 0
             scale, offset = np.ones(dim), np.zeros(dim)

@@ -10,7 +10,7 @@ import pytest
 import train_helpers
 from data_pipelines import statistics
 from oat_jax import load_pretrained
-from oat_jax.normalizer import ActionNormalizer
+from oat_jax.normalizer import ActionNormalizer, Normalizer
 from oat_jax.training.tokenizer import trainer
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 
@@ -78,3 +78,18 @@ def test_unnormalized_dims_in_training_and_load_pretrained(tmp_path, tiny_datase
     for tok in (load_pretrained(workdir).tokenizer, load_pretrained(workdir, step=4).tokenizer):
         assert tok.normalizer.scale[2] == 1.0 and tok.normalizer.offset[2] == 0.0
         assert tok.normalizer.scale[0] != 1.0
+
+
+@pytest.mark.parametrize("stats, mode, message", [
+    ({"min": [0.0, 1.0], "max": [1.0, -1.0]}, "limits", r"min > max in dimension\(s\) \[1\]"),
+    ({"q01": [2.0, 0.0], "q99": [1.0, 1.0]}, "quantile", r"q01 > q99 in dimension\(s\) \[0\]"),
+    ({"mean": [0.0, 0.0], "std": [1.0, -0.5]}, "gaussian", r"negative std in dimension\(s\) \[1\]"),
+    ({"min": [0.0, 0.0], "max": [1.0, 1.0, 1.0]}, "limits", r"one length, got shapes"),
+    ({"min": [0.0, float("nan")], "max": [1.0, 1.0]}, "limits", r"'min' is NaN or Inf in dimension\(s\) \[1\]"),
+    ({"min": ["a", "b"], "max": [1.0, 1.0]}, "limits", r"'min' is not a list of numbers"),
+])
+def test_inconsistent_statistics_are_refused_naming_the_key_and_dimension(stats, mode, message):
+    """Statistics read from a file are checked before they become a scale: a swapped or damaged file is an error,
+    never a silent scale of 1."""
+    with pytest.raises(ValueError, match=message):
+        Normalizer.from_stats(stats, mode)
