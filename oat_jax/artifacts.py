@@ -540,7 +540,33 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
     meta = saved[POLICY_ITEM]
     params = restore_params(location.path / PARAMS_ITEM, abstract(meta), key="ema_params")
     frozen = saved.get(FROZEN_TOKENIZER_ITEM)
-    return meta, params, str(location.workdir / frozen["dir"]) if frozen else None
+    if not frozen:
+        return meta, params, None
+    tokenizer_dir = str(location.workdir / frozen["dir"])
+    if verify:
+        check_frozen_tokenizer(tokenizer_dir, frozen, f"the checkpoint of step {location.step}")
+    return meta, params, tokenizer_dir
+
+
+def tokenizer_fingerprint(directory: str) -> str | None:
+    """SHA-256 of a saved tokenizer directory's integrity manifest (which holds the hash of every file): the
+    tokenizer's identity, recorded by the policies trained on it. None for a directory without a manifest."""
+    manifest = os.path.join(os.fspath(directory), integrity.MANIFEST_FILE)
+    return integrity.file_sha256(manifest) if os.path.isfile(manifest) else None
+
+
+def check_frozen_tokenizer(directory: str, item: dict, what: str) -> None:
+    """IntegrityError unless the tokenizer at `directory` is the one the `frozen_tokenizer` item `item` recorded
+    (its "sha256", when the item has one) and intact."""
+    expected = item.get("sha256")
+    if expected is None or "://" in str(directory):
+        return
+    integrity.verify(str(directory), "frozen tokenizer")
+    if tokenizer_fingerprint(directory) != expected:
+        raise integrity.IntegrityError(
+            f"{directory} is not the tokenizer {what} was trained with (its manifest's SHA-256 differs from the "
+            f"recorded {expected[:12]}...): the folder was replaced. Restore it, or load the run's exported "
+            f"policy/.")
 
 
 def write_policy(path: str, meta: dict, params: Any, save_tokenizer: Callable[[str], Any] | None,
@@ -568,7 +594,9 @@ def policy_run_assets(workdir, step: int) -> tuple[dict | None, str | None]:
     location = Location("checkpoint", workdir / CHECKPOINTS_DIR / str(step), workdir, step)
     saved = _checkpoint_json(location, (POLICY_ITEM, FROZEN_TOKENIZER_ITEM, STATS_ITEM))
     if FROZEN_TOKENIZER_ITEM in saved:
-        return saved.get(POLICY_ITEM), str(workdir / saved[FROZEN_TOKENIZER_ITEM]["dir"])
+        directory = str(workdir / saved[FROZEN_TOKENIZER_ITEM]["dir"])
+        check_frozen_tokenizer(directory, saved[FROZEN_TOKENIZER_ITEM], f"the run in {workdir}")
+        return saved.get(POLICY_ITEM), directory
     legacy = saved.get(STATS_ITEM, {})
     if "tokenizer_archive" not in legacy:
         raise ValueError(f"{location.path} is not a policy checkpoint (no {FROZEN_TOKENIZER_ITEM} item).")

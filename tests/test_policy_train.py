@@ -66,3 +66,27 @@ def test_trainer_writes_a_self_contained_policy(tiny_dataset, tmp_path):  # noqa
     assert np.isfinite(more["val_loss"])
     with open(os.path.join(workdir, "final_metrics.json"), encoding="utf-8") as f:
         assert json.load(f)["step"] == config.train.num_steps
+
+
+def test_a_policy_run_stays_paired_with_its_tokenizer(tiny_dataset, tmp_path):  # noqa: F811
+    """Resuming with another config.tokenizer.path is refused naming the flag, and a checkpoint step whose
+    frozen_tokenizer folder was replaced by another tokenizer is refused (its recorded SHA-256 differs)."""
+    from oat_jax import integrity
+    from oat_jax.training.policy.trainer import train_and_evaluate
+
+    save_tiny_oat(str(tmp_path / "tok_a"), action_dim=ACTION_DIM, seed=0)
+    save_tiny_oat(str(tmp_path / "tok_b"), action_dim=ACTION_DIM, seed=1)
+    config = policy_configs.get_config("oat,test")
+    config.data.path, config.tokenizer.path = tiny_dataset, str(tmp_path / "tok_a")
+    config.train.num_steps, config.checkpoint.every = 2, 2
+    workdir = str(tmp_path / "run")
+    train_and_evaluate(config, workdir)
+    TokenPolicy.load(workdir, step="latest")  # intact: loads
+    config.tokenizer.path, config.train.num_steps = str(tmp_path / "tok_b"), 4
+    with pytest.raises(ValueError, match=r"config\.tokenizer\.path=.*tok_b.*was started with .*tok_a"):
+        train_and_evaluate(config, workdir)
+    frozen = os.path.join(workdir, "frozen_tokenizer")
+    shutil.rmtree(frozen)
+    shutil.copytree(str(tmp_path / "tok_b"), frozen)  # another (intact) tokenizer in its place
+    with pytest.raises(integrity.IntegrityError, match="not the tokenizer"):
+        TokenPolicy.load(workdir, step="latest")

@@ -128,8 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
             assets = {artifacts.POLICY_ITEM: policy_metadata(pconfig, sampling, {"state": normalizer}, keys,
                                                              n_action_steps, tokenizer.name),
-                      artifacts.FROZEN_TOKENIZER_ITEM: {"name": tokenizer.name,
-                                                        "dir": artifacts.WORKDIR_FROZEN_TOKENIZER}}
+                      artifacts.FROZEN_TOKENIZER_ITEM: {
+                          "name": tokenizer.name, "dir": artifacts.WORKDIR_FROZEN_TOKENIZER,
+                          "sha256": artifacts.tokenizer_fingerprint(
+                              os.path.join(workdir, artifacts.WORKDIR_FROZEN_TOKENIZER))}}
         writer = closing.enter_context(loop.metric_writer(workdir))
 
         def evaluate(params) -> dict[str, float]:  # held-out token loss and accuracies
@@ -188,6 +190,12 @@ def _frozen_tokenizer(run: run_config.PolicyRun, run_json: dict, workdir: str, c
     if latest is not None:
         saved = ckpt.restore_json(latest)
         loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
+        started_with = (saved[artifacts.RUN_CONFIG_ITEM].get("tokenizer") or {}).get("path", "")
+        if os.path.normpath(os.path.expanduser(started_with or ".")) != os.path.normpath(
+                os.path.expanduser(run.tokenizer.path or ".")):
+            raise ValueError(f"config.tokenizer.path={run.tokenizer.path!r}, but the run in {workdir} was started "
+                             f"with {started_with!r} and trains on that tokenizer's copy: resume with the same "
+                             f"--config.tokenizer.path, or use a new --workdir for another tokenizer.")
         saved_policy, copy = artifacts.policy_run_assets(workdir, latest)
         return load_action_tokenizer(copy), saved_policy, None
     train_pairs = None
