@@ -45,7 +45,7 @@ TRAIN = DATA + [
 EXTRAS = {
     "data": DATA,
     "train": TRAIN,
-    "convert": DATA + ["h5py>=3.10", "zarr>=2.16"],
+    "convert": DATA + ["h5py>=3.10", "zarr>=2.16", "numcodecs>=0.15"],  # numcodecs < 0.15 unpickles
     "lerobot": DATA + ["pyarrow>=14", "av>=12", "pillow>=9"],
     "beam": DATA + ["apache-beam>=2.60"],
     "metaworld": DATA + ["metaworld>=3.0"],

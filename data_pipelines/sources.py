@@ -148,21 +148,37 @@ def hdf5_demo_names(path: str, mask: Optional[str] = None) -> list[str]:
     return names
 
 
+def _check_numeric(dtype, where: str) -> None:
+    """EpisodeError unless `dtype` is a number or bool array's: object arrays are refused before they are read
+    (their chunks would be unpickled, which can run code)."""
+    if np.dtype(dtype).kind not in "biuf":
+        raise EpisodeError(f"{where} has dtype {np.dtype(dtype)}; the converter reads numeric arrays only (object "
+                           f"arrays are never decoded: unpickling a file can run code).")
+
+
 def read_zarr(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:
     """Episodes of a diffusion-policy replay-buffer zarr store (data/<key>, meta/episode_ends)."""
     import zarr  # optional dependency: pip install -e .[convert]
 
     with _reading(path, "a zarr replay buffer"):
         root = zarr.open_group(path, mode="r")
-    if "data" not in root or "meta" not in root or EPISODE_ENDS_KEY not in root["meta"]:
-        raise EpisodeError(f"{path}: expected a replay buffer with data/<key> arrays and meta/episode_ends.")
-    data = root["data"]
-    keys = sorted(data.array_keys())
+    try:  # zarr reads the arrays' metadata here, never a chunk
+        if "data" not in root or "meta" not in root or EPISODE_ENDS_KEY not in root["meta"]:
+            raise EpisodeError(f"{path}: expected a replay buffer with data/<key> arrays and meta/episode_ends.")
+        keys = sorted(root["data"].array_keys())
+        arrays = {name: root[name] for name in [f"data/{k}" for k in keys] + [f"meta/{EPISODE_ENDS_KEY}"]}
+    except EpisodeError:
+        raise
+    except Exception as e:  # noqa: BLE001  (zarr's errors for dtypes it cannot map, e.g. pickled objects)
+        raise EpisodeError(f"{path}: an array's metadata does not describe a numeric array ({e}); the converter "
+                           f"reads numeric arrays only.") from e
     _pick_action_key(keys, action_key, f"{path} (every episode)")
-    ends = root["meta"][EPISODE_ENDS_KEY][:]
-    for index, arrays in _split_by_ends({k: data[k] for k in keys}, ends, path):
-        arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        yield _episode_from_arrays(arrays, f"{path} episode {index}", action_key, language)
+    for name, array in arrays.items():  # object arrays are refused before any chunk is decoded
+        _check_numeric(array.dtype, f"{path}: {name}")
+    ends = arrays[f"meta/{EPISODE_ENDS_KEY}"][:]
+    for index, episode in _split_by_ends({k: arrays[f"data/{k}"] for k in keys}, ends, path):
+        episode = {k: np.asarray(v) for k, v in episode.items()}
+        yield _episode_from_arrays(episode, f"{path} episode {index}", action_key, language)
 
 
 def read_npz(path: str, action_key: Optional[str] = None, language: str = "") -> Iterator[Episode]:

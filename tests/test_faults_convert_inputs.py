@@ -59,3 +59,38 @@ def test_non_hdf5_and_broken_problem_info_name_the_file(tmp_path, capsys):
         data.attrs["problem_info"] = "{not json"
         data.create_group("demo_0").create_dataset("actions", data=np.zeros((4, 7), np.float32))
     _fails_naming(capsys, tmp_path, "hdf5", libero, libero, "problem_info", "not valid JSON")
+
+
+def test_a_zarr_object_array_is_refused_before_any_chunk_is_unpickled(tmp_path, capsys):
+    """A replay buffer whose action array has dtype object (its chunk a pickle that would create a marker file
+    when loaded) is refused from the array metadata: the payload never runs, the error names the array."""
+    import json
+    import pickle
+
+    from data_pipelines import convert
+
+    marker = tmp_path / "PWNED"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    store = tmp_path / "buffer.zarr"
+    (store / "data" / "action").mkdir(parents=True)
+    (store / "meta" / "episode_ends").mkdir(parents=True)
+    (store / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (store / "data" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (store / "meta" / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (store / "data" / "action" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "|O", "compressor": None, "fill_value": 0,
+        "filters": [{"id": "pickle", "protocol": 5}], "order": "C", "dimension_separator": "."}))
+    (store / "data" / "action" / "0").write_bytes(pickle.dumps(np.array([Payload()] * 4, dtype=object)))
+    (store / "meta" / "episode_ends" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [1], "chunks": [1], "dtype": "<i8", "compressor": None, "fill_value": 0,
+        "filters": None, "order": "C", "dimension_separator": "."}))
+    (store / "meta" / "episode_ends" / "0").write_bytes(np.array([4], np.int64).tobytes())
+    assert not marker.exists()
+    assert convert.main(["--format=zarr", f"--input={store}", f"--output={tmp_path / 'out'}"]) == 1
+    assert "numeric arrays only" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not (tmp_path / "out").exists()
