@@ -7,6 +7,7 @@ Frame-level stage (per chunk): unbatch, shuffle, mix datasets, decode images (on
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence, Union
 
 import tensorflow as tf
@@ -77,9 +78,9 @@ def parse_mixture(text: str, data_dir: Optional[str] = None, action_keys: str | 
         if not entry:
             continue
         target, weight = _split_weight(entry)
-        if weight is not None and not weight > 0:
-            raise ValueError(f"{flag}: the weight of {target!r} is {weight}; weights must be > 0 (drop the entry "
-                             f"to leave a dataset out).")
+        if weight is not None and not (weight > 0 and math.isfinite(weight)):
+            raise ValueError(f"{flag}: the weight of {target!r} is {weight}; weights must be finite and > 0 (drop "
+                             f"the entry to leave a dataset out).")
         is_path = os.path.isdir(target) or "://" in target or os.sep in target
         if is_path:
             spec = DatasetSpec(path=target, action_keys=action_keys)
@@ -95,6 +96,9 @@ def parse_mixture(text: str, data_dir: Optional[str] = None, action_keys: str | 
         specs.append(spec)
     if not specs:
         raise ValueError(f"{flag} is empty; give 'name_or_path:weight,...' with at least one dataset.")
+    if not math.isfinite(sum(spec.weight for spec in specs)):
+        raise ValueError(f"{flag}: the weights add up to more than a float can hold; give them on a smaller scale "
+                         f"(only their ratios matter).")
     return specs
 
 

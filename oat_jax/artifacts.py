@@ -276,7 +276,7 @@ def choose_step(manager: ocp.CheckpointManager, workdir, step: Step, metric: str
     return int(step)
 
 
-def _run_kind(step_dir: epath.Path) -> str:
+def run_kind(step_dir: epath.Path) -> str:
     """'policy' or 'tokenizer': which kind of run wrote checkpoint step `step_dir` (either layout)."""
     if (step_dir / POLICY_ITEM).exists() or (step_dir / FROZEN_TOKENIZER_ITEM).exists():
         return "policy"
@@ -296,7 +296,7 @@ def resolve_step(workdir, step: Step = "latest") -> int:
     manager = checkpoint_manager(workdir)
     try:
         latest = workdir / CHECKPOINTS_DIR / str(max(manager.all_steps(), default=0))
-        return choose_step(manager, workdir, step, BEST_METRIC[_run_kind(latest)])
+        return choose_step(manager, workdir, step, BEST_METRIC[run_kind(latest)])
     finally:
         manager.close()
 
@@ -411,7 +411,7 @@ def read_tokenizer(path, step: Step = None, sharding: ShardingLike = None, verif
         saved = _checkpoint_json(location, (TOKENIZER_ITEM, RUN_CONFIG_ITEM, STATS_ITEM))
         if TOKENIZER_ITEM in saved:
             assets = saved[TOKENIZER_ITEM]
-        elif _run_kind(location.path) == "policy":
+        elif run_kind(location.path) == "policy":
             raise FileNotFoundError(f"{source} is a policy checkpoint; load it with TokenPolicy.load.")
         else:
             assets = _legacy_tokenizer_assets(saved.get(RUN_CONFIG_ITEM, {}), saved.get(STATS_ITEM, {}), source)

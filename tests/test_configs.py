@@ -132,3 +132,16 @@ def test_typed_run_configs_name_the_field_that_is_wrong():
         config.model.action_dim = 7
     with pytest.raises(ValueError, match=r"config\.model\.action_dim"):
         run_config.tokenizer_run(config)
+
+
+@pytest.mark.parametrize("field, value", [("train.batch_size", 0), ("train.log_every", 0), ("train.num_steps", -1),
+                                          ("checkpoint.every", 0), ("checkpoint.keep_last", 0)])
+def test_loop_sizes_below_their_minimum_are_errors_naming_the_field(field, value):
+    """A batch of 0 rows or a zero logging interval is a config error, not a NaN loss or a division by zero."""
+    from oat_jax.training import run_config
+
+    config = oat.get_config("")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=rf"config\.{section}\.{name} must be a whole number >= "):
+        run_config.tokenizer_run(config)

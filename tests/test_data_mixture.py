@@ -47,6 +47,11 @@ def test_parse_mixture_names_paths_weights_and_errors(data_dir):
     assert loader.parse_mixture("fractal20220817_data:0.1.0", d)[0].name == "fractal20220817_data:0.1.0"
     with pytest.raises(ValueError, match=r"config\.data\.mixture: the weight of 'libero_10_no_noops' is -1"):
         loader.parse_mixture("libero_10_no_noops:-1", d)
+    for weights in (("inf", "1"), ("nan", "1")):  # a weight that is not a finite number
+        with pytest.raises(ValueError, match=r"weights must be finite and > 0"):
+            loader.parse_mixture(f"fractal20220817_data:{weights[0]},{libero_path}:{weights[1]}", d)
+    with pytest.raises(ValueError, match=r"add up to more than a float can hold"):
+        loader.parse_mixture(f"fractal20220817_data:1e308,{libero_path}:1e308", d)
     with pytest.raises(ValueError, match=r"both named 'libero_10_no_noops'"):
         loader.parse_mixture(f"libero_10_no_noops,{libero_path}", d)
     with pytest.raises(ValueError, match=r"config\.data\.mixture is empty"):

@@ -64,3 +64,17 @@ def test_non_finite_held_out_metric_stops_without_a_best_checkpoint(tmp_path, mo
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert 4 not in steps and max(steps) <= 2
     assert not os.path.exists(os.path.join(workdir, "final_metrics.json"))
+
+
+def test_a_run_in_another_run_kinds_workdir_is_refused_naming_it(tmp_path, tiny_dataset, compilation_cache):  # noqa: F811
+    """A policy run started in a tokenizer run's workdir (or the other way round) is one error naming the workdir,
+    not a missing checkpoint item."""
+    from experiments.configs import policy as policy_configs
+    from oat_jax.training.policy.trainer import train_and_evaluate as train_policy
+
+    workdir = str(tmp_path / "run")
+    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)
+    config = policy_configs.get_config("oat,test")
+    config.data.path, config.tokenizer.path = tiny_dataset, workdir
+    with pytest.raises(ValueError, match=r"holds a tokenizer run .*a policy run cannot resume from it"):
+        train_policy(config, workdir)

@@ -17,8 +17,10 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
+from oat_jax import artifacts
 from oat_jax.training.checkpointing import CheckpointStore, abstract_like
 from oat_jax.training.faults import NonFiniteLossError, close_quietly_on_error, mark_setup_error, tree_all_finite
 from oat_jax.training.metrics import MetricWriter
@@ -79,6 +81,17 @@ def metric_writer(workdir: str) -> Iterator[MetricWriter]:
         yield writer
     finally:
         close_quietly_on_error(writer.close, "metric writer")
+
+
+def check_run_kind(ckpt: CheckpointStore, step: int | None, kind: str, workdir: str) -> None:
+    """ValueError when the latest checkpoint of `workdir` was written by another kind of run ('tokenizer' or
+    'policy') than the one starting: it cannot resume from it."""
+    if step is None:
+        return
+    found = artifacts.run_kind(epath.Path(ckpt.step_dir(step)))
+    if found != kind:
+        raise ValueError(f"--workdir={workdir} holds a {found} run (checkpoint step {step}); a {kind} run cannot "
+                         f"resume from it: choose a new --workdir.")
 
 
 def init_or_restore(init_fn: Callable[[], Any], mesh: Mesh, sharding_cfg: Any,

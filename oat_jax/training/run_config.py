@@ -18,6 +18,14 @@ from oat_jax.policy.sampling import SamplingConfig
 from oat_jax.training.tokenizer.objective import Objective
 
 
+def _at_least(section: Any, where: str, **minimum: int) -> None:
+    """ValueError naming the first field of `section` below its minimum (or not a whole number)."""
+    for name, low in minimum.items():
+        value = getattr(section, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{where}.{name} must be a whole number >= {low}, got {value!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class Optim:
     """AdamW with warmup and a constant or cosine schedule (`optim.make_optimizer`)."""
@@ -46,6 +54,9 @@ class Train:
     eval_batch_size: int
     progress_bar: bool
 
+    def __post_init__(self):
+        _at_least(self, "config.train", num_steps=0, batch_size=1, log_every=1, eval_every=1, eval_batch_size=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
@@ -53,6 +64,9 @@ class Checkpoint:
     keep_last: int
     keep_best: int
     async_save: bool
+
+    def __post_init__(self):
+        _at_least(self, "config.checkpoint", every=1, keep_last=1, keep_best=0)
 
 
 @dataclasses.dataclass(frozen=True)

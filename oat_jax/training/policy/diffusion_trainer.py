@@ -70,6 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.DIFFUSION_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
+            loop.check_run_kind(ckpt, latest, "policy", workdir)
             spec = policy_data.policy_spec(run.data)
             k, horizon = int(run.data.n_obs_steps), int(run.data.horizon)
             check_action_steps(run, horizon, "config.data.horizon")

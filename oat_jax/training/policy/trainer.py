@@ -92,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.POLICY_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
+            loop.check_run_kind(ckpt, latest, "policy", workdir)
             tokenizer, saved_policy, train_pairs = _frozen_tokenizer(run, run_json, workdir, ckpt, latest, is_main)
             horizon, k = int(tokenizer.horizon), int(run.data.n_obs_steps)
             check_action_steps(run, horizon, "the tokenizer's horizon")

@@ -72,6 +72,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt = closing.enter_context(loop.checkpoint_store(run, workdir, artifacts.TOKENIZER_RUN_ITEMS,
                                                                artifacts.BEST_METRIC["tokenizer"]))
             latest = ckpt.latest_step()
+            loop.check_run_kind(ckpt, latest, "tokenizer", workdir)
             saved_config, stats = _statistics(run, workdir, members, ckpt, latest)
             normalizer = Normalizer.from_stats(stats["action"], run.normalizer.mode)
             # Every member is normalized on the host with its own statistics (one dataset: the top-level ones).
