@@ -100,7 +100,7 @@ def read_json(path) -> Any:
     path = epath.Path(path)
     try:
         return json.loads(path.read_text())
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"{path} is damaged or not valid JSON ({e}); save the artifact again or restore the file "
                          f"from a copy.") from e
 

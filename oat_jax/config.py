@@ -25,6 +25,20 @@ def dataclass_from_dict(cls, d: Mapping[str, Any], what: str = ""):
     return cls(**d)
 
 
+MAX_LEVEL = 2 ** 16  # FSQ levels per latent channel, at most
+
+
+def _level(value: Any) -> int:
+    """An FSQ level as an int; ValueError unless it is a whole number in 2..MAX_LEVEL (not a bool)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, bool) or not (math.isfinite(number) and number.is_integer() and 2 <= number <= MAX_LEVEL):
+        raise ValueError(f"OATConfig.levels must be whole numbers in 2..{MAX_LEVEL}, got {value!r}.")
+    return int(number)
+
+
 class JsonConfig:
     """`replace`, `to_dict` and `from_dict` of a frozen config dataclass (tuple fields are lists in the dict)."""
 
@@ -82,7 +96,7 @@ class OATConfig:
     dropout_rng: str = "hash"  # dropout masks: 'hash' (counter-based integer hash, ~10x cheaper on CPU) | 'threefry'.
 
     def __post_init__(self):
-        object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
+        object.__setattr__(self, "levels", tuple(_level(v) for v in self.levels))
         self.validate()
 
     @property

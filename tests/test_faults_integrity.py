@@ -161,3 +161,27 @@ def test_damaged_exported_and_bin_artifacts_are_errors_naming_the_file(tmp_path)
     json.dump(content, open(file, "w"))
     with pytest.raises(integrity.IntegrityError, match="action_tokenizer.json"):
         load_action_tokenizer(path)
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("config.json", None, r"config\.json is damaged or not a tokenizer file .*levels must be whole numbers"),
+    ("config.json", "[" * 100000 + "]" * 100000, r"config\.json is damaged or not valid JSON"),
+    ("action_tokenizer.json", "[" * 100000 + "]" * 100000, r"action_tokenizer\.json is damaged or not valid JSON"),
+])
+def test_hostile_json_with_a_matching_manifest_is_a_clear_error(saved, tmp_path, file, content, message):
+    """Files edited by someone who also rewrote the manifest: a level of 1e308 or JSON nested 100,000 deep is a
+    ValueError naming the file, never an OverflowError or RecursionError."""
+    from oat_jax.action_tokenizers import load_action_tokenizer
+
+    copy = _copy(saved, tmp_path)
+    path = os.path.join(copy, file)
+    if content is None:
+        config = json.load(open(path))
+        config["levels"] = [1e308] + config["levels"][1:]
+        content = json.dumps(config)
+    with open(path, "w") as f:
+        f.write(content)
+    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))
+    integrity.write_manifest(copy)
+    with pytest.raises(ValueError, match=message):
+        load_action_tokenizer(copy)
