@@ -501,7 +501,12 @@ def resolve_policy(path, step: Step = None) -> Location:
         raise FileNotFoundError(f"No saved policy at {root}: expected {POLICY_FILE} there or in its {WORKDIR_POLICY}/ "
                                 f"subdirectory (training writes <workdir>/{WORKDIR_POLICY} at the end of a run), or "
                                 f"training checkpoints in {CHECKPOINTS_DIR}/.")
-    return _checkpoint_location(root, step, "policy")
+    location = _checkpoint_location(root, step, "policy")
+    if run_kind(location.path) != "policy":
+        raise FileNotFoundError(f"{location.path} is a checkpoint of a tokenizer run, not a policy: load it with "
+                                f"OATTokenizer.load or load_action_tokenizer (a policy run's workdir holds "
+                                f"{WORKDIR_POLICY}/ and policy checkpoints).")
+    return location
 
 
 def read_policy_metadata(path, step: Step = None) -> dict:
@@ -528,7 +533,7 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
         if verify:
             _verify(location.path, "policy", required=True)
         meta = read_json(location.path / POLICY_FILE)
-        params = restore_params(location.path / PARAMS_DIR, abstract(meta))
+        params = _restore_matching(location.path / PARAMS_DIR, abstract, meta, location.path / POLICY_FILE)
         tokenizer_dir = location.path / POLICY_TOKENIZER_DIR
         return meta, params, str(tokenizer_dir) if tokenizer_dir.exists() else None
     if verify:
@@ -538,7 +543,8 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
         raise FileNotFoundError(f"{location.path} holds no {POLICY_ITEM!r} item (a tokenizer checkpoint, or a policy "
                                 f"checkpoint of the first layout: load that run's {WORKDIR_POLICY}/ directory).")
     meta = saved[POLICY_ITEM]
-    params = restore_params(location.path / PARAMS_ITEM, abstract(meta), key="ema_params")
+    params = _restore_matching(location.path / PARAMS_ITEM, abstract, meta, f"the {POLICY_ITEM} item of "
+                               f"{location.path}", key="ema_params")
     frozen = saved.get(FROZEN_TOKENIZER_ITEM)
     if not frozen:
         return meta, params, None
@@ -546,6 +552,22 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
     if verify:
         check_frozen_tokenizer(tokenizer_dir, frozen, f"the checkpoint of step {location.step}")
     return meta, params, tokenizer_dir
+
+
+def _restore_matching(params_dir, abstract: Callable[[dict], Any], meta: dict, described_by, key=None) -> Any:
+    """The params at `params_dir` in the shapes `abstract(meta)` describes; ValueError naming `described_by` (the
+    policy's description) when they do not fit (the description was edited, or belongs to other params)."""
+    try:
+        target = abstract(meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{described_by} does not describe a policy this version can build ({e}); it is damaged or "
+                         f"from another version: save the policy again.") from e
+    try:
+        return restore_params(params_dir, target, key=key)
+    except ValueError as e:
+        raise ValueError(f"{described_by} does not match the saved params ({str(e).splitlines()[0][:160]}): the "
+                         f"config there was edited, or the params belong to another policy. Save the policy again "
+                         f"or restore the file.") from e
 
 
 def tokenizer_fingerprint(directory: str) -> str | None:

@@ -185,3 +185,29 @@ def test_hostile_json_with_a_matching_manifest_is_a_clear_error(saved, tmp_path,
     integrity.write_manifest(copy)
     with pytest.raises(ValueError, match=message):
         load_action_tokenizer(copy)
+
+
+def test_policy_loaders_name_what_is_wrong(tmp_path):
+    """A policy.json edited to another width (manifest rewritten) is an error naming policy.json, and a tokenizer
+    run's workdir given to the policy loaders says it holds a tokenizer."""
+    from oat_jax.policy import load_policy
+    from oat_jax.policy.policy import TokenPolicy
+    from policy_helpers import save_tiny_oat, tiny_policy
+    import train_helpers
+
+    saved = tiny_policy(save_tiny_oat(str(tmp_path / "tok"))).save(str(tmp_path / "policy"))
+    file = os.path.join(saved, "policy.json")
+    meta = json.load(open(file))
+    meta["config"]["width"] *= 2
+    json.dump(meta, open(file, "w"), indent=1)
+    os.remove(os.path.join(saved, integrity.MANIFEST_FILE))
+    integrity.write_manifest(saved)
+    with pytest.raises(ValueError, match=r"policy\.json does not match the saved params"):
+        TokenPolicy.load(saved)
+
+    from oat_jax.training.tokenizer.trainer import train_and_evaluate
+    workdir = str(tmp_path / "tok_run")
+    train_and_evaluate(train_helpers.tiny_config(train_helpers.write_tiny_dataset(str(tmp_path / "data"))), workdir)
+    for loader in (load_policy, TokenPolicy.load):
+        with pytest.raises(FileNotFoundError, match="checkpoint of a tokenizer run, not a policy"):
+            loader(workdir)
