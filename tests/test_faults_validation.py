@@ -78,3 +78,31 @@ def test_a_run_in_another_run_kinds_workdir_is_refused_naming_it(tmp_path, tiny_
     config.data.path, config.tokenizer.path = tiny_dataset, workdir
     with pytest.raises(ValueError, match=r"holds a tokenizer run .*a policy run cannot resume from it"):
         train_policy(config, workdir)
+
+
+def test_nan_in_an_observation_is_an_error_naming_the_dataset_and_episode(tmp_path, monkeypatch):
+    """A NaN in a state the policy would read is found when the pairs load: the error names the dataset, the
+    split, the observation and the episode (not 'NaN actions' from a normalizer fit)."""
+    from experiments.configs import policy as policy_configs
+    from oat_jax.training.policy import data as policy_data
+
+    rng = np.random.default_rng(2)
+    episodes = []
+    for i in range(train_helpers.NUM_EPISODES):
+        action = rng.uniform(-1, 1, (train_helpers.EPISODE_LEN, 3)).astype(np.float32)
+        state = np.cumsum(action, 0)
+        if i == 4:
+            state[7, 0] = np.inf
+        episodes.append(rlds_writer.Episode(source=f"episode {i}", action=action, observation={"state": state},
+                                            language="", extras={}, metadata={}))
+    real = rlds_writer.validate_episode  # the writer refuses non-finite values: validate a clean copy instead
+    monkeypatch.setattr(rlds_writer, "validate_episode", lambda episode, reference=None: real(
+        dataclasses.replace(episode, observation={"state": np.nan_to_num(episode.observation["state"])}), reference))
+    path = rlds_writer.write_rlds(episodes, os.path.join(str(tmp_path), "inf_state"), name="inf_state")
+    monkeypatch.undo()
+    config = policy_configs.get_config("oat,test")
+    config.data.path, config.data.val_fraction = path, 0.0
+    spec = policy_data.policy_spec(config.data)
+    with pytest.raises(ValueError, match=r"inf_state .*episode\(s\) of the 'train' split have NaN/Inf in their "
+                                         r"observation 'state' \(episode ids \[4\]\)"):
+        policy_data.load_pairs(spec, config.data, "train", 8, 2)

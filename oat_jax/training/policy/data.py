@@ -56,9 +56,12 @@ def load_pairs(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, sp
     ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
                                    repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
                                    split_seed=data_cfg.split_seed, process_index=0, process_count=1,
-                                   n_obs_steps=n_obs_steps, drop_remainder=False, decode_images=bool(cameras))
+                                   n_obs_steps=n_obs_steps, drop_remainder=False, decode_images=bool(cameras),
+                                   with_episode_ids=True)
     parts: dict[str, list] = {}
+    episodes = []
     for batch in ds.as_numpy_iterator():
+        episodes.append(np.asarray(batch["episode_id"]))
         parts.setdefault("actions", []).append(np.asarray(batch["actions"], np.float32))
         observation = batch.get("observation", {})
         for name, value in observation.items():
@@ -77,6 +80,14 @@ def load_pairs(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, sp
     for name in out:
         if name != "actions" and out[name].dtype.kind == "f":
             out[name] = out[name].astype(np.float32)
+        if out[name].dtype.kind == "f":
+            bad = ~np.all(np.isfinite(out[name].reshape(len(out[name]), -1)), axis=1)
+            if bad.any():
+                ids = np.unique(np.concatenate(episodes)[bad])
+                what = "actions" if name == "actions" else f"observation {name!r}"
+                raise ValueError(f"{spec.label} ({spec.path or spec.name}): {len(ids)} episode(s) of the {split!r} "
+                                 f"split have NaN/Inf in their {what} (episode ids {ids[:10].tolist()}); fix the "
+                                 f"source data and convert it again.")
     return out
 
 
