@@ -156,3 +156,27 @@ def test_per_leaf_shardings_and_bad_sharding(saved, mesh):
     assert _equal_trees(loaded.params, random_params(TINY))
     with pytest.raises(ValueError, match="pytree of Shardings"):
         load_pretrained(path, sharding={"encoder": NamedSharding(mesh, P())})
+
+
+def test_one_compilation_per_batch_shape_for_every_k_and_bfloat16_params(saved, mesh):
+    """The pure functions under the user's jit: every prefix length k of a sharded batch reuses one compilation, and
+    params cast to bfloat16 (as a VLA stack may hold them) run and decode close to the float32 ones."""
+    tok, path = saved
+    loaded = load_pretrained(path, sharding=NamedSharding(mesh, P()))
+    batch = NamedSharding(mesh, P("data"))
+    actions = jax.device_put(smooth_actions(16, TINY.horizon, TINY.action_dim, seed=6), batch)
+
+    @jax.jit
+    def decode_prefix(params, acts, lens):
+        return loaded.detokenize_fn(params, loaded.tokenize_fn(params, acts), lens)
+
+    errors = []
+    for k in range(1, TINY.num_tokens + 1):
+        recon = decode_prefix(loaded.params, actions, jax.device_put(np.full((16,), k, np.int32), batch))
+        errors.append(float(np.mean((np.asarray(recon) - np.asarray(actions)) ** 2)))
+    assert decode_prefix._cache_size() == 1, "each k must reuse the batch shape's compilation"
+    bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), loaded.params)
+    full = jax.device_put(np.full((16,), TINY.num_tokens, np.int32), batch)
+    recon_bf16 = np.asarray(decode_prefix(bf16, actions, full), np.float32)
+    assert np.all(np.isfinite(recon_bf16))
+    assert float(np.mean((recon_bf16 - np.asarray(actions)) ** 2)) < 2.0 * errors[-1] + 1e-3
