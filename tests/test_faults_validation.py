@@ -106,3 +106,24 @@ def test_nan_in_an_observation_is_an_error_naming_the_dataset_and_episode(tmp_pa
     with pytest.raises(ValueError, match=r"inf_state .*episode\(s\) of the 'train' split have NaN/Inf in their "
                                          r"observation 'state' \(episode ids \[4\]\)"):
         policy_data.load_pairs(spec, config.data, "train", 8, 2)
+
+
+def test_finite_but_huge_actions_are_an_error_naming_the_episode(tmp_path, monkeypatch):
+    """Actions of 3e38 are finite but their squared errors overflow: refused when the chunks load, naming the
+    dataset and episode, instead of a 'non-finite held-out metric' later."""
+    from oat_jax.training import data
+
+    rng = np.random.default_rng(3)
+    episodes = []
+    for i in range(train_helpers.NUM_EPISODES):
+        action = rng.uniform(-1, 1, (train_helpers.EPISODE_LEN, 3)).astype(np.float32)
+        if i == 2:
+            action[3, 2] = 3e38
+        episodes.append(rlds_writer.Episode(source=f"episode {i}", action=action,
+                                            observation={"state": np.zeros_like(action)}, language="", extras={},
+                                            metadata={}))
+    path = rlds_writer.write_rlds(episodes, os.path.join(str(tmp_path), "huge"), name="huge")
+    config = train_helpers.tiny_config(path, **{"data.val_fraction": 0.0})
+    spec = data.dataset_spec(config.data)
+    with pytest.raises(ValueError, match=r"huge .*magnitude up to 3e\+38 \(episode ids \[2\]\).*overflow float32"):
+        data.load_chunks(spec, config.data, "train", 8)

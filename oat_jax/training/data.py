@@ -29,6 +29,7 @@ from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 
 _READ_BATCH = 1024
+MAX_ACTION = 1e18  # larger action values are corrupt data: their squares overflow float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +143,13 @@ def load_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, s
         raise ValueError(f"{spec.label} ({spec.path or spec.name}): {len(ids)} episode(s) of the {split!r} split "
                          f"have NaN/Inf actions (episode ids {ids[:10].tolist()}); fix the source data and re-convert "
                          f"it, or choose another split with config.data.split_seed / val_fraction.")
+    huge = np.max(np.abs(chunks), axis=(1, 2)) > MAX_ACTION
+    if huge.any():
+        ids = np.unique(np.concatenate(episodes)[huge])
+        raise ValueError(f"{spec.label} ({spec.path or spec.name}): {len(ids)} episode(s) of the {split!r} split "
+                         f"have actions of magnitude up to {float(np.max(np.abs(chunks))):.3g} (episode ids "
+                         f"{ids[:10].tolist()}), beyond {MAX_ACTION:.0e}: their squared errors overflow float32. "
+                         f"Fix or rescale the source data.")
     return chunks
 
 
