@@ -60,3 +60,13 @@ def test_policy_validates_inputs(tokenizer_dir, tmp_path):
         TokenPolicy(policy.config.replace(vocab_size=7), policy.params, policy.tokenizer, policy.obs_normalizers)
     with pytest.raises(FileNotFoundError, match="No saved policy"):
         TokenPolicy.load(str(tmp_path))
+
+
+def test_a_state_normalizer_of_another_size_is_refused_when_the_policy_is_built(tokenizer_dir):
+    """A policy.json whose normalizer and config disagree fails at load time, naming both sizes."""
+    from oat_jax.normalizer import Normalizer
+
+    policy = tiny_policy(tokenizer_dir)
+    with pytest.raises(ValueError, match=r"state normalizer has 5 dimensions but the policy config's obs_dim is 39"):
+        TokenPolicy(policy.config, policy.params, policy.tokenizer, {"state": Normalizer.identity(5)},
+                    n_action_steps=policy.n_action_steps)

@@ -14,7 +14,7 @@ import numpy as np
 from oat_jax import artifacts
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
-from oat_jax.policy.observations import finite_rows, mask_rows, prepare_observation
+from oat_jax.policy.observations import check_normalizers, finite_rows, mask_rows, prepare_observation
 
 FORMAT = "oat_jax.diffusion_policy/1"
 POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "token")
@@ -64,6 +64,7 @@ class DiffusionPolicy:
             raise ValueError(f"n_action_steps={n_action_steps} must be in 1..horizon={config.horizon}.")
         if action_normalizer.action_dim != config.action_dim:
             raise ValueError(f"The action normalizer does not have action_dim={config.action_dim} dimensions.")
+        check_normalizers(config, self.obs_normalizers)
 
     @property
     def horizon(self) -> int:

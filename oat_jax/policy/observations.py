@@ -51,6 +51,16 @@ def prepare_observation(config: Any, obs_normalizers: Mapping[str, Normalizer],
     return out
 
 
+def check_normalizers(config: Any, obs_normalizers: Mapping[str, Normalizer]) -> None:
+    """ValueError when the state normalizer's size is not the config's obs_dim (a policy.json whose normalizer
+    and config disagree fails when it loads, not at the first act())."""
+    norm = obs_normalizers.get("state")
+    if config.obs_dim and norm is not None and norm.action_dim != config.obs_dim:
+        raise ValueError(f"The state normalizer has {norm.action_dim} dimensions but the policy config's obs_dim is "
+                         f"{config.obs_dim}: its policy.json is inconsistent (edited, or assembled from two "
+                         f"policies).")
+
+
 def finite_rows(obs: Mapping[str, np.ndarray]) -> np.ndarray:
     """(B,) bool: True where every value of the row's state history is finite. A policy gives the other rows a NaN
     chunk and valid False: a corrupted sensor reading never becomes a confident action."""

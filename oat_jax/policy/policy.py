@@ -17,7 +17,7 @@ from oat_jax import artifacts
 from oat_jax.action_tokenizers import ActionTokenizer, load_action_tokenizer
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
-from oat_jax.policy.observations import finite_rows, mask_rows, prepare_observation
+from oat_jax.policy.observations import check_normalizers, finite_rows, mask_rows, prepare_observation
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
 
 FORMAT = "oat_jax.policy/1"
@@ -66,6 +66,7 @@ class TokenPolicy:
                              f"max_tokens {config.max_tokens}, variable_length {config.variable_length}).")
         if not 1 <= self.n_action_steps <= t.horizon:
             raise ValueError(f"n_action_steps={n_action_steps} must be in 1..horizon={t.horizon}.")
+        check_normalizers(config, self.obs_normalizers)
         self.sampler = make_sampler(config, sampling)
 
     def with_sampling(self, sampling: SamplingConfig) -> "TokenPolicy":
