@@ -70,3 +70,11 @@ def test_a_state_normalizer_of_another_size_is_refused_when_the_policy_is_built(
     with pytest.raises(ValueError, match=r"state normalizer has 5 dimensions but the policy config's obs_dim is 39"):
         TokenPolicy(policy.config, policy.params, policy.tokenizer, {"state": Normalizer.identity(5)},
                     n_action_steps=policy.n_action_steps)
+
+
+@pytest.mark.parametrize("k", [2.5, True, float("nan"), "2"])
+def test_num_tokens_that_is_not_a_whole_number_is_an_error(tokenizer_dir, k):
+    policy = tiny_policy(tokenizer_dir)
+    with pytest.raises(ValueError, match="num_tokens must be a whole number"):
+        policy.act(random_obs(1), jax.random.PRNGKey(0), k)
+    assert policy.act(random_obs(1), jax.random.PRNGKey(0), 2.0)[0].shape[0] == 1  # 2.0 is 2

@@ -14,6 +14,7 @@ import numpy as np
 from oat_jax import artifacts
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
+from oat_jax.policy.sampling import whole_number
 from oat_jax.policy.observations import check_normalizers, finite_rows, mask_rows, prepare_observation
 
 FORMAT = "oat_jax.diffusion_policy/1"
@@ -90,7 +91,8 @@ class DiffusionPolicy:
         """
         if num_tokens is not None:
             raise ValueError(f"num_tokens={num_tokens}: a diffusion policy generates no tokens; leave it None.")
-        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        steps = (self.config.num_inference_steps if num_inference_steps is None
+                 else whole_number(num_inference_steps, "num_inference_steps"))
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps={steps} must be in 1..{self.config.num_train_timesteps}.")
         normalized = _sampler(self.config)(self.params, self.normalize_observation(obs), rng, steps)

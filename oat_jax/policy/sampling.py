@@ -152,6 +152,14 @@ def sample_reference(model: TokenPolicyModel, params, obs, rng: jax.Array, num_t
     return jnp.asarray(tokens), jnp.asarray(lengths)
 
 
+def whole_number(value, name: str) -> int:
+    """`value` as an int; ValueError for a bool or a number with a fractional part (2.5 is not silently 2)."""
+    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if not (numeric and float(value).is_integer()):
+        raise ValueError(f"{name} must be a whole number, got {value!r}.")
+    return int(value)
+
+
 class Sampler:
     """Jitted `sample_tokens` for one (config, sampling); `trace_count` counts compilations (one per batch shape).
 
@@ -170,7 +178,7 @@ class Sampler:
         self._fn = jax.jit(traced)
 
     def __call__(self, params, obs, rng: jax.Array, num_tokens=None) -> tuple[jax.Array, jax.Array]:
-        k = self.config.max_tokens if num_tokens is None else int(num_tokens)
+        k = self.config.max_tokens if num_tokens is None else whole_number(num_tokens, "num_tokens")
         if not 1 <= k <= self.config.max_tokens:
             raise ValueError(f"num_tokens={k} is out of range: generate between 1 and max_tokens="
                              f"{self.config.max_tokens} tokens.")
