@@ -82,8 +82,9 @@ class Sharding:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChunkData:
-    """The tokenizer's data: one dataset (path, or name + data_dir; neither = the embedded one) or a mixture."""
+class DataSource:
+    """Where the episodes come from and how they split: one dataset (path, or name + data_dir; neither = the
+    embedded one), train/val carved by episode."""
     path: str
     name: str
     source_split: str
@@ -91,6 +92,11 @@ class ChunkData:
     val_fraction: float
     split_seed: int
     max_eval_chunks: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkData(DataSource):
+    """The tokenizer's data: the source, or a weighted mixture of datasets, read as action chunks."""
     mixture: str
     action_keys: str
     allow_embedded: bool
@@ -100,15 +106,8 @@ class ChunkData:
 
 
 @dataclasses.dataclass(frozen=True)
-class PairData:
-    """The policies' data: (observation history, chunk) pairs of one dataset."""
-    path: str
-    name: str
-    source_split: str
-    data_dir: str
-    val_fraction: float
-    split_seed: int
-    max_eval_chunks: int
+class PairData(DataSource):
+    """The policies' data: (observation history, chunk) pairs of the source."""
     obs_keys: tuple
     image_keys: tuple
     n_obs_steps: int
