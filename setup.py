@@ -58,6 +58,7 @@ EXTRAS["test"] = sorted({req for name in ("train", "convert", "lerobot", "beam",
 
 # An install builds in a temporary directory, so the source tree keeps no build/ or *.egg-info folder.
 _BUILD_BASE = os.path.join(tempfile.gettempdir(), "oat_jax_build")
+os.makedirs(_BUILD_BASE, exist_ok=True)  # setuptools refuses an egg_base that does not exist yet (a fresh machine)
 
 setuptools.setup(
     name="oat_jax",

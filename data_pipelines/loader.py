@@ -63,8 +63,15 @@ def _split_weight(entry: str) -> tuple[str, float | None]:
     return entry, None
 
 
+def is_mixture(text: str | None) -> bool:
+    """True for a mixture 'name_or_path:weight,...' (two or more entries, or one with a weight); False for one
+    dataset's path or name ('name:1.0.0' and 'gs://...' keep their colon)."""
+    text = (text or "").strip()
+    return "," in text or (bool(text) and _split_weight(text)[1] is not None)
+
+
 def parse_mixture(text: str, data_dir: Optional[str] = None, action_keys: str | tuple[str, ...] = (),
-                  flag: str = "config.data.mixture") -> list[DatasetSpec]:
+                  flag: str = "config.data.path") -> list[DatasetSpec]:
     """DatasetSpecs with weights from 'name_or_path:weight,name_or_path:weight,...'.
 
     Each entry is an RLDS builder directory (a path holding dataset_info.json, or a gs:// URL) or a TFDS dataset

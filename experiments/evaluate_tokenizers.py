@@ -67,10 +67,10 @@ def load_data(fv: flags.FlagValues, horizon: int):
     embedded = os.path.abspath(fv.dataset) == os.path.abspath(EMBEDDED_DATASET_DIR)
     unseen = ("metaworld_heldout" if embedded else "") if fv.unseen == "auto" else fv.unseen
     cfg = ml_collections.ConfigDict(dict(val_fraction=fv.val_fraction, split_seed=fv.split_seed,
-                                         max_eval_chunks=fv.max_chunks, eval_datasets=unseen))
+                                         eval_datasets=unseen))
     spec = loader.DatasetSpec(path=fv.dataset)
-    return (data.load_chunks(spec, cfg, "train", horizon), data.eval_chunks(spec, cfg, horizon),
-            data.train_statistics(spec, cfg), data.extra_eval_chunks(cfg, horizon, flag="--unseen"))
+    return (data.load_chunks(spec, cfg, "train", horizon), data.eval_chunks(spec, cfg, horizon, fv.max_chunks),
+            data.train_statistics(spec, cfg), data.extra_eval_chunks(cfg, horizon, "--unseen", fv.max_chunks))
 
 
 def _load_learned(key: str, path: str):

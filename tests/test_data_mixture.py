@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory):
 
 def _mixture_cfg(d, mixture, **extra):
     cfg = train_helpers.tiny_config("").data
-    cfg.data_dir, cfg.mixture, cfg.val_fraction = d, mixture, 0.25
+    cfg.data_dir, cfg.path, cfg.val_fraction = d, mixture, 0.25
     for k, v in extra.items():
         cfg[k] = v
     return cfg
@@ -45,7 +45,7 @@ def test_parse_mixture_names_paths_weights_and_errors(data_dir):
     assert specs[0].action_keys == ("world_vector", "rotation_delta", "gripper_closedness_action")
     assert specs[1].path == libero_path and specs[1].action_keys == ()
     assert loader.parse_mixture("fractal20220817_data:0.1.0", d)[0].name == "fractal20220817_data:0.1.0"
-    with pytest.raises(ValueError, match=r"config\.data\.mixture: the weight of 'libero_10_no_noops' is -1"):
+    with pytest.raises(ValueError, match=r"config\.data\.path: the weight of 'libero_10_no_noops' is -1"):
         loader.parse_mixture("libero_10_no_noops:-1", d)
     for weights in (("inf", "1"), ("nan", "1")):  # a weight that is not a finite number
         with pytest.raises(ValueError, match=r"weights must be finite and > 0"):
@@ -54,7 +54,7 @@ def test_parse_mixture_names_paths_weights_and_errors(data_dir):
         loader.parse_mixture(f"fractal20220817_data:1e308,{libero_path}:1e308", d)
     with pytest.raises(ValueError, match=r"both named 'libero_10_no_noops'"):
         loader.parse_mixture(f"libero_10_no_noops,{libero_path}", d)
-    with pytest.raises(ValueError, match=r"config\.data\.mixture is empty"):
+    with pytest.raises(ValueError, match=r"config\.data\.path is empty"):
         loader.parse_mixture(" , ", d)
 
 
@@ -67,9 +67,15 @@ def test_members_must_agree_on_the_action_size(data_dir):
     with pytest.raises(ValueError, match=r"differ in size \{'fractal20220817_data': 7, 'my_dict_robot': 4\}.*"
                                          r"--config\.data\.action_keys"):
         data.dataset_members(bad)
-    both = _mixture_cfg(d, "fractal20220817_data", name="fractal20220817_data")
-    with pytest.raises(ValueError, match=r"config\.data\.mixture replaces config\.data\.path and config\.data\.name"):
+    both = _mixture_cfg(d, "fractal20220817_data:1", name="fractal20220817_data")
+    with pytest.raises(ValueError, match=r"config\.data\.path holds a mixture .*leave config\.data\.name empty"):
         data.dataset_members(both)
+    one = _mixture_cfg(d, libero_path)  # one directory: a mixture of one
+    assert [(m.label, m.weight) for m in data.dataset_members(one)] == [("libero_10_no_noops", 1.0)]
+    with pytest.raises(ValueError, match=r"is a mixture; this run reads one dataset"):
+        data.dataset_spec(_mixture_cfg(d, f"{libero_path}:1,fractal20220817_data"))
+    assert [loader.is_mixture(t) for t in ("a:2", "a,b", "gs://b/d", "name:1.0.0", "", None, "/x/y")] == [
+        True, True, False, False, False, False, False]
 
 
 def test_in_memory_mixture_sampling_matches_the_weights(data_dir):
@@ -115,10 +121,9 @@ def test_normalize_rows_uses_each_rows_normalizer():
 def test_mixture_trains_from_the_cli_with_per_dataset_normalizers(data_dir, tmp_path):
     d, libero_path = data_dir
     workdir = str(tmp_path / "mix")
-    cmd = [c for c in train_helpers.train_command(
-        workdir, "", f"--config.data.mixture=fractal20220817_data:2,{libero_path}:1", f"--config.data.data_dir={d}",
+    cmd = train_helpers.train_command(
+        workdir, f"fractal20220817_data:2,{libero_path}:1", f"--config.data.data_dir={d}",
         "--config.data.val_fraction=0.25", "--config.normalizer.unnormalized_dims=6")
-        if c != "--config.data.path="]
     env = train_helpers.subprocess_env(num_devices=1)
     env.pop("TFDS_DATA_DIR", None)
     result = subprocess.run(cmd, cwd=train_helpers.REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -156,7 +161,7 @@ def test_mixture_trains_from_the_cli_with_per_dataset_normalizers(data_dir, tmp_
     np.testing.assert_array_equal(step_tok.for_dataset("libero_10_no_noops").normalizer.offset,
                                   libero.normalizer.offset)
     # resuming with other training data is refused before training
-    again = [f"--config.data.mixture={libero_path}:1,fractal20220817_data:1" if c.startswith("--config.data.mixture")
+    again = [f"--config.data.path={libero_path}:1,fractal20220817_data:1" if c.startswith("--config.data.path")
              else c for c in cmd]
     result = subprocess.run(again + ["--config.train.num_steps=20"], cwd=train_helpers.REPO, env=env,
                             capture_output=True, text=True, timeout=300)

@@ -104,7 +104,7 @@ def test_a_run_whose_disk_fills_up_ends_with_a_message(tmp_path, tiny_dataset): 
         proc = train_helpers.popen(
             train_helpers.train_command(workdir, tiny_dataset, "--config.train.num_steps=100000",
                                         "--config.train.log_every=5", "--config.train.eval_every=50",
-                                        "--config.checkpoint.every=20", "--config.train.progress_bar=False"),
+                                        "--config.checkpoint.every=20"),
             train_helpers.subprocess_env(), log_path)
         deadline = time.time() + 240
         while not os.path.isdir(os.path.join(workdir, "checkpoints", "20")) and time.time() < deadline:

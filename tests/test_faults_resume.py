@@ -12,7 +12,7 @@ def test_resume_with_a_changed_model_names_the_fields(tmp_path, tiny_dataset, co
     workdir = str(tmp_path / "run")
     trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)
     changed = train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 8})
-    changed.model.enc_width = 48
+    changed.model.width = 48
     with pytest.raises(ValueError, match=r"Cannot resume from the checkpoint of step 4 .*model\.enc_width: 32 -> 48"):
         trainer.train_and_evaluate(changed, workdir)
     assert trainer.config_changes({"a": {"b": 1}}, {"a": {"b": 1}}) == ""

@@ -103,15 +103,12 @@ def test_split_rows_follow_the_short_prefix_mass():
     np.testing.assert_array_equal(Objective(split=True).short_lengths(8)[0], [1, 2, 4])  # pow2's support below N
 
 
-@pytest.mark.parametrize("accum_steps", [1, 2, 4])
-def test_split_row_lengths_put_each_micro_batchs_short_rows_first(accum_steps):
-    rows = SPLIT.short_rows(32 // accum_steps, 4)
-    assert 0 < rows < 32 // accum_steps
-    lengths = np.asarray(SPLIT.row_lengths(jax.random.key(0), 32, 4, accum_steps))
-    for i in range(accum_steps):  # micro-batch i takes rows i, i + accum_steps, ...
-        micro = lengths[i::accum_steps]
-        np.testing.assert_array_equal(micro[:rows], 1)  # their shortest decode
-        np.testing.assert_array_equal(micro[rows:], 4)
+def test_split_row_lengths_put_the_short_rows_first():
+    rows = SPLIT.short_rows(32, 4)
+    assert 0 < rows < 32
+    lengths = np.asarray(SPLIT.row_lengths(jax.random.key(0), 32, 4))
+    np.testing.assert_array_equal(lengths[:rows], 1)  # their shortest decode
+    np.testing.assert_array_equal(lengths[rows:], 4)
 
 
 @pytest.mark.parametrize("dec_patch", [1, 4])
@@ -125,12 +122,12 @@ def test_column_losses_are_the_single_pass_losses_of_each_column(dec_patch):
     np.testing.assert_allclose(got, singles, rtol=1e-5)
 
 
-@pytest.mark.parametrize("weight, margin", [(0.0, 0.0), (2.0, 0.05)])
-def test_split_loss_by_hand(params, weight, margin):
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_split_loss_by_hand(params, weight):
     """Every row weighs 1/B: (B - S) full-length rows and S short rows, each decoded at every k < N with weights
     P(k | k < N), plus the hinge."""
-    objective = Objective(nested_dropout="power", power=-1.5, split=True, monotone_weight=weight,
-                          monotone_margin=margin)
+    objective = Objective(nested_dropout="power", power=-1.5, split=True, monotone_weight=weight)
+    margin = 0.05  # the hinge's fixed margin
     model, x, rng = OATModel(TINY), _batch(TINY, batch=16, seed=4), jax.random.key(5)
     short = objective.short_rows(16, 4)
     assert 0 < short < 16
@@ -222,14 +219,10 @@ def test_the_encoder_gradient_changes_only_through_full_length_rows():
 @pytest.mark.parametrize("fields, match", [
     (dict(nested_dropout="random"), "nested_dropout"), (dict(full=1.5), "full"),
     (dict(split=True, monotone_weight=-1.0), "monotone_weight"),
-    (dict(split=True, monotone_weight=0.1, monotone_margin=1.0), "monotone_margin"),
     (dict(detach_tokens=-1), "detach_tokens"), (dict(detach_tokens=4), "detach_tokens"),
     (dict(detach_tokens=1.0), "detach_tokens"), (dict(detach_tokens=True), "detach_tokens"),
-    (dict(detach_tokens=1, detach_scale=1.0), "detach_scale"),
     # inert or contradictory combinations
     (dict(monotone_weight=0.1), "needs config.objective.split=True"),
-    (dict(split=True, monotone_margin=0.05), "monotone_margin has no effect"),
-    (dict(detach_scale=0.3), "detach_scale has no effect"),
     (dict(power=-1.5), "power has no effect"),
     (dict(nested_dropout="none", split=True), "config.objective.split has no effect"),
     (dict(nested_dropout="none", detach_tokens=1), "config.objective.detach_tokens has no effect"),
@@ -255,7 +248,7 @@ def test_paper_variant_is_the_reference_and_the_default_goes_beyond_it():
     values, probs = default.distribution(8)
     assert list(values) == list(range(1, 9)) and np.all(probs > 0)  # every k is trained
     assert probs[-1] == probs.max() and default.split and default.monotone_weight > 0
-    assert (default.detach_tokens, default.detach_scale) == (1, 0.3)  # token 1 detached from full-length decodes
+    assert default.detach_tokens == 1  # token 1 detached from full-length decodes
     assert augment.is_active(oat_configs.get_config("").augment)
     for unordered in ("oatx", "quest", "paper,oatx", "paper,quest"):
         objective = Objective.from_dict(oat_configs.get_config(unordered).objective)
@@ -290,33 +283,28 @@ def test_configs_saved_with_the_training_fields_still_load():
         OATConfig.from_dict(dict(old, bogus=1))
 
 
-# ----- the train step: the plan, augmentation and accumulation together -----
-def _aug(flip=0.0, splice=0.0, min_length=1):
-    return ml_collections.ConfigDict(dict(flip_prob=flip, splice_prob=splice, min_length=min_length))
+# ----- the train step: the plan and augmentation together -----
+def _aug(flip=0.0, splice=0.0):
+    return ml_collections.ConfigDict(dict(flip_prob=flip, splice_prob=splice))
 
 
-@pytest.mark.parametrize("accum_steps", [1, 2])
-def test_split_train_step_augments_only_the_full_length_rows(accum_steps):
-    """The jitted step's loss equals the objective's loss recomputed by hand: each micro-batch's first S rows
-    decoded at every k < N on real chunks (min_length = N), the other rows at N on augmented chunks."""
+def test_split_train_step_augments_only_the_full_length_rows():
+    """The jitted step's loss equals the objective's loss recomputed by hand: the batch's first S rows decoded at
+    every k < N on real chunks, the other rows at N on augmented chunks."""
     model, tx = OATModel(TINY), optax.sgd(1e-2)
     x = _batch(TINY, batch=16, seed=6)
-    aug = _aug(flip=1.0, splice=1.0, min_length=-1)
-    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA, SPLIT,
-                                   aug, accum_steps=accum_steps))
+    aug = _aug(flip=1.0, splice=1.0)
+    step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA, SPLIT, aug))
     state = init_train_state(model, tx, 0).replace(params=_trained_like(TINY))
     _, metrics = step(state, {"actions": x})
 
     drop_rng, nested_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     augmented = augment.augment_chunks(x, jax.random.fold_in(nested_rng, 1), aug)
-    short = SPLIT.short_rows(16 // accum_steps, 4) * accum_steps
+    short = SPLIT.short_rows(16, 4)
     seen = jnp.concatenate([x[:short], augmented[short:]])  # short rows keep their real chunks
 
     def by_hand(chunks):
-        return np.mean([float(SPLIT.loss(model, state.params, chunks[j::accum_steps], jnp.zeros((16 // accum_steps,),
-                                                                                                jnp.int32),
-                                         drop_rng if accum_steps == 1 else jax.random.fold_in(drop_rng, j)))
-                        for j in range(accum_steps)])
+        return float(SPLIT.loss(model, state.params, chunks, jnp.zeros((16,), jnp.int32), drop_rng))
 
     expected = by_hand(seen)
     np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-5)
@@ -324,18 +312,19 @@ def test_split_train_step_augments_only_the_full_length_rows(accum_steps):
 
 
 def test_sampled_train_step_gates_augmentation_by_the_drawn_length():
-    """With min_length = N only rows drawn at N see augmented chunks: when every drawn length is short, the loss
-    is the one without augmentation (and differs with augmentation ungated)."""
-    objective = Objective(nested_dropout="power", power=-30.0)  # P(k = 1) ~ 1
+    """Only rows drawn at N see augmented chunks: when every drawn length is short, the loss is the one without
+    augmentation; when every drawn length is N, it differs."""
     model, tx = OATModel(TINY), optax.sgd(1e-2)
     batch = {"actions": _batch(TINY, batch=16, seed=4)}
     results = {}
-    for name, cfg in (("plain", None), ("gated", _aug(1.0, 1.0, -1)), ("on", _aug(1.0, 1.0, 1))):
-        step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA,
-                                       objective, cfg))
-        _, metrics = step(init_train_state(model, tx, 0).replace(params=_trained_like(TINY)), batch)
-        results[name] = float(metrics["loss"])
-    assert results["gated"] == results["plain"] and results["on"] != results["plain"]
+    for power in (-30.0, 30.0):  # P(k = 1) ~ 1, then P(k = N) ~ 1
+        objective = Objective(nested_dropout="power", power=power)
+        for name, cfg in (("plain", None), ("augmented", _aug(1.0, 1.0))):
+            step = jax.jit(make_train_step(model, tx, optax.constant_schedule(1e-2), EMA, objective, cfg))
+            _, metrics = step(init_train_state(model, tx, 0).replace(params=_trained_like(TINY)), batch)
+            results[power, name] = float(metrics["loss"])
+    assert results[-30.0, "augmented"] == results[-30.0, "plain"]
+    assert results[30.0, "augmented"] != results[30.0, "plain"]
 
 
 def test_augmentations_do_what_they_say():
@@ -363,25 +352,16 @@ def test_augmentations_do_what_they_say():
 def test_bad_augment_settings_name_the_field():
     with pytest.raises(ValueError, match="config.augment.flip_prob"):
         augment.check_config(_aug(flip=1.5))
-    for bad in (0, -2, 5):
-        with pytest.raises(ValueError, match="config.augment.min_length"):
-            augment.check_config(_aug(flip=0.5, min_length=bad), num_tokens=4)
+    with pytest.raises(ValueError, match="config.augment.splice_prob"):
+        augment.check_config(_aug(splice=-0.1))
 
 
-def test_min_length_augments_only_examples_kept_at_that_many_tokens():
+def test_only_full_length_examples_are_augmented():
     x = _batch(TINY, batch=64, seed=3)
-    cfg = _aug(flip=1.0, splice=1.0)
-    augmented = augment.augment_chunks(x, jax.random.key(2), cfg)
+    augmented = augment.augment_chunks(x, jax.random.key(2), _aug(flip=1.0, splice=1.0))
     lengths = jnp.asarray(np.arange(64) % 4 + 1, jnp.int32)
-    assert augment.gate_by_length(x, augmented, lengths, cfg, 4) is augmented  # min_length 1: every example
-    cfg.min_length = 3
-    gated = np.asarray(augment.gate_by_length(x, augmented, lengths, cfg, 4))
-    long_ = np.asarray(lengths) >= 3
-    np.testing.assert_array_equal(gated[long_], np.asarray(augmented)[long_])
-    np.testing.assert_array_equal(gated[~long_], np.asarray(x)[~long_])
-    assert np.any(np.asarray(augmented)[~long_] != np.asarray(x)[~long_])  # the gate did hold something back
-    cfg.min_length = -1  # = N: full-length examples only
-    only_full = np.asarray(augment.gate_by_length(x, augmented, lengths, cfg, 4))
+    only_full = np.asarray(augment.gate_by_length(x, augmented, lengths, 4))
     full = np.asarray(lengths) == 4
+    assert np.any(np.asarray(augmented)[~full] != np.asarray(x)[~full])  # the gate did hold something back
     np.testing.assert_array_equal(only_full[full], np.asarray(augmented)[full])
     np.testing.assert_array_equal(only_full[~full], np.asarray(x)[~full])

@@ -85,7 +85,7 @@ def test_image_policy_trains_one_step_on_loaded_pairs(image_dataset):
                           num_heads=2, state_hidden=16, dropout=0.0)
     model = TokenPolicyModel(config)
     optim = policy_configs.get_config("test").optim
-    optim.lr, optim.warmup_steps, optim.schedule = 3e-3, 1, "constant"
+    optim.lr, optim.warmup_steps, optim.min_lr_ratio = 3e-3, 1, 1.0
     tx, schedule = make_optimizer(optim, 2)
     state = init_policy_state(model, tx, 0)
     step = jax.jit(make_policy_train_step(model, tx, schedule, ml_collections.ConfigDict(

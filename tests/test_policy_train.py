@@ -25,7 +25,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
                           dropout=0.0)
     model = TokenPolicyModel(config)
     optim = policy_configs.get_config("test").optim
-    optim.lr, optim.warmup_steps, optim.schedule = 3e-3, 1, "constant"
+    optim.lr, optim.warmup_steps, optim.min_lr_ratio = 3e-3, 1, 1.0
     tx, schedule = make_optimizer(optim, 30)
     state = init_policy_state(model, tx, 0)
     step = jax.jit(make_policy_train_step(model, tx, schedule, ml_collections.ConfigDict(

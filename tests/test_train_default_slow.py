@@ -16,8 +16,7 @@ import train_helpers
 
 def _train(workdir, variant=""):
     config = f"{train_helpers.REPO}/experiments/configs/oat.py{variant}"
-    cmd = [sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}",
-           "--config.train.progress_bar=False"]
+    cmd = [sys.executable, "-m", "experiments.train", f"--config={config}", f"--workdir={workdir}"]
     env = train_helpers.subprocess_env(1)
     env["XLA_FLAGS"] = ""  # one CPU device, full optimisation: the configuration users run
     subprocess.run(cmd, cwd=train_helpers.REPO, env=env, check=True, timeout=1200)

@@ -6,7 +6,6 @@ import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -16,7 +15,8 @@ from oat_jax.training import checkpointing, data, train_and_evaluate
 from oat_jax.training.faults import NonFiniteLossError
 from oat_jax.training.metrics import read_metrics
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.tokenizer.step import init_train_state, model_config
+from oat_jax.training.tokenizer.step import init_train_state
+from oat_jax.training.run_config import oat_config
 import train_helpers
 from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest fixtures)
 
@@ -34,7 +34,7 @@ def _restore(workdir, step, config):
     try:
         saved = store.restore_json(step, (artifacts.STATS_ITEM,))
         stats = saved[artifacts.STATS_ITEM]
-        model = OATModel(model_config(config.model, len(stats["action"]["min"])))
+        model = OATModel(oat_config(config.model, len(stats["action"]["min"])))
         tx, _ = make_optimizer(config.optim, config.train.num_steps)
         abstract = jax.eval_shape(functools.partial(init_train_state, model, tx, 0))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -111,16 +111,14 @@ def _check_exported_tokenizer_reproduces_evaluation(full, metrics, tiny_dataset)
 
 def test_streaming_input_trains(tiny_dataset, tmp_path):
     """The tf.data streaming path (for datasets larger than host memory) feeds the same train step."""
-    config = train_helpers.tiny_config(tiny_dataset, **{"data.in_memory": False, "train.num_steps": 2,
-                                                   "data.shuffle_buffer": 64})
+    config = train_helpers.tiny_config(tiny_dataset, **{"train.num_steps": 2, "data.shuffle_buffer": 64})
     metrics = train_and_evaluate(config, str(tmp_path))
     losses = [r["train/loss"] for r in read_metrics(str(tmp_path)) if "train/loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses)) and np.isfinite(metrics["val_mse"])
 
 
 def test_nan_loss_stops_without_nan_checkpoint(tiny_dataset, tmp_path):
-    config = train_helpers.tiny_config(tiny_dataset, **{"optim.lr": 1e30, "train.num_steps": 6, "checkpoint.every": 1,
-                                                   "checkpoint.async_save": False})
+    config = train_helpers.tiny_config(tiny_dataset, **{"optim.lr": 1e30, "train.num_steps": 6, "checkpoint.every": 1})
     with pytest.raises(NonFiniteLossError, match="lower config.optim.lr"):
         train_and_evaluate(config, str(tmp_path))
     records = read_metrics(str(tmp_path))
@@ -146,7 +144,7 @@ def test_the_next_batches_are_assembled_while_a_step_runs():
     from oat_jax.training import loop
     from oat_jax.training.sharding import batch_sharding, make_mesh
 
-    sharding = batch_sharding(make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1})))
+    sharding = batch_sharding(make_mesh(1))
     started = {i: threading.Event() for i in range(8)}
 
     class SlowSource:

@@ -17,7 +17,8 @@ from oat_jax.model import OATModel
 from oat_jax.training import checkpointing, train_and_evaluate
 from oat_jax.training.metrics import read_metrics
 from oat_jax.training.optim import make_optimizer
-from oat_jax.training.tokenizer.step import init_train_state, model_config
+from oat_jax.training.tokenizer.step import init_train_state
+from oat_jax.training.run_config import oat_config
 
 FLAGS = ("--config.train.num_steps=3", "--config.train.eval_every=3", "--config.checkpoint.every=3")
 
@@ -56,7 +57,7 @@ def test_two_processes_match_one(tmp_path, tiny_dataset):
     # The multi-process checkpoint restores in this single process, onto one device.
     store = checkpointing.CheckpointStore(os.path.join(multi, "checkpoints"), artifacts.TOKENIZER_RUN_ITEMS[3:],
                                           read_only=True)
-    model = OATModel(model_config(config.model, train_helpers.ACTION_DIM))
+    model = OATModel(oat_config(config.model, train_helpers.ACTION_DIM))
     tx, _ = make_optimizer(config.optim, 3)
     abstract = jax.eval_shape(functools.partial(init_train_state, model, tx, 0))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

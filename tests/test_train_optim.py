@@ -8,7 +8,7 @@ import pytest
 from experiments.configs import oat as oat_configs
 from oat_jax.model import init_params
 from oat_jax.training import ema, optim
-from oat_jax.training.tokenizer.step import model_config
+from oat_jax.training.run_config import oat_config
 
 
 def _optim(**kw):
@@ -18,7 +18,7 @@ def _optim(**kw):
 
 
 def test_warmup_then_cosine_reaches_floor():
-    sched = optim.make_lr_schedule(_optim(lr=1e-3, warmup_steps=10, schedule="cosine", min_lr_ratio=0.1), 110)
+    sched = optim.make_lr_schedule(_optim(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1), 110)
     lrs = np.array([float(sched(i)) for i in range(111)])
     np.testing.assert_allclose(lrs[:10], 1e-3 * np.arange(1, 11) / 10, rtol=1e-6)  # warmup really applied
     assert lrs[0] > 0
@@ -28,23 +28,26 @@ def test_warmup_then_cosine_reaches_floor():
 
 
 def test_constant_schedule_and_bad_values():
-    sched = optim.make_lr_schedule(_optim(lr=5e-5, warmup_steps=0, schedule="constant"), 100)
-    assert [float(sched(i)) for i in (0, 50, 99)] == pytest.approx([5e-5] * 3)
-    with pytest.raises(ValueError, match="schedule"):
-        optim.make_lr_schedule(_optim(schedule="linear"), 10)
+    sched = optim.make_lr_schedule(_optim(lr=5e-5, warmup_steps=0, min_lr_ratio=1.0), 100)
+    assert [float(sched(i)) for i in (0, 50, 99, 100)] == [np.float32(5e-5)] * 4  # exactly constant
+    sched = optim.make_lr_schedule(_optim(lr=1e-3, warmup_steps=4, min_lr_ratio=1.0), 100)
+    assert [float(sched(i)) for i in (0, 3, 50)] == pytest.approx([2.5e-4, 1e-3, 1e-3])
+    for ratio in (0.0, 1.5):
+        with pytest.raises(ValueError, match="min_lr_ratio"):
+            optim.make_lr_schedule(_optim(min_lr_ratio=ratio), 10)
     with pytest.raises(ValueError, match="lr"):
         optim.make_lr_schedule(_optim(lr=0.0), 10)
 
 
 def test_weight_decay_only_on_matrices():
-    cfg = model_config(oat_configs.get_config("test").model, 3)
+    cfg = oat_config(oat_configs.get_config("test").model, 3)
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(0))
     mask = optim.weight_decay_mask(params)
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         decayed = jax.tree_util.tree_reduce(lambda a, b: a, _get(mask, path))
         assert decayed == (leaf.ndim >= 2), jax.tree_util.keystr(path)
     # With zero gradients only the decayed (>= 2-D) weights move, and they shrink.
-    tx, _ = optim.make_optimizer(_optim(lr=0.1, warmup_steps=0, schedule="constant", weight_decay=0.5), 10)
+    tx, _ = optim.make_optimizer(_optim(lr=0.1, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.5), 10)
     params = jax.tree.map(lambda p: p + 1.0, params)
     updates = jax.jit(lambda p: tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0])(params)
     for (path, u), p in zip(jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(params)):

@@ -17,7 +17,7 @@ from oat_jax import ActionNormalizer, OATTokenizer, artifacts, load_pretrained
 from oat_jax.artifacts import resolve_step
 from oat_jax.training.checkpointing import CheckpointStore
 from oat_jax.training.train_state import TrainState
-from oat_jax.training.tokenizer.step import model_config
+from oat_jax.training.run_config import oat_config
 
 STATS = {"action": {"min": [-1.0, -2.0, 0.0], "max": [1.0, 3.0, 0.5], "mean": [0.0, 0.5, 0.2],
                     "std": [0.5, 1.0, 0.1], "q01": [-0.9, -1.8, 0.01], "q99": [0.9, 2.8, 0.49], "count": 100},
@@ -58,7 +58,7 @@ def workdir(tmp_path_factory, saved):
     EMA params, the run config (normalizer mode 'gaussian', action_dim -1) and validation MSE logged per step."""
     config = oat_configs.get_config("test")
     config.normalizer.mode = "gaussian"
-    model_cfg = model_config(config.model, 3)
+    model_cfg = oat_config(config.model, 3)
     root = tmp_path_factory.mktemp("run")
     store = CheckpointStore(str(root / "checkpoints"), (artifacts.STATS_ITEM, artifacts.TOKENIZER_ITEM), keep_last=3,
                             keep_best=0, async_save=False)

@@ -1,6 +1,7 @@
 """The fields every training config shares (tokenizer and policy runs), each defined here once: the seed, the data
-source and its episode split, the optimizer, the EMA, the step loop, checkpoints, the device mesh and sharding
-rules. A config file starts from `base()` and states only the values it changes and the fields of its own kind.
+source and its episode split, the optimizer, the EMA, the step loop and checkpoints; `fsdp` adds the device mesh
+and sharding rules of fully sharded training. A config file starts from `base()` and states only the values it
+changes and the fields of its own kind.
 """
 
 import ml_collections
@@ -24,22 +25,19 @@ def base() -> ml_collections.ConfigDict:
     config.seed = 0  # PRNG seed of param init, dropout and data order.
 
     config.data = ml_collections.ConfigDict()
-    config.data.path = ""  # RLDS builder directory; '' with name '' = the embedded Meta-World dataset.
+    config.data.path = ""  # RLDS builder directory ('' with name '' = the embedded Meta-World dataset); a tokenizer
+    #                        also takes a weighted mixture 'name_or_path:weight,...' (experiments/configs/oat.py).
     config.data.name = ""  # TFDS dataset name (with data_dir) instead of a path.
     config.data.source_split = "train"  # TFDS split holding the episodes (train/val are carved from it by episode).
     config.data.data_dir = ""  # TFDS data_dir for `name`.
     config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).
     config.data.split_seed = 0  # seed of the episode split (the same split for tokenizers and policies).
-    config.data.max_eval_chunks = 4096  # evaluate on at most this many held-out chunks (evenly spaced).
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 2e-3  # peak learning rate.
     config.optim.warmup_steps = 100  # linear warmup updates.
-    config.optim.schedule = "cosine"  # after warmup: 'constant' | 'cosine' (to lr * min_lr_ratio at num_steps).
-    config.optim.min_lr_ratio = 0.05  # final lr / peak lr of the cosine.
-    config.optim.b1 = 0.9  # AdamW beta1.
-    config.optim.b2 = 0.95  # AdamW beta2.
-    config.optim.weight_decay = 0.0  # AdamW decoupled weight decay (only on >= 2-D weights).
+    config.optim.min_lr_ratio = 0.05  # after warmup a cosine from lr to lr * min_lr_ratio at num_steps (1 = constant).
+    config.optim.weight_decay = 0.0  # AdamW (betas 0.9, 0.95) decoupled weight decay (only on >= 2-D weights).
     config.optim.clip_norm = 1.0  # global gradient-norm clip (<= 0 disables).
 
     config.ema = ml_collections.ConfigDict()
@@ -47,25 +45,24 @@ def base() -> ml_collections.ConfigDict:
     #                               for 100k+ step runs).
 
     config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 128  # global batch (all devices and processes together) per update.
+    config.train.batch_size = 128  # global batch (all devices and processes together) per update and evaluation.
     config.train.num_steps = 4000  # total updates.
     config.train.log_every = 50  # steps between training-metric logs (also the NaN check and, multi-process,
     #                              the stop-signal check).
     config.train.eval_every = 500  # steps between held-out evaluations (and a final one at the end).
-    config.train.eval_batch_size = 512  # global batch of the evaluation.
-    config.train.progress_bar = True  # tqdm bar with loss and steps/s on process 0.
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every = 500  # steps between checkpoints (plus the final step and on SIGTERM/SIGINT).
-    config.checkpoint.keep_last = 2  # most recent checkpoints kept.
-    config.checkpoint.keep_best = 1  # checkpoints with the best held-out metric kept in addition.
-    config.checkpoint.async_save = True  # write checkpoints in the background.
+    config.checkpoint.keep_last = 2  # most recent checkpoints kept (and the one with the best held-out metric).
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1  # devices on the data axis (-1 = all remaining).
-    config.mesh.fsdp = 1  # devices on the fsdp axis (params split over it when a rule says 'fsdp').
-
-    config.sharding = ml_collections.ConfigDict()
-    config.sharding.rules = ((".*", "replicate"),)  # (regex on the param path, 'replicate' | 'fsdp' | axes tuple).
-    config.sharding.fsdp_min_size = 2 ** 12  # leaves with fewer elements stay replicated under 'fsdp'.
+    # Without a `sharding` section a run is data parallel over every device with replicated params; `fsdp(config)`
+    # adds one.
     return config
+
+
+def fsdp(config: ml_collections.ConfigDict, min_size: int = 2 ** 12) -> None:
+    """Adds the `sharding` section that splits params and optimizer state over every device (FSDP)."""
+    config.sharding = ml_collections.ConfigDict()
+    config.sharding.fsdp = -1  # devices on the fsdp axis, the rest on the data axis (-1 = all devices).
+    config.sharding.rules = ((".*", "fsdp"),)  # (regex on the param path, 'replicate' | 'fsdp' | axes tuple).
+    config.sharding.fsdp_min_size = min_size  # leaves with fewer elements stay replicated under 'fsdp'.

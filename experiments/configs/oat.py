@@ -16,6 +16,10 @@ often on Meta-World tasks no run was tuned on, its k = 1 decodes 2.2x better, do
       GPU x 4, lr 5e-5 constant, betas (0.9, 0.95), clip 1.0, EMA, bf16, pow2 nested dropout); it needs a dataset:
       add --config.data.path=/path/to/rlds_builder_dir, or --config.data.name=libero_10 --config.data.data_dir=DIR
   --config=experiments/configs/oat.py:paper,oatx  the paper's OAT x
+  --config=experiments/configs/oat.py:scale       one GPU/TPU: the paper's model size (width 256, 2 + 4 blocks, dropout
+      0.1) with the default's design and objective, bf16 compute (fp32 params and optimizer state), batch 256,
+      100k steps; add a dataset as for :paper (the embedded one works too). On N accelerators or hosts:
+      --config.train.batch_size=$((256 * N)) (plus the multi-process flags below on several hosts)
   --config=experiments/configs/oat.py:fsdp        shard params and optimizer state over all devices (FSDP)
   --config=experiments/configs/oat.py:runlocal    tiny model, a few steps (smoke test, seconds)
   --config=experiments/configs/oat.py:test        tiny model used by the unit tests
@@ -29,21 +33,16 @@ import dataclasses
 import ml_collections
 
 from experiments.configs import common
+from oat_jax.training.run_config import TokenizerModel
 from oat_jax.training.tokenizer.objective import Objective
 
-VARIANTS = ("oatx", "quest", "paper", "fsdp", "runlocal", "test")
+VARIANTS = ("oatx", "quest", "paper", "scale", "fsdp", "runlocal", "test")
 
 
-def _model(**overrides) -> ml_collections.ConfigDict:
-    """The OATConfig fields people tune (see oat_jax/config.py for each one's meaning), the paper's values with
-    `overrides`; the others keep OATConfig's (the reference's) values and action_dim is the dataset's."""
-    model = ml_collections.ConfigDict(dict(
-        horizon=32, num_tokens=8, levels=(8, 5, 5, 5),
-        encoder="registers", enc_width=256, enc_depth=2, enc_heads=4, enc_dropout=0.1, enc_patch=1,
-        dec_width=256, dec_depth=4, dec_heads=4, dec_ffn_dim=1024, dec_dropout=0.1, dec_attn_dropout=0.1,
-        dec_patch=1, dtype="float32"))
-    model.update(overrides)
-    return model
+def _model(**changes) -> ml_collections.ConfigDict:
+    """`TokenizerModel` fields (see oat_jax/training/run_config.py for each one's meaning): the paper's model, with
+    `changes`; action_dim is the dataset's."""
+    return ml_collections.ConfigDict(dataclasses.asdict(TokenizerModel(**changes)))
 
 
 def _objective(**changes) -> ml_collections.ConfigDict:
@@ -55,17 +54,20 @@ def _objective(**changes) -> ml_collections.ConfigDict:
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Returns the training config for the variants named in `arg` (see the module docstring)."""
     variants = common.parse_variants(arg, VARIANTS, exclusive=("oatx", "quest"))
-    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
-    # Weighted mixture instead of path/name: 'name_or_path:weight,...' (names read from data_dir; weight default 1).
-    # Each member is normalized with its own statistics; the tokenizer keeps them all (OATTokenizer.for_dataset).
-    config.data.mixture = ""
+    if {"paper", "scale"} <= variants:
+        raise ValueError("Choose one variant among ('paper', 'scale'): :scale is the paper's model with this "
+                         "project's objective, :paper the reference recipe.")
+    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint
+    # config.data.path may be a weighted mixture 'name_or_path:weight,...' (names read from data_dir; weight default
+    # 1). Each member is normalized with its own statistics; the tokenizer keeps them all (OATTokenizer.for_dataset).
     # Fields under steps/action concatenated into the action (comma-separated, e.g. world_vector,rotation_delta,
     # gripper_closedness_action); '' = the registered layout of a known name (data_pipelines/oxe.py), else the
     # action is a (D_a,) vector.
     config.data.action_keys = ""
-    config.data.allow_embedded = True  # path and name both '' = the embedded dataset (False: an error asks for one).
-    config.data.in_memory = True  # load every chunk into host memory (exact resume); False streams with tf.data.
-    config.data.shuffle_buffer = 100_000  # tf.data shuffle buffer when streaming (in_memory=False).
+    # 0: every train chunk is loaded into host memory (a resumed run replays exactly the batches of an uninterrupted
+    # one); > 0: chunks stream through tf.data with a shuffle buffer of that many chunks (e.g. 100_000), for
+    # datasets larger than host memory.
+    config.data.shuffle_buffer = 0
     # Extra held-out datasets evaluated on all episodes (e.g. unseen tasks): comma-separated 'label=DIR', 'DIR' or an
     # embedded name ('metaworld_heldout'); 'auto' = metaworld_heldout when training on the embedded data, else none.
     config.data.eval_datasets = "auto"
@@ -79,53 +81,46 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # Meta-World dataset within a few minutes on a CPU, with 4-step output patches (docs/TOKENIZER_FIDELITY.md); its
     # encoder is the causal conv encoder on single steps instead of the paper's registers, so the first tokens
     # describe the start of the chunk, which a policy executes (docs/POLICY.md).
-    config.model = _model(enc_width=96, enc_depth=2, enc_heads=4, enc_dropout=0.0, dec_width=96, dec_depth=2,
-                          dec_heads=4, dec_ffn_dim=384, dec_dropout=0.0, dec_attn_dropout=0.0, encoder="conv",
-                          enc_patch=1, dec_patch=4)
+    config.model = _model(width=96, enc_depth=2, dec_depth=2, dropout=0.0, encoder="conv", dec_patch=4)
 
     # The training objective (oat_jax/training/tokenizer/objective.py). Default, beyond the paper: 90% of the rows
     # decoded at all N tokens, the other 10% each at every k < N weighted by P(k) ~ k^-1.5, a hinge on any k decoding
-    # worse than k - 1, and full-length decodes passing token 1 only 0.3 of their gradient (so the first token is
-    # shaped by the short prefixes).
+    # worse than 0.95x k - 1, and full-length decodes passing token 1 only 0.3 of their gradient (so the first token
+    # is shaped by the short prefixes).
     config.objective = _objective(nested_dropout="power", power=-1.5, full=0.9, split=True, monotone_weight=0.1,
-                                  monotone_margin=0.05, detach_tokens=1, detach_scale=0.3)
+                                  detach_tokens=1)
 
     config.augment = ml_collections.ConfigDict()  # chunk augmentation (oat_jax/training/tokenizer/augment.py)
     config.augment.flip_prob = 0.5  # P(an example gets random per-dimension sign flips).
     config.augment.splice_prob = 0.5  # P(an example's tail, from a random cut, comes from another chunk).
-    config.augment.min_length = -1  # only examples decoded at >= this many tokens are augmented (1 = all, -1 = N).
-
-    config.optim.accum_steps = 1  # micro-batches per update (gradient accumulation); must divide the batch.
 
     if "paper" in variants:
-        config.data.allow_embedded = False  # the paper recipe needs a dataset: set path, or name + data_dir.
+        config.data.path = ml_collections.config_dict.placeholder(str)  # None: set path, or name + data_dir.
         config.model = _model(dtype="bfloat16")  # the reference model
         config.objective = _objective()  # pow2, one sampled k per row
-        config.augment.update(flip_prob=0.0, splice_prob=0.0, min_length=1)
-        config.optim.update(lr=5e-5, warmup_steps=0, schedule="constant", min_lr_ratio=1.0, b1=0.9, b2=0.95,
-                            weight_decay=0.0, clip_norm=1.0)
+        config.augment.update(flip_prob=0.0, splice_prob=0.0)
+        config.optim.update(lr=5e-5, warmup_steps=0, min_lr_ratio=1.0, weight_decay=0.0, clip_norm=1.0)
         config.ema.max_decay = 0.9999
         # 256 per GPU on 4 GPUs; ~5000 epochs of LIBERO-10 (~100k chunks) at batch 1024.
-        config.train.update(batch_size=1024, num_steps=500_000, log_every=100, eval_every=5000,
-                            eval_batch_size=1024)
-        config.checkpoint.update(every=5000, keep_last=3, keep_best=2)
-        config.data.max_eval_chunks = 32768
+        config.train.update(batch_size=1024, num_steps=500_000, log_every=100, eval_every=5000)
+        config.checkpoint.update(every=5000, keep_last=3)
+    if "scale" in variants:  # one accelerator: the paper's size with the default's design, objective and augmentation
+        config.model = _model(encoder="conv", dec_patch=4, dtype="bfloat16")
+        config.optim.update(lr=1e-3, warmup_steps=1000)  # cosine to 5% of the peak
+        config.ema.max_decay = 0.9999
+        config.train.update(batch_size=256, num_steps=100_000, log_every=100, eval_every=2000)
+        config.checkpoint.update(every=2000, keep_last=3)
     if "fsdp" in variants:
-        config.mesh.update(data=1, fsdp=-1)
-        config.sharding.rules = ((".*", "fsdp"),)
+        common.fsdp(config, min_size=16 if "test" in variants else 2 ** 12)  # the tiny test model's leaves are small
     if "runlocal" in variants or "test" in variants:
-        config.model = _model(enc_width=32, enc_depth=1, enc_heads=2, dec_width=32, dec_depth=1, dec_heads=2,
-                              dec_ffn_dim=64, horizon=8, num_tokens=4, levels=(4, 3, 3), enc_dropout=0.0,
-                              dec_dropout=0.0, dec_attn_dropout=0.0, encoder="conv")
-        config.optim.update(warmup_steps=2, schedule="constant", lr=3e-3)
-        config.train.update(batch_size=16, num_steps=20, log_every=5, eval_every=10, eval_batch_size=32,
-                            progress_bar="runlocal" in variants)
-        config.checkpoint.update(every=10, async_save=True)
-        config.data.max_eval_chunks = 96
+        config.model = _model(width=32, num_heads=2, enc_depth=1, dec_depth=1, horizon=8, num_tokens=4,
+                              levels=(4, 3, 3), dropout=0.0, encoder="conv")
+        config.optim.update(warmup_steps=2, min_lr_ratio=1.0, lr=3e-3)
+        config.train.update(batch_size=16, num_steps=20, log_every=5, eval_every=10)
+        config.checkpoint.every = 10
     if "test" in variants:
         config.train.update(num_steps=4, log_every=1, eval_every=4)
         config.checkpoint.every = 2
-        config.sharding.fsdp_min_size = 16
     # Unordered tokens: no nested dropout, so every decode is full-length (nothing to split, hinge or detach).
     unordered = _objective(nested_dropout="none")
     if "oatx" in variants:  # the paper's register encoder (2-step input patches at the default's size) unordered

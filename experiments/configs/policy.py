@@ -12,6 +12,7 @@ Variants (comma-separated, combinable with runlocal / test):
   :fast    FAST (DCT + BPE, variable length, EOS), fitted on the train chunks at start (or a saved FAST dir)
   :dp      the Diffusion Policy baseline: no tokenizer; the same model sizes as a transformer denoiser (DDIM, 100
            train / 10 sampling steps, cosine betas, epsilon prediction, clipped samples), actions in [-1, 1]
+  :fsdp      shard params and optimizer state over all devices (FSDP)
   :runlocal  small model, a few hundred steps (minutes on a CPU)
   :test      tiny model, 4 steps (unit tests)
 Every variant shares the model, data and training budget; only the tokenizer differs.
@@ -25,13 +26,13 @@ from experiments.configs import common
 
 TOKENIZERS = ("oat", "oatx", "quest", "bin", "fast")
 POLICY_TYPES = TOKENIZERS + ("dp",)  # one per comparison row
-VARIANTS = POLICY_TYPES + ("runlocal", "test")
+VARIANTS = POLICY_TYPES + ("fsdp", "runlocal", "test")
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     """Policy training config for the variants in `arg` (see the module docstring)."""
     variants = common.parse_variants(arg, VARIANTS, exclusive=POLICY_TYPES)
-    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint, mesh, sharding
+    config = common.base()  # seed, data source and split, optim, ema, train, checkpoint
     config.kind = "policy"  # experiments.train dispatches on this: 'policy' trains a policy, else a tokenizer.
 
     diffusion = "dp" in variants
@@ -50,6 +51,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
     config.data.image_keys = ()  # step keys of camera images for the conv encoder, e.g. ("observation/image",).
     config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
+    config.data.max_eval_chunks = 4096  # evaluate on at most this many held-out pairs (evenly spaced).
     if diffusion or variants & {"bin", "fast"}:  # chunks made here (a loaded tokenizer brings its own H)
         config.data.horizon = 32  # H of the chunks the tokenizer is fitted on / the denoiser generates.
 
@@ -81,21 +83,22 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.action_normalizer.mode = "limits"  # train-split actions mapped to [-1, 1] (reference DP).
 
     config.optim.update(lr=3e-4, warmup_steps=200, weight_decay=0.01)
-    config.train.update(num_steps=5000, eval_batch_size=256)  # the same num_steps for every tokenizer compared
+    config.train.num_steps = 5000  # the same num_steps for every tokenizer compared
     config.checkpoint.every = 1000
 
+    if "fsdp" in variants:
+        common.fsdp(config)
     if "runlocal" in variants or "test" in variants:
         config.model.update(width=64, depth=2, num_heads=2, state_hidden=64)
         config.optim.update(warmup_steps=10, lr=1e-3)
-        config.train.update(batch_size=32, num_steps=200, log_every=20, eval_every=100, eval_batch_size=64,
-                            progress_bar="runlocal" in variants)
+        config.train.update(batch_size=32, num_steps=200, log_every=20, eval_every=100)
         config.checkpoint.update(every=100)
         config.data.max_eval_chunks = 256
         config.policy.n_action_steps = 4  # the tiny tokenizers of the oat.py runlocal/test configs have H = 8
     if "test" in variants:
         config.model.update(width=32, depth=1, num_heads=2, state_hidden=32, dropout=0.0)
-        config.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4, eval_batch_size=32)
-        config.checkpoint.update(every=2, async_save=False)
+        config.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4)
+        config.checkpoint.every = 2
         config.data.max_eval_chunks = 64
         if "horizon" in config.data:
             config.data.horizon = 8  # the tiny tokenizers' H

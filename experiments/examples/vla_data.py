@@ -45,9 +45,8 @@ def train_tokenizer(directory: str, steps: int) -> str:
     from experiments.configs import oat as oat_configs
     from oat_jax.training import train_and_evaluate
     config = oat_configs.get_config("runlocal")
-    config.train.update(num_steps=steps, batch_size=64, eval_every=steps, log_every=max(steps // 4, 1),
-                        progress_bar=False)
-    config.optim.update(schedule="cosine", warmup_steps=20)
+    config.train.update(num_steps=steps, batch_size=64, eval_every=steps, log_every=max(steps // 4, 1))
+    config.optim.update(min_lr_ratio=0.05, warmup_steps=20)
     config.checkpoint.every = steps
     train_and_evaluate(config, directory)
     return directory

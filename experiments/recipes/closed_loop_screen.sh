@@ -26,7 +26,7 @@ for spec in $TYPES; do
       echo "$(stamp) tokenizer $name seed $s"
       # shellcheck disable=SC2086
       python -m experiments.train --config="experiments/configs/oat.py$variant" --config.data.path="$DATA" \
-        --config.seed="$s" --config.train.progress_bar=False $flags --workdir="$RUNS/tok_${name}_s$s" \
+        --config.seed="$s" $flags --workdir="$RUNS/tok_${name}_s$s" \
         > "$LOGS/tok_${name}_s$s.log" 2>&1
     fi
   done
@@ -40,7 +40,7 @@ for spec in $TYPES; do
       # shellcheck disable=SC2086
       python -m experiments.train --config=experiments/configs/policy.py:oat --config.tokenizer.path="$RUNS/tok_${name}_s$s" \
         --config.data.path="$DATA" --config.train.num_steps="$POLICY_STEPS" --config.seed="$s" \
-        --config.train.progress_bar=False $POLICY_FLAGS --workdir="$work" > "$LOGS/policy_${name}_st${POLICY_STEPS}_s$s.log" 2>&1
+        $POLICY_FLAGS --workdir="$work" > "$LOGS/policy_${name}_st${POLICY_STEPS}_s$s.log" 2>&1
     fi
   done
 done

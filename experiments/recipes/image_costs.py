@@ -57,8 +57,8 @@ def train_step_ms(num_cameras: int) -> float:
                           num_heads=4, state_hidden=FLAGS.width, num_cameras=num_cameras,
                           image_shape=(s, s, 3) if num_cameras else ())
     model = TokenPolicyModel(config)
-    optim = ml_collections.ConfigDict(dict(lr=3e-4, warmup_steps=10, schedule="cosine", min_lr_ratio=0.05, b1=0.9,
-                                           b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
+    optim = ml_collections.ConfigDict(dict(lr=3e-4, warmup_steps=10, min_lr_ratio=0.05, weight_decay=0.0,
+                                           clip_norm=1.0))
     tx, schedule = make_optimizer(optim, 1000)
     step = jax.jit(make_policy_train_step(model, tx, schedule, ml_collections.ConfigDict(
         dict(power=0.75, max_decay=0.999))))

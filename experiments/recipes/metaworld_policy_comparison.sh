@@ -56,7 +56,7 @@ for t in $TYPES; do
       echo "$(stamp) tokenizer $t seed $s"
       # shellcheck disable=SC2086
       python -m experiments.train --config="experiments/configs/oat.py$variant" --config.data.path="$DATA" \
-        --config.seed="$s" --config.train.progress_bar=False $TOKENIZER_FLAGS --workdir="$RUNS/tok_${t}_s$s" \
+        --config.seed="$s" $TOKENIZER_FLAGS --workdir="$RUNS/tok_${t}_s$s" \
         > "$LOGS/tok_${t}_s$s.log" 2>&1
     fi
   done
@@ -71,7 +71,7 @@ for t in $TYPES; do
       echo "$(stamp) policy $t seed $s"
       # shellcheck disable=SC2086
       python -m experiments.train --config="experiments/configs/policy.py:$t" $tok --config.data.path="$DATA" \
-        --config.train.num_steps="$POLICY_STEPS" --config.seed="$s" --config.train.progress_bar=False \
+        --config.train.num_steps="$POLICY_STEPS" --config.seed="$s" \
         $POLICY_FLAGS --workdir="$work" > "$LOGS/policy_${t}_s$s.log" 2>&1
     fi
   done

@@ -51,8 +51,8 @@ def main(argv):
         ks = [k for k in (1, 2, 4, 8) if k < config.max_tokens] + [config.max_tokens]
         infer = {k: 1000 * _time(lambda k=k: sampler(params, obs, jax.random.PRNGKey(1), k), args.repeats) for k in ks}
         model = TokenPolicyModel(config)
-        optim = ml_collections.ConfigDict(dict(lr=3e-4, warmup_steps=10, schedule="cosine", min_lr_ratio=0.05, b1=0.9,
-                                               b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0))
+        optim = ml_collections.ConfigDict(dict(lr=3e-4, warmup_steps=10, min_lr_ratio=0.05, weight_decay=0.0,
+                                               clip_norm=1.0))
         tx, schedule = make_optimizer(optim, 1000)
         state = init_policy_state(model, tx, 0)
         step = jax.jit(make_policy_train_step(model, tx, schedule, ml_collections.ConfigDict(

@@ -29,7 +29,7 @@ POWER = dict(nested_dropout="power", power=-1.0, full=0.9)
 SHAPES = {"reference (enc_patch 1, dec_patch 1, pow2)": ({}, Objective()),
           "patched (enc_patch 2, dec_patch 4), one decode per example": (PATCHED, Objective(**POWER)),
           "patched, short rows at every length < N, weighted by P(k) + hinge (objective.split)":
-              (PATCHED, Objective(**POWER, split=True, monotone_weight=0.1, monotone_margin=0.05)),
+              (PATCHED, Objective(**POWER, split=True, monotone_weight=0.1)),
           "OAT x (patched, every example at N)": (PATCHED, Objective(nested_dropout="none"))}
 BATCH, ROUNDS, STEPS = 128, 5, 20
 

@@ -7,6 +7,7 @@ The model, optimizer and EMA settings come from the training config the benchmar
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -17,32 +18,29 @@ from oat_jax import timing
 from oat_jax.benchmarks.costs import flops_of, rate_fields
 from oat_jax.benchmarks.inputs import random_normalizer
 from oat_jax.model import OATModel
-from oat_jax.training import optim, sharding
+from oat_jax.training import optim, run_config, sharding
 from oat_jax.training.tokenizer import step as tokenizer_step
-from oat_jax.training.tokenizer.objective import Objective
 
 
 def _train_setup(config: ml_collections.ConfigDict, dtype: str, batch: int, devices: list):
     """(compiled train step, state, batch {"actions": (batch, H, D_a) float32}) for the training config
     `config.training` on a data-parallel mesh of `devices`."""
-    tcfg = ml_collections.ConfigDict(config.training.to_dict())
-    tcfg.model.update(dtype=dtype, **config.model_overrides.to_dict())
-    mcfg = tokenizer_step.model_config(tcfg.model, int(config.train.action_dim))
+    run = run_config.tokenizer_run(config.training)
+    mcfg = dataclasses.replace(run.model, action_dim=int(config.train.action_dim), dtype=dtype,
+                               **config.model_overrides.to_dict())
     rng = np.random.default_rng(config.seed)
     normalizer = random_normalizer(rng, mcfg.action_dim)
-    mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1}), devices)
+    mesh = sharding.make_mesh(1, devices)
     sharding.check_batch_divisible(batch, mesh)
     model = OATModel(mcfg)
-    tx, schedule = optim.make_optimizer(tcfg.optim, int(tcfg.train.num_steps))
+    tx, schedule = optim.make_optimizer(run.optim, int(run.train.num_steps))
     init_fn = lambda: tokenizer_step.init_train_state(model, tx, int(config.seed))  # noqa: E731
-    state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, tcfg.sharding)
+    state_sharding = sharding.tree_shardings(jax.eval_shape(init_fn), mesh, run.sharding)
     state = jax.jit(init_fn, out_shardings=state_sharding)()
     batch_sharding = sharding.batch_sharding(mesh)
     actions = normalizer.normalize(rng.uniform(-2.0, 2.0, (batch, mcfg.horizon, mcfg.action_dim)).astype(np.float32))
     data = {"actions": jax.device_put(actions, batch_sharding)}
-    objective = Objective.from_dict(tcfg.objective)
-    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, tcfg.ema, objective, tcfg.get("augment"), 1,
-                                                  mesh),
+    step = jax.jit(tokenizer_step.make_train_step(model, tx, schedule, run.ema, run.objective, run.augment),
                    in_shardings=(state_sharding, batch_sharding),
                    out_shardings=(state_sharding, sharding.replicated(mesh)), donate_argnums=(0,))
     return step.lower(state, data).compile(), state, data

@@ -3,11 +3,12 @@
 The training data is one dataset or a weighted mixture (`dataset_members`; one dataset is a mixture of one), each
 member normalized on the host with its own statistics' normalizer. Two ways to feed the train step, both yielding
 this process's rows of the global batch (`train_batches`):
-- in memory (`config.data.in_memory`, default): every train chunk is loaded once into numpy arrays; the global
+- in memory (`config.data.shuffle_buffer` = 0, default): every train chunk is loaded once into numpy arrays; the global
   batch of step s is a fixed function of (seed, s) (one dataset: epoch-wise permutations), and each process takes
   its rows. Resuming at step s therefore replays exactly the batches of an uninterrupted run, whatever the process
   count.
-- streaming: `loader.make_chunk_dataset` with this process's episode shard, shuffled and repeated, re-seeded from
+- streaming (`shuffle_buffer` > 0): `loader.make_chunk_dataset` with this process's episode shard, shuffled
+  through a buffer of that many chunks and repeated, re-seeded from
   the start step on resume (statistically, not bitwise, equivalent to an uninterrupted run). For datasets that do
   not fit in host memory.
 Evaluation always uses an in-memory, evenly spaced subset of the validation chunks, identical on every process.
@@ -42,17 +43,16 @@ class Member:
 
 
 def dataset_members(data_cfg: ml_collections.ConfigDict) -> list[Member]:
-    """The training datasets of `config.data`: the members of `mixture` ('name_or_path:weight,...'), else the one
-    dataset of `dataset_spec`. Raises ValueError (naming the flags) for a mixture given with path/name, and for
-    members whose actions have different sizes."""
-    mixture = getattr(data_cfg, "mixture", "")
-    if not mixture:
+    """The training datasets of `config.data`: the members of a mixture in `path` ('name_or_path:weight,...'),
+    else the one dataset of `dataset_spec` (a mixture of one). Raises ValueError (naming the flags) for a mixture
+    given with a name, and for members whose actions have different sizes."""
+    mixture = data_cfg.path or ""
+    if not loader.is_mixture(mixture):
         spec = dataset_spec(data_cfg)
         return [Member(loader.dataset_label(spec), spec)]
-    if data_cfg.path or data_cfg.name:
-        raise ValueError("config.data.mixture replaces config.data.path and config.data.name: set either the mixture "
-                         "(members as 'name_or_path:weight,...', names read from config.data.data_dir) or one "
-                         "dataset.")
+    if data_cfg.name:
+        raise ValueError("config.data.path holds a mixture (members 'name_or_path:weight,...', names read from "
+                         "config.data.data_dir); leave config.data.name empty.")
     specs = [dataclasses.replace(spec, source_split=getattr(data_cfg, "source_split", "train") or "train")
              for spec in loader.parse_mixture(mixture, data_cfg.data_dir or None,
                                               getattr(data_cfg, "action_keys", ""))]
@@ -63,7 +63,7 @@ def dataset_members(data_cfg: ml_collections.ConfigDict) -> list[Member]:
         full = rlds_reader.composed_action_dim(m.spec, steps)
         dims[m.label] = len(m.spec.action_dims) if m.spec.action_dims is not None else full
     if len(set(dims.values())) > 1:
-        raise ValueError(f"config.data.mixture: the members' actions differ in size {dims}; a tokenizer has one "
+        raise ValueError(f"config.data.path: the mixture members' actions differ in size {dims}; a tokenizer has one "
                          f"action size. Choose fields of equal total size with --config.data.action_keys (members "
                          f"without a registered layout) or mix datasets of one action layout.")
     return members
@@ -105,7 +105,10 @@ def dataset_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
     """`loader.DatasetSpec` for `config.data` (path, or name + data_dir; neither = the embedded Meta-World)."""
     if data_cfg.path and data_cfg.name:
         raise ValueError("config.data: set either path (a builder directory) or name (+ data_dir), not both.")
-    if not (data_cfg.path or data_cfg.name or getattr(data_cfg, "allow_embedded", True)):
+    if loader.is_mixture(data_cfg.path):
+        raise ValueError(f"config.data.path={data_cfg.path!r} is a mixture; this run reads one dataset (a policy "
+                         f"trains on one dataset): give one builder directory.")
+    if data_cfg.path is None and not data_cfg.name:  # a config that needs a dataset (:paper) sets path None
         raise ValueError("This config needs a dataset: add --config.data.path=RLDS_BUILDER_DIR, or "
                          "--config.data.name=NAME --config.data.data_dir=TFDS_DATA_DIR.")
     keys, split = getattr(data_cfg, "action_keys", ""), getattr(data_cfg, "source_split", "train") or "train"
@@ -153,9 +156,13 @@ def load_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, s
     return chunks
 
 
-def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int) -> np.ndarray:
-    """At most `config.data.max_eval_chunks` validation chunks, evenly spaced over the split: (M, H, D_a) f32."""
-    return evenly_spaced(load_chunks(spec, data_cfg, "val", horizon), int(data_cfg.max_eval_chunks))
+EVAL_CHUNKS = 4096  # a tokenizer's held-out MSE is measured on at most this many chunks per dataset
+
+
+def eval_chunks(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, horizon: int,
+                limit: int = EVAL_CHUNKS) -> np.ndarray:
+    """At most `limit` validation chunks, evenly spaced over the split: (M, H, D_a) float32."""
+    return evenly_spaced(load_chunks(spec, data_cfg, "val", horizon), int(limit))
 
 
 def eval_dataset_specs(entries: str, flag: str = "config.data.eval_datasets") -> dict[str, loader.DatasetSpec]:
@@ -181,19 +188,19 @@ def eval_dataset_specs(entries: str, flag: str = "config.data.eval_datasets") ->
     return specs
 
 
-def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int,
-                      flag: str = "config.data.eval_datasets") -> dict[str, np.ndarray]:
+def extra_eval_chunks(data_cfg: ml_collections.ConfigDict, horizon: int, flag: str = "config.data.eval_datasets",
+                      limit: int = EVAL_CHUNKS) -> dict[str, np.ndarray]:
     """{label: (M, H, D_a) float32 chunks} of every episode of each `config.data.eval_datasets` entry (at most
-    `max_eval_chunks` per dataset, evenly spaced): data the model never trains on, e.g. unseen tasks.
+    `limit` per dataset, evenly spaced): data the model never trains on, e.g. unseen tasks.
 
     'auto' means the embedded unseen-task set ('metaworld_heldout') when training on the embedded Meta-World MT10
-    dataset (config.data.path, name and mixture empty), and nothing otherwise. Errors name `flag`.
+    dataset (config.data.path and name empty), and nothing otherwise. Errors name `flag`.
     """
     entries = getattr(data_cfg, "eval_datasets", "")
     if entries == "auto":
-        embedded = not (data_cfg.path or data_cfg.name or getattr(data_cfg, "mixture", None))
+        embedded = not (data_cfg.path or data_cfg.name)
         entries = "metaworld_heldout" if embedded else ""
-    return {label: evenly_spaced(load_chunks(spec, data_cfg, "all", horizon), int(data_cfg.max_eval_chunks))
+    return {label: evenly_spaced(load_chunks(spec, data_cfg, "all", horizon), int(limit))
             for label, spec in eval_dataset_specs(entries, flag).items()}
 
 
@@ -302,8 +309,11 @@ class StreamingBatches:
 def train_batches(members: Sequence[Member], normalizers: Sequence[Normalizer], data_cfg: ml_collections.ConfigDict,
                   horizon: int, global_batch: int, rows: np.ndarray, seed: int, start_step: int):
     """The training data's normalized batches: `InMemoryBatches` or `StreamingBatches` following
-    `config.data.in_memory`; `local_batch(step)` -> {"actions": (b, H, D_a) float32}."""
-    if data_cfg.in_memory:
+    `config.data.shuffle_buffer` (0: in memory); `local_batch(step)` -> {"actions": (b, H, D_a) float32}."""
+    if int(data_cfg.shuffle_buffer) < 0:
+        raise ValueError(f"config.data.shuffle_buffer must be 0 (in memory) or a buffer size > 0 (streaming), got "
+                         f"{data_cfg.shuffle_buffer}.")
+    if not data_cfg.shuffle_buffer:
         chunks = [n.normalize(load_chunks(m.spec, data_cfg, "train", horizon)) for m, n in zip(members, normalizers)]
         logging.info("Loaded %s train chunks of shape %s into memory.",
                      ", ".join(f"{m.label}: {len(c)}" for m, c in zip(members, chunks)), chunks[0].shape[1:])

@@ -52,21 +52,21 @@ def setup_errors() -> Iterator[None]:
 
 
 def mesh_and_batch_sharding(config: Any) -> tuple[Mesh, NamedSharding]:
-    """The device mesh of `config.mesh` and the batch sharding over it; ValueError unless config.train.batch_size
-    (over config.optim.accum_steps micro-batches) and eval_batch_size split evenly over the devices."""
-    mesh = make_mesh(config.mesh)
-    check_batch_divisible(int(config.train.batch_size), mesh, int(config.optim.accum_steps))
-    check_batch_divisible(int(config.train.eval_batch_size), mesh)
+    """The device mesh of `config.sharding.fsdp` and the batch sharding over it; ValueError unless
+    config.train.batch_size splits evenly over the devices."""
+    mesh = make_mesh(config.sharding.fsdp)
+    check_batch_divisible(int(config.train.batch_size), mesh)
     return mesh, batch_sharding(mesh)
 
 
 @contextlib.contextmanager
 def checkpoint_store(config: Any, workdir: str, run_items: tuple[str, ...],
                      best_metric: str) -> Iterator[CheckpointStore]:
-    """`workdir/checkpoints` with the run kind's items (`artifacts.*_RUN_ITEMS`) and config.checkpoint's
-    retention; closed (pending writes finished) on exit."""
+    """`workdir/checkpoints` with the run kind's items (`artifacts.*_RUN_ITEMS`), keeping config.checkpoint.keep_last
+    recent steps and the one with the lowest `best_metric`, written in the background; closed (pending writes
+    finished) on exit."""
     store = CheckpointStore(os.path.join(workdir, "checkpoints"), run_items[3:], config.checkpoint.keep_last,
-                            config.checkpoint.keep_best, best_metric, config.checkpoint.async_save)
+                            keep_best=1, best_metric=best_metric, async_save=True)
     try:
         yield store
     finally:

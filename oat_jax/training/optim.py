@@ -1,7 +1,5 @@
-"""Optimizer: AdamW with decay on >=2-D weights only, global-norm clipping, warmup + constant/cosine schedule.
-
-Gradient accumulation is done inside the jitted train step (micro-batches scanned, gradients averaged before
-one optimizer update, see `tokenizer/step.py`), so one step here is always one parameter update.
+"""Optimizer: AdamW with decay on >=2-D weights only, global-norm clipping, warmup then a cosine schedule (constant
+with `min_lr_ratio` 1).
 """
 
 from __future__ import annotations
@@ -13,25 +11,25 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-SCHEDULES = ("constant", "cosine")
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.95, 1e-8  # AdamW betas and epsilon (the reference's)
 
-
-ADAM_EPS = 1e-8  # AdamW epsilon (the reference's)
 
 def make_lr_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """Learning rate per update index `count` (0-based): linear warmup, then constant or cosine decay.
+    """Learning rate per update index `count` (0-based): linear warmup, then a cosine decay.
 
     Warmup: lr * (count + 1) / warmup_steps for count < warmup_steps, so the very first update already moves the
-    params (a warmup starting at exactly 0 wastes a step). Cosine: from lr down to lr * min_lr_ratio at `num_steps`.
+    params (a warmup starting at exactly 0 wastes a step). Cosine: from lr down to lr * min_lr_ratio at `num_steps`;
+    min_lr_ratio 1 keeps lr constant (the reference's schedule).
 
     Args:
-      optim: config with `lr`, `warmup_steps`, `schedule` ('constant' | 'cosine'), `min_lr_ratio`.
+      optim: config with `lr`, `warmup_steps`, `min_lr_ratio` (in (0, 1]).
       num_steps: total number of updates of the run (the end of the cosine).
     Returns:
       A function int32 scalar -> float32 scalar learning rate.
     """
-    if optim.schedule not in SCHEDULES:
-        raise ValueError(f"config.optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}.")
+    if not 0.0 < optim.min_lr_ratio <= 1.0:
+        raise ValueError(f"config.optim.min_lr_ratio must be in (0, 1] (1: a constant lr after the warmup), got "
+                         f"{optim.min_lr_ratio}.")
     if optim.lr <= 0:
         raise ValueError(f"config.optim.lr must be > 0, got {optim.lr}.")
     if optim.warmup_steps < 0:
@@ -43,8 +41,6 @@ def make_lr_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.
     def schedule(count):
         count = jnp.asarray(count, jnp.float32)
         warm = peak * jnp.minimum(1.0, (count + 1.0) / max(warmup, 1))
-        if optim.schedule == "constant":
-            return warm
         progress = jnp.clip((count - warmup) / decay_steps, 0.0, 1.0)
         cosine = floor + 0.5 * (peak - floor) * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(count < warmup, warm, cosine)
@@ -62,14 +58,14 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int) -> tuple[op
     """AdamW (+ optional global-norm clipping) following `config.optim`.
 
     Args:
-      optim: config with `lr`, `warmup_steps`, `schedule`, `min_lr_ratio`, `b1`, `b2`, `weight_decay`,
+      optim: config with `lr`, `warmup_steps`, `min_lr_ratio`, `weight_decay`,
         `clip_norm` (<= 0 disables clipping).
       num_steps: total number of updates of the run.
     Returns:
       (optax transformation over float32 params, the learning-rate schedule for logging).
     """
     schedule = make_lr_schedule(optim, num_steps)
-    adamw = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=ADAM_EPS, weight_decay=optim.weight_decay,
+    adamw = optax.adamw(schedule, b1=ADAM_B1, b2=ADAM_B2, eps=ADAM_EPS, weight_decay=optim.weight_decay,
                         mask=weight_decay_mask)
     if optim.clip_norm and optim.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(optim.clip_norm), adamw), schedule

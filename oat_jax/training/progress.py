@@ -1,8 +1,15 @@
-"""Progress bar (tqdm) showing the step, the training loss and steps/s; a no-op when disabled."""
+"""Progress bar (tqdm) showing the step, the training loss and steps/s, on a terminal or in a notebook; elsewhere
+(a log file, a batch job, a test) its messages go to the log instead."""
 
 from __future__ import annotations
 
 import logging
+import sys
+
+
+def interactive() -> bool:
+    """True when stderr is a terminal or the code runs in a Jupyter kernel: where a progress bar is readable."""
+    return "ipykernel" in sys.modules or (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
 
 
 class Progress:
@@ -11,12 +18,11 @@ class Progress:
     Args:
       total: number of steps of the run.
       initial: first step (non-zero when resuming).
-      enabled: False on processes other than 0 or when config.train.progress_bar is off (messages then go to
-        the log).
+      enabled: False on processes other than 0; None = `interactive()` (messages go to the log without a bar).
     """
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None):
+        self.enabled = enabled = interactive() if enabled is None else enabled
         self._bar = None
         if enabled:
             from tqdm.auto import tqdm

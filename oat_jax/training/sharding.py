@@ -1,8 +1,8 @@
 """Device mesh, sharding rules (as data) and host-to-global batch assembly.
 
-Mesh axes: ('data', 'fsdp'). The batch is split over both axes (every device gets a distinct slice of examples);
-params and optimizer state follow `config.sharding.rules`: an ordered list of (regex, rule) pairs matched with
-`re.search` against a leaf's '/'-joined path, first match wins, where rule is
+Mesh axes: ('data', 'fsdp'), `config.sharding.fsdp` devices on the second. The batch is split over both axes (every
+device gets a distinct slice of examples); params and optimizer state follow `config.sharding.rules`: an ordered
+list of (regex, rule) pairs matched with `re.search` against a leaf's '/'-joined path, first match wins, where rule is
   'replicate'          a full copy on every device,
   'fsdp'               the largest dimension divisible by the 'fsdp' axis size is split over it (leaves smaller
                        than `config.sharding.fsdp_min_size` elements stay replicated),
@@ -51,29 +51,22 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
                  jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def make_mesh(mesh_cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the ('data', 'fsdp') mesh.
+def make_mesh(fsdp: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ('data', 'fsdp') mesh: `fsdp` devices on the fsdp axis, the rest on the data axis.
 
     Args:
-      mesh_cfg: `config.mesh` with `data` and `fsdp` sizes; one of them may be -1 (= all remaining devices).
+      fsdp: `config.sharding.fsdp`: devices on the fsdp axis (1 = pure data parallelism, -1 = every device).
       devices: devices to use (default: all global devices, process-major order).
     Returns:
-      A `Mesh` of shape (data, fsdp).
+      A `Mesh` of shape (len(devices) // fsdp, fsdp).
     """
     devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp)]
-    if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh: at most one of data/fsdp may be -1, got data={sizes[0]}, fsdp={sizes[1]}.")
-    if -1 in sizes:
-        known = int(np.prod([s for s in sizes if s != -1]))
-        if known < 1 or n % known:
-            raise ValueError(f"config.mesh: {n} devices cannot be split into data={sizes[0]}, fsdp={sizes[1]}.")
-        sizes[sizes.index(-1)] = n // known
-    if sizes[0] * sizes[1] != n or min(sizes) < 1:
-        raise ValueError(f"config.mesh: data*fsdp = {sizes[0]}*{sizes[1]} must equal the {n} devices in use; "
-                         f"set one of them to -1 to fill the rest.")
-    return Mesh(np.asarray(devices, dtype=object).reshape(sizes), MESH_AXES)
+    n, fsdp = len(devices), int(fsdp)
+    fsdp = n if fsdp == -1 else fsdp
+    if fsdp < 1 or n % fsdp:
+        raise ValueError(f"config.sharding.fsdp={fsdp} must divide the {n} devices in use (or be -1 = all of "
+                         f"them; 1 = data parallelism only).")
+    return Mesh(np.asarray(devices, dtype=object).reshape(n // fsdp, fsdp), MESH_AXES)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -148,16 +141,12 @@ def tree_shardings(tree: Any, mesh: Mesh, sharding_cfg: ml_collections.ConfigDic
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
-def check_batch_divisible(global_batch: int, mesh: Mesh, accum_steps: int = 1) -> None:
-    """Raises ValueError unless the global batch splits evenly over processes, devices and micro-batches."""
+def check_batch_divisible(global_batch: int, mesh: Mesh) -> None:
+    """Raises ValueError unless the global batch splits evenly over processes and devices."""
     n_dev, n_proc = mesh.devices.size, jax.process_count()
-    if accum_steps < 1:
-        raise ValueError(f"config.optim.accum_steps must be >= 1, got {accum_steps}.")
-    if global_batch % accum_steps or (global_batch // accum_steps) % n_dev or global_batch % n_proc:
-        raise ValueError(f"Global batch {global_batch} cannot be split evenly: it must be divisible by "
-                         f"accum_steps ({accum_steps}) and the micro-batch {global_batch}/{accum_steps} by the "
-                         f"{n_dev} devices of the mesh (and the batch by the {n_proc} processes). Choose "
-                         f"config.train.batch_size as a multiple of {accum_steps * n_dev}.")
+    if global_batch % n_dev or global_batch % n_proc:
+        raise ValueError(f"Global batch {global_batch} cannot be split evenly over the {n_dev} devices of the mesh "
+                         f"(and the {n_proc} processes). Choose config.train.batch_size as a multiple of {n_dev}.")
 
 
 def process_rows(sharding: NamedSharding, global_batch: int) -> np.ndarray:

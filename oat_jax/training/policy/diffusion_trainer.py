@@ -62,7 +62,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run = run_config.policy_run(config)
     run_json = run_config.to_json(run)
     is_main, num_steps = jax.process_index() == 0, int(run.train.num_steps)
-    batch_size, eval_batch_size = int(run.train.batch_size), int(run.train.eval_batch_size)
+    batch_size = int(run.train.batch_size)
     with contextlib.ExitStack() as closing:
         with loop.setup_errors():  # a config or data error here prints as one line
             mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
@@ -119,12 +119,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         def evaluate(params) -> dict[str, float]:  # held-out denoising loss and sampled-chunk MSE
             return summarize_diffusion_eval(
-                loop.held_out_sums(eval_step, params, val_arrays, batch_sharding, eval_batch_size))
+                loop.held_out_sums(eval_step, params, val_arrays, batch_sharding, batch_size))
 
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with (StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar,
+        with (StopRequest() as stop, Progress(num_steps, start, None if is_main else False) as bar,
               loop.prefetched(batches, start, num_steps, batch_sharding, batch_size) as feed):
             while step < num_steps:
                 state, step_metrics = train_step(state, next(feed))  # the next batches are assembled meanwhile

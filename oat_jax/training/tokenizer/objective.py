@@ -14,8 +14,8 @@ Two batch plans:
 - split (`split=True`): round(B * P(k < N)) "short" rows are each decoded at every k < N in the support (encoded
   once), those decodes weighted by P(k | k < N); the other rows are decoded at N. Every row weighs 1/B, so the
   expected share of each k is the reference's, with far less variance on the rare short prefixes. On the short rows
-  `monotone_weight` adds a hinge on any k that decodes worse than (1 - `monotone_margin`) x the k before it.
-`detach_tokens` m > 0: decodes of all N tokens pass only `detach_scale` of their gradient into codes 0..m-1, so the
+  `monotone_weight` adds a hinge on any k that decodes worse than (1 - MONOTONE_MARGIN) x the k before it.
+`detach_tokens` m > 0: decodes of all N tokens pass only DETACH_SCALE of their gradient into codes 0..m-1, so the
 leading tokens are shaped mostly by the short prefixes (the forward value is unchanged).
 """
 
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from oat_jax.model import OATModel
 
 NESTED_DROPOUT_MODES = ("pow2", "uniform", "power", "none")
+# The hinge's margin and the detached codes' gradient share, chosen with the register encoder (0.05 and 0.3 among
+# 0-0.1 and 0-0.5; docs/TOKENIZER_FIDELITY.md, findings 11-13) and kept with the conv encoder.
+MONOTONE_MARGIN, DETACH_SCALE = 0.05, 0.3
 
 
 def keep_length_distribution(num_tokens: int, mode: str, power: float = 1.0,
@@ -69,10 +72,8 @@ class Objective:
     power: float = 1.0  # exponent of 'power': P(k) ~ k**power.
     full: float = 0.0  # extra mass on k = N: P(k) = (1 - full) P_mode(k) + full [k = N].
     split: bool = False  # the split batch plan (see the module docstring) instead of one sampled k per row.
-    monotone_weight: float = 0.0  # split only: weight of the hinge on out-of-order prefixes of the short rows.
-    monotone_margin: float = 0.0  # the hinge acts when MSE(k) > (1 - margin) * MSE(k - 1).
-    detach_tokens: int = 0  # m: full-length decodes pass only detach_scale of their gradient into codes 0..m-1.
-    detach_scale: float = 0.0  # share of that gradient the first m codes still get, in [0, 1).
+    monotone_weight: float = 0.0  # split only: weight of the hinge on a prefix with MSE(k) > 0.95 MSE(k - 1).
+    detach_tokens: int = 0  # m: full-length decodes pass only 0.3 of their gradient into codes 0..m-1.
 
     def validate(self, num_tokens: int) -> None:
         """Raises ValueError naming the first field that is out of range, inert or contradicts another."""
@@ -81,15 +82,12 @@ class Objective:
                              f"{self.nested_dropout!r}.")
         if not 0.0 <= self.full <= 1.0:
             raise ValueError(f"config.objective.full must be a probability in [0, 1], got {self.full}.")
-        if self.monotone_weight < 0.0 or not 0.0 <= self.monotone_margin < 1.0:
-            raise ValueError(f"config.objective.monotone_weight must be >= 0 and monotone_margin in [0, 1), got "
-                             f"{self.monotone_weight} and {self.monotone_margin}.")
+        if self.monotone_weight < 0.0:
+            raise ValueError(f"config.objective.monotone_weight must be >= 0, got {self.monotone_weight}.")
         m = self.detach_tokens
         if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m < num_tokens:
             raise ValueError(f"config.objective.detach_tokens must be an int in 0..{num_tokens - 1} (num_tokens - 1), "
                              f"got {m!r}.")
-        if not 0.0 <= self.detach_scale < 1.0:
-            raise ValueError(f"config.objective.detach_scale must be in [0, 1), got {self.detach_scale}.")
         if not self.ordered:
             inert = [name for name, value in (("split", self.split), ("full", self.full),
                                               ("monotone_weight", self.monotone_weight),
@@ -101,10 +99,6 @@ class Objective:
         if self.monotone_weight and not self.split:
             raise ValueError("config.objective.monotone_weight > 0 acts on the split plan's short rows: it needs "
                              "config.objective.split=True.")
-        if self.monotone_margin and not self.monotone_weight:
-            raise ValueError("config.objective.monotone_margin has no effect with monotone_weight=0.")
-        if self.detach_scale and not self.detach_tokens:
-            raise ValueError("config.objective.detach_scale has no effect with detach_tokens=0.")
         if self.power != 1.0 and self.nested_dropout != "power":
             raise ValueError(f"config.objective.power has no effect with nested_dropout={self.nested_dropout!r} "
                              f"(it is the exponent of 'power').")
@@ -142,15 +136,14 @@ class Objective:
             return 0
         return int(round(batch_size * self.short_mass(num_tokens)))
 
-    def row_lengths(self, rng: jax.Array, batch_size: int, num_tokens: int, accum_steps: int = 1) -> jax.Array:
+    def row_lengths(self, rng: jax.Array, batch_size: int, num_tokens: int) -> jax.Array:
         """The prefix length each row of a batch is decoded at (split plan: its shortest), (B,) int32 in 1..N.
 
-        Sampled plan: one draw from P(k) per row (all N for 'none'). Split plan: no randomness; each of the
-        `accum_steps` micro-batches (rows i, i + accum_steps, ... of the batch) has its short rows first, so the
-        batch's first short_rows(B / accum_steps) * accum_steps rows are short.
+        Sampled plan: one draw from P(k) per row (all N for 'none'). Split plan: no randomness; the batch's first
+        short_rows(B) rows are short.
         """
         if self.split and self.ordered:
-            short = self.short_rows(batch_size // accum_steps, num_tokens) * accum_steps
+            short = self.short_rows(batch_size, num_tokens)
             shortest = int(self.short_lengths(num_tokens)[0][0])
             return jnp.where(jnp.arange(batch_size) < short, shortest, num_tokens).astype(jnp.int32)
         values, probs = self.distribution(num_tokens)
@@ -185,7 +178,7 @@ class Objective:
             per_column = self.column_losses(model, params, actions[:short], columns, short_rng)
             short_loss = jnp.sum(per_column * jnp.asarray(weights, jnp.float32))
             if self.monotone_weight:
-                short_loss += self.monotone_weight * monotone_penalty(per_column, self.monotone_margin)
+                short_loss += self.monotone_weight * monotone_penalty(per_column, MONOTONE_MARGIN)
             total += short * short_loss
         return total / batch
 
@@ -196,7 +189,7 @@ class Objective:
     def _reconstruct(self, module: OATModel, actions: jax.Array, lengths: jax.Array) -> jax.Array:
         """(Bound model) actions (B, H, D_a), lengths (B,) -> (B, H, D_a) float32, dropout on, detach applied."""
         codes = module.codes(actions, deterministic=False)
-        codes = detach_leading(codes, lengths, self.detach_tokens, self.detach_scale)
+        codes = detach_leading(codes, lengths, self.detach_tokens, DETACH_SCALE)
         return module.decode(codes, lengths, deterministic=False)
 
     def column_losses(self, model: OATModel, params: Any, actions: jax.Array, lengths: jax.Array,
@@ -212,7 +205,7 @@ class Objective:
             codes = module.codes(x, deterministic=False)
             b, m = k.shape
             flat = k.reshape(-1)
-            codes = detach_leading(jnp.repeat(codes, m, axis=0), flat, self.detach_tokens, self.detach_scale)
+            codes = detach_leading(jnp.repeat(codes, m, axis=0), flat, self.detach_tokens, DETACH_SCALE)
             recon = module.decode(codes, flat, deterministic=False)  # (B*M, H, D_a)
             return recon.reshape((b, m) + recon.shape[1:])
 

@@ -64,7 +64,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         run = run_config.tokenizer_run(config)
     run_json = run_config.to_json(run)
     is_main, num_steps = jax.process_index() == 0, int(run.train.num_steps)
-    batch_size, eval_batch_size = int(run.train.batch_size), int(run.train.eval_batch_size)
+    batch_size = int(run.train.batch_size)
     with contextlib.ExitStack() as closing:
         with loop.setup_errors():  # a config or data error here prints as one line
             mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
@@ -90,8 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if latest is not None:
                 logging.info("Resumed from the checkpoint of step %d in %s.", latest, ckpt.manager.directory)
             train_step = loop.jit_train_step(
-                make_train_step(model, tx, schedule, run.ema, objective, run.augment,
-                                int(run.optim.accum_steps), mesh), state_sharding, batch_sharding)
+                make_train_step(model, tx, schedule, run.ema, objective, run.augment), state_sharding,
+                batch_sharding)
             held_out = _held_out(run, members, normalizers, model, cfg, state_sharding.ema_params,
                                  batch_sharding)
             rows, start = process_rows(batch_sharding, batch_size), int(loop.host_value(state.step))
@@ -104,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # --- the loop: step, log, evaluate, checkpoint; a stop signal checkpoints the current step and returns ---
         step, saved, evaluated, metrics, pending = start, latest, None, {}, []
         rate = loop.StepRate(step)
-        with (StopRequest() as stop, Progress(num_steps, start, is_main and run.train.progress_bar) as bar,
+        with (StopRequest() as stop, Progress(num_steps, start, None if is_main else False) as bar,
               loop.prefetched(batches, start, num_steps, batch_sharding, batch_size) as feed):
             while step < num_steps:
                 state, step_metrics = train_step(state, next(feed))  # the next batches are assembled meanwhile
@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     bar.update(step, loss=values["loss"], steps_per_sec=steps_per_sec)
                     pending = []
                 if loop.itstime(step, run.train.eval_every, num_steps):
-                    metrics, evaluated = held_out_metrics(state.ema_params, held_out, eval_batch_size), step
+                    metrics, evaluated = held_out_metrics(state.ema_params, held_out, batch_size), step
                     loop.log_eval(writer, step, metrics)
                     bar.write(_eval_line(step, metrics, cfg.num_tokens, held_out.curve_labels))
                 stopping = step < num_steps and stop.agreed_at(step, run.train.log_every)
@@ -128,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         loop.log_train(writer, pending, rate.rate(step), ckpt, run.optim.lr)
                     return loop.stopped(step, ckpt)
             if evaluated != step:  # a finished run resumed: evaluate again for the export
-                metrics = held_out_metrics(state.ema_params, held_out, eval_batch_size)
+                metrics = held_out_metrics(state.ema_params, held_out, batch_size)
                 loop.log_eval(writer, step, metrics)
                 bar.write(_eval_line(step, metrics, cfg.num_tokens, held_out.curve_labels))
             if saved != step:
@@ -171,7 +171,7 @@ def _statistics(run: run_config.TokenizerRun, workdir: str, members: list[data.M
         started = f"the mixture {saved_members}" if saved_members else "one dataset"
         raise ValueError(f"The run in {workdir} was started on {started}; the config names "
                          f"{f'the mixture {names}' if names else 'one dataset'}. Resume with the training "
-                         f"data it started with (config.data.mixture / path / name), or use a new --workdir.")
+                         f"data it started with (config.data.path / name), or use a new --workdir.")
     raw_dims = [int(d) for d in str(run.normalizer.unnormalized_dims).split(",") if d.strip()]
     if raw_dims:
         dim = len(stats["action"]["min"])
