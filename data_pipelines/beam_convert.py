@@ -20,6 +20,7 @@ filesystem the workers share.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import itertools
@@ -31,7 +32,7 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import lerobot, metaworld_experts, sources, splits, statistics
+from data_pipelines import lerobot, metaworld_experts, reaper, sources, splits, statistics
 from data_pipelines.rlds_writer import (TRAIN_STATISTICS_SPLIT, VERSION, Episode, EpisodeError, _example,
                                         check_dataset_name, commit, dataset_name, episode_features, prepare_output,
                                         staging_dir, validate_episode)
@@ -230,8 +231,11 @@ def build(config: SourceConfig, output: str, *, name: str, description: str, mas
                               features=episode_features(first, config.image_encoding), description=description,
                               statistics_path=stats_path)
         download = tfds.download.DownloadConfig(beam_options=pipeline_options(num_workers, beam_pipeline_options))
+        # The DirectRunner's worker processes end with this one, even when it is killed.
+        local = contextlib.nullcontext() if beam_pipeline_options else reaper.descendants_end_with_this_process()
         try:
-            builder.download_and_prepare(download_config=download)
+            with local:
+                builder.download_and_prepare(download_config=download)
         except Exception as e:  # noqa: BLE001  (Beam wraps worker errors; recover the source's message)
             found = re.search(re.escape(_ERROR_TAG) + r"(\w+): (.+?)" + re.escape(_ERROR_END), str(e), re.DOTALL)
             if found:
