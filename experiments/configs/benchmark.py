@@ -28,7 +28,8 @@ def apply_quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.tokenizer.update(dtypes=("float32",), prefix_lengths=(1, 4), throughput_batches=(8,), latency_repeats=1,
                             throughput_repeats=1, api_repeats=1)
     config.train.update(dtypes=("float32",), batch_sizes=(8,), repeats=1, multi_batch_sizes=(8,))
-    config.data.update(batch_size=16, batches=2, warmup=1, repeats=1, cache=(False,), in_memory=False)
+    config.data.update(batch_size=16, batches=2, warmup=1, repeats=1, cache=(False,), in_memory=False,
+                       jpeg_episodes=4, jpeg_steps=40, jpeg_size=32)
     return config
 
 
@@ -81,6 +82,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.data.repeats = 5  # timed windows (each builds the pipeline anew).
     config.data.cache = (False, True)  # tf.data pipeline without / with the in-memory trajectory cache.
     config.data.in_memory = True  # also time the training loop's in-memory batcher (oat_jax.training.data).
+    # A generated RLDS dataset with a camera in every step, as published datasets have (0 episodes = skip it).
+    config.data.jpeg_episodes = 200  # episodes of it.
+    config.data.jpeg_steps = 100  # steps per episode.
+    config.data.jpeg_size = 224  # camera height and width (JPEG).
 
     if "quick" in variants:
         apply_quick(config)

@@ -55,23 +55,63 @@ def _in_memory_row(config: ml_collections.ConfigDict, dataset: str) -> dict[str,
             "load_s": load_s, "chunks_in_memory": int(len(chunks))}
 
 
+def write_jpeg_rlds(output: str, episodes: int, steps: int, size: int, seed: int = 0) -> str:
+    """An RLDS builder directory at `output` laid out like a published Open X-Embodiment dataset: per step a 7-D
+    action, a (size, size, 3) camera stored as JPEG (smooth images with a little noise, so the files are of a
+    camera's size, not of noise's) and an 8-D state. Returns `output`."""
+    from data_pipelines import rlds_writer
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, size, dtype=np.float32)
+
+    def episode(i: int) -> rlds_writer.Episode:
+        shift = rng.integers(0, 55, (steps, 1, 1, 1))
+        frames = (ramp[None, :, None, None] + ramp[None, None, :, None] / 2 + shift
+                  + rng.integers(0, 8, (steps, size, size, 3))).clip(0, 255).astype(np.uint8)
+        return rlds_writer.Episode(source=f"generated episode {i}", action=rng.normal(size=(steps, 7)),
+                                   observation={"image": frames, "state": rng.normal(size=(steps, 8))},
+                                   language="pick up the block")
+
+    return rlds_writer.write_rlds((episode(i) for i in range(episodes)), output, image_encoding="jpeg",
+                                  overwrite=True, statistics_split=None)
+
+
+def _pipeline_row(label: str, dataset: str, d: ml_collections.ConfigDict, cache: bool) -> dict[str, Any]:
+    stats = timing.summarize([chunk_pipeline_seconds(dataset, horizon=d.horizon, batch_size=d.batch_size,
+                                                     batches=d.batches, warmup=d.warmup, cache=cache)
+                              for _ in range(d.repeats)])  # seconds per batch
+    return {"pipeline": label + (" cache" if cache else ""), "batch": d.batch_size, **stats,
+            "items_per_s": d.batch_size / stats["median_s"]}
+
+
 def run_data(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """Chunks/s of the tf.data chunk pipeline (without / with its trajectory cache, `config.data.cache`; the
-    summary is over `config.data.repeats` windows) and of the in-memory batcher: {"results": [row dicts]}."""
+    summary is over `config.data.repeats` windows) over `config.data.dataset`, of the in-memory batcher, and
+    (`config.data.jpeg_episodes` > 0) of the pipeline over a generated RLDS dataset with a
+    `jpeg_size` x `jpeg_size` JPEG camera in every step (read, never decoded): {"results": [row dicts]}."""
     from data_pipelines import EMBEDDED_DATASET_DIR
 
     d = config.data
     dataset = d.dataset or EMBEDDED_DATASET_DIR
-    rows = []
-    for cache in d.cache:
-        stats = timing.summarize([chunk_pipeline_seconds(dataset, horizon=d.horizon, batch_size=d.batch_size,
-                                                         batches=d.batches, warmup=d.warmup, cache=bool(cache))
-                                  for _ in range(d.repeats)])  # seconds per batch
-        rows.append({"pipeline": "tf.data" + (" cache" if cache else ""), "batch": d.batch_size, **stats,
-                     "items_per_s": d.batch_size / stats["median_s"]})
+    label = "tf.data" if d.dataset else "tf.data (embedded)"
+    rows = [_pipeline_row(label, dataset, d, bool(cache)) for cache in d.cache]
     if d.in_memory:
         rows.append(_in_memory_row(config, dataset))
+    if d.jpeg_episodes > 0:
+        folder = tempfile.mkdtemp(prefix="oat_jpeg_rlds_")
+        try:
+            clock = timing.Stopwatch()
+            path = write_jpeg_rlds(os.path.join(folder, "jpeg_rlds"), d.jpeg_episodes, d.jpeg_steps, d.jpeg_size)
+            write_s = clock.elapsed()
+            row = _pipeline_row(f"tf.data (RLDS, {d.jpeg_size}x{d.jpeg_size} JPEG per step)", path, d, False)
+            rows.append({**row, "write_s": write_s, "dataset_mib": _folder_mib(path)})
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
     return {"results": rows}
+
+
+def _folder_mib(path: str) -> float:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files) / 2 ** 20
 
 
 def write_image_source(folder: str, episodes: int, files: int = 8, steps: int = 40, size: int = 64,

@@ -45,17 +45,26 @@ def tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                      for r in phase_rows(report, "tokenizer")]))
     train = phase_rows(report, "train") + phase_rows(report, "train_multi")
     if train:
-        out.append(("Train step (paper model, AdamW + clip + EMA; multi-device flops are per device)",
-                    ["devices", "dtype", "batch", "median ms (p10-p90)", "chunks/s", "GFLOP/step", "GFLOP/s",
-                     "of matmul peak"],
-                    [[str(r["devices"]), r["dtype"], str(r["batch"]), _ms(r), _num(r["items_per_s"]),
+        out.append(("Train step (AdamW + clip + EMA; the oat.py config named; multi-device flops are per device)",
+                    ["config", "devices", "dtype", "batch", "median ms (p10-p90)", "chunks/s", "GFLOP/step",
+                     "GFLOP/s", "of matmul peak"],
+                    [[r.get("config", "paper"), str(r["devices"]), r["dtype"], str(r["batch"]), _ms(r),
+                      _num(r["items_per_s"]),
                       _num(None if r["flops"] is None else r["flops"] / 1e9, ",.1f"), _num(r["gflops_per_s"], ",.1f"),
                       _pct(r.get("fraction_of_matmul_peak"))] for r in train]))
     if phase_rows(report, "data"):
-        out.append(("Data pipeline (embedded Meta-World RLDS, H=32)",
+        out.append(("Data pipeline (host side, H=32)",
                     ["pipeline", "batch", "ms/batch median (p10-p90)", "chunks/s"],
                     [[r["pipeline"], str(r["batch"]), _ms(r), _num(r["items_per_s"])]
                      for r in phase_rows(report, "data")]))
+    if phase_rows(report, "data") and train:
+        t = max(train, key=lambda r: r["items_per_s"])  # the fastest-consuming train step measured
+        out.append((f"Feed vs step: host chunks/s against the fastest step's ({t['devices']} device(s), "
+                    f"{t['dtype']}, batch {t['batch']}: {_num(t['items_per_s'])} chunks/s)",
+                    ["pipeline", "host chunks/s", "host / step", "training is bound by"],
+                    [[d["pipeline"], _num(d["items_per_s"]), f"{d['items_per_s'] / t['items_per_s']:.2f}",
+                      "the host (data)" if d["items_per_s"] < t["items_per_s"] else "the device (step)"]
+                     for d in phase_rows(report, "data")]))
     phases = report["phases"]
     out.append(("Peak host memory per phase (ru_maxrss)", ["phase", "peak RSS MiB", "increase in phase MiB",
                                                           "wall s"],
