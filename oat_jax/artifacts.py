@@ -51,6 +51,9 @@ WORKDIR_TOKENIZER = "tokenizer"  # <workdir>/tokenizer: the final EMA tokenizer 
 WORKDIR_POLICY = "policy"  # <workdir>/policy: the final EMA policy of a policy run
 WORKDIR_FROZEN_TOKENIZER = "frozen_tokenizer"  # <workdir>/frozen_tokenizer: the tokenizer a policy run trains on
 CHECKPOINTS_DIR = "checkpoints"
+# <workdir>/checkpoints/step_manifests.json: written by runs that give every step an integrity manifest, so a step
+# of theirs without one is an error (steps of older runs, which lack the marker, load unverified).
+STEP_MANIFESTS_FILE = "step_manifests.json"
 METRICS_FILE = "metrics.jsonl"  # one {"step": s, "eval/...": ...} record per line
 FINAL_METRICS_FILE = "final_metrics.json"
 
@@ -108,8 +111,7 @@ def read_json(path) -> Any:
 def _verify(path: epath.Path, what: str, required: bool = False) -> None:
     """Checks a local directory against its integrity manifest (remote paths are not hashed). `required`: a
     directory saved whole with its manifest (a tokenizer with action_tokenizer.json, a policy), so a missing one is
-    an IntegrityError; tokenizers of the first layout and checkpoint steps (a run killed between a step's commit and
-    its manifest leaves none) load unverified without one."""
+    an IntegrityError; tokenizers of the first layout load unverified without one."""
     if "://" in str(path):
         return
     if not integrity.verify(str(path), what) and required:
@@ -117,6 +119,29 @@ def _verify(path: epath.Path, what: str, required: bool = False) -> None:
             f"{path} has no {integrity.MANIFEST_FILE}: every {what} of this layout is saved with one, so it was "
             f"deleted (or the directory was copied without it) and the files cannot be checked. Save the {what} "
             f"again, or load with verify=False at your own risk.")
+
+
+def _verify_step(path: epath.Path, step: int) -> None:
+    """Checks checkpoint step directory `path` against its manifest; in a run that marks its checkpoints
+    (`STEP_MANIFESTS_FILE`) a step without one is an IntegrityError, other runs' steps load unverified."""
+    if "://" in str(path):
+        return
+    if not integrity.verify(str(path), f"checkpoint of step {step}") and (path.parent / STEP_MANIFESTS_FILE).exists():
+        raise integrity.IntegrityError(
+            f"{path} has no {integrity.MANIFEST_FILE}, though this run records one for every checkpoint step: it "
+            f"was deleted, or the run was killed within moments of saving step {step}. Running the training command "
+            f"again (it resumes) records it; verify=False loads the step unchecked, at your own risk.")
+
+
+def mark_step_manifests(checkpoints_dir: str) -> None:
+    """Writes `STEP_MANIFESTS_FILE` in a local checkpoint directory (atomically: a temporary file renamed)."""
+    path = os.path.join(checkpoints_dir, STEP_MANIFESTS_FILE)
+    if os.path.isfile(path):
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"format": 1, "every_step_has": integrity.MANIFEST_FILE}, f)
+    os.replace(tmp, path)
 
 
 
@@ -406,7 +431,7 @@ def read_tokenizer(path, step: Step = None, sharding: ShardingLike = None, verif
                  "dataset_normalizers": location.path / DATASET_NORMALIZERS_FILE}
     else:
         if verify:
-            _verify(location.path, f"checkpoint of step {location.step}")
+            _verify_step(location.path, location.step)
         source = str(location.path)
         saved = _checkpoint_json(location, (TOKENIZER_ITEM, RUN_CONFIG_ITEM, STATS_ITEM))
         if TOKENIZER_ITEM in saved:
@@ -537,7 +562,7 @@ def read_policy(path, step: Step = None, abstract: Callable[[dict], Any] | None 
         tokenizer_dir = location.path / POLICY_TOKENIZER_DIR
         return meta, params, str(tokenizer_dir) if tokenizer_dir.exists() else None
     if verify:
-        _verify(location.path, f"checkpoint of step {location.step}")
+        _verify_step(location.path, location.step)
     saved = _checkpoint_json(location, (POLICY_ITEM, FROZEN_TOKENIZER_ITEM))
     if POLICY_ITEM not in saved:
         raise FileNotFoundError(f"{location.path} holds no {POLICY_ITEM!r} item (a tokenizer checkpoint, or a policy "

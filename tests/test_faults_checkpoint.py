@@ -37,3 +37,29 @@ def test_damaged_checkpoint_stops_resume_and_load_naming_the_file(tmp_path, tiny
     with pytest.raises(integrity.IntegrityError) as e:
         trainer.train_and_evaluate(more, workdir)
     assert target in str(e.value)
+
+
+def test_a_step_whose_manifest_was_deleted_is_refused_until_the_run_records_it(tmp_path, tiny_dataset,  # noqa: F811
+                                                                                compilation_cache):  # noqa: F811
+    """A run marks its checkpoints (every step gets a manifest): a step of it without one is an error naming the
+    way out; reopening the run as its writer (a resume) records the manifest again; runs written before the marker
+    existed still load unverified."""
+    from oat_jax import OATTokenizer, artifacts
+    from oat_jax.training.checkpointing import CheckpointStore
+
+    workdir = str(tmp_path / "run")
+    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    assert os.path.isfile(os.path.join(checkpoints, artifacts.STEP_MANIFESTS_FILE))
+    os.remove(os.path.join(checkpoints, "4", integrity.MANIFEST_FILE))
+    with pytest.raises(integrity.IntegrityError, match=r"has no integrity\.json, though this run records one"):
+        OATTokenizer.load(workdir, step=4)
+    with pytest.raises(integrity.IntegrityError, match="records one for every checkpoint step"):
+        load_pretrained(workdir, step="latest")
+    OATTokenizer.load(workdir, step=4, verify=False)  # the way out the message names
+    CheckpointStore(checkpoints, (artifacts.STATS_ITEM, artifacts.TOKENIZER_ITEM)).close()  # the run's writer
+    assert integrity.verify(os.path.join(checkpoints, "4"))
+    OATTokenizer.load(workdir, step=4)
+    os.remove(os.path.join(checkpoints, "4", integrity.MANIFEST_FILE))  # a run from before the marker
+    os.remove(os.path.join(checkpoints, artifacts.STEP_MANIFESTS_FILE))
+    OATTokenizer.load(workdir, step=4)

@@ -56,6 +56,12 @@ class CheckpointStore:
                                              item_names=artifacts.ALL_ITEMS)
         self._unhashed: list[int] = []  # committed (or committing) steps whose integrity manifest is not written
         self._verified: set[int] = set()  # steps already checked (restore_json then restore read the same step)
+        if not read_only and jax.process_index() == 0 and "://" not in str(self.manager.directory):
+            # Every step of this run gets a manifest; a step a killed run committed without one gets it now (this
+            # process is the run's writer), and loaders refuse a marked run's step that lacks one.
+            self._unhashed = self.all_steps()
+            self._hash_committed()
+            artifacts.mark_step_manifests(str(self.manager.directory))
 
     def step_dir(self, step: int) -> str:
         """Directory of the checkpoint of `step`."""
