@@ -211,3 +211,19 @@ def test_policy_loaders_name_what_is_wrong(tmp_path):
     for loader in (load_policy, TokenPolicy.load):
         with pytest.raises(FileNotFoundError, match="checkpoint of a tokenizer run, not a policy"):
             loader(workdir)
+
+
+def test_another_tokenizer_type_is_an_error_naming_the_file(saved, tmp_path):
+    """action_tokenizer.json naming a type no loader knows (manifest rewritten): a ValueError naming the file and
+    the known types, not a KeyError."""
+    from oat_jax.action_tokenizers import load_action_tokenizer
+
+    copy = _copy(saved, tmp_path)
+    path = os.path.join(copy, "action_tokenizer.json")
+    content = json.load(open(path))
+    content["type"] = "vq_vae"
+    json.dump(content, open(path, "w"))
+    os.remove(os.path.join(copy, integrity.MANIFEST_FILE))
+    integrity.write_manifest(copy)
+    with pytest.raises(ValueError, match=r"action_tokenizer\.json names type 'vq_vae'; known types: \["):
+        load_action_tokenizer(copy)
