@@ -4,7 +4,9 @@ Apache Beam's DirectRunner (`--num_workers`) starts its SDK workers as child pro
 pipeline ends; if the conversion itself is killed (SIGKILL, the out-of-memory killer), the workers would be left
 running. `descendants_end_with_this_process()` starts a small watcher process that keeps a list of this process's
 descendants (read from /proc every `poll_s` seconds) and, as soon as this process is gone or leaves the block,
-ends those still running (SIGTERM, then SIGKILL after `grace_s`). Linux only; elsewhere the block runs unwatched.
+ends those still running (SIGTERM, then SIGKILL after `grace_s`), together with every process that inherited the
+block's environment token (`TOKEN_VARIABLE`: workers started between two polls). Linux only; elsewhere the block
+runs unwatched.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import contextlib
 import os
 import subprocess
 import sys
+import uuid
 from typing import Iterator
+
+TOKEN_VARIABLE = "OAT_REAPER_TOKEN"  # set in the environment the block's processes inherit
 
 _WATCHER = r"""
 import os, select, signal, sys, time
 parent, poll_s, grace_s = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+token = ("%s=%s" % (sys.argv[4], sys.argv[5])).encode()
 me = os.getpid()
 
 def stat(pid):
@@ -51,6 +57,22 @@ while True:
     seen.update(descendants())
     seen = {pid: start for pid, start in seen.items() if stat(pid) is not None and stat(pid)[1] == start}
 
+def inherited():
+    out = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (me, parent):
+            try:
+                with open(f"/proc/{name}/environ", "rb") as f:
+                    if token in f.read().split(b"\0"):
+                        s = stat(int(name))
+                        if s is not None:
+                            out[int(name)] = s[1]
+            except OSError:
+                pass
+    return out
+
+seen.update(inherited())
+
 def alive():
     return [pid for pid, start in seen.items() if (stat(pid) or (0, None))[1] == start]
 
@@ -73,11 +95,17 @@ def descendants_end_with_this_process(poll_s: float = 0.5, grace_s: float = 3.0)
     if not sys.platform.startswith("linux") or not os.path.isdir("/proc/self"):
         yield
         return
-    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(os.getpid()), str(poll_s), str(grace_s)],
-                               stdin=subprocess.PIPE, start_new_session=True)
+    token, previous = uuid.uuid4().hex, os.environ.get(TOKEN_VARIABLE)
+    watcher = subprocess.Popen([sys.executable, "-c", _WATCHER, str(os.getpid()), str(poll_s), str(grace_s),
+                                TOKEN_VARIABLE, token], stdin=subprocess.PIPE, start_new_session=True)
+    os.environ[TOKEN_VARIABLE] = token
     try:
         yield
     finally:
+        if previous is None:
+            os.environ.pop(TOKEN_VARIABLE, None)
+        else:
+            os.environ[TOKEN_VARIABLE] = previous
         watcher.stdin.close()  # the watcher ends whatever of the block's processes still runs, then exits
         try:
             watcher.wait(timeout=grace_s + 10.0)

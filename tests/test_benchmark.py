@@ -91,9 +91,12 @@ def test_inprocess_tokenizer_and_data_phases_report_every_setting():
     # detokenize: the input-independent first self-attention runs once per batch
     assert jit[("detokenize", 1)] < jit[("detokenize", big)] < big * jit[("detokenize", 1)]
 
-    (data,) = report["phases"]["data"]["results"]
-    _check_timing(data)
-    assert data["pipeline"] == "tf.data" and data["items_per_s"] > 0
+    data, jpeg = report["phases"]["data"]["results"]
+    for row in (data, jpeg):
+        _check_timing(row)
+        assert row["items_per_s"] > 0
+    assert data["pipeline"] == "tf.data (embedded)"
+    assert jpeg["pipeline"] == "tf.data (RLDS, 32x32 JPEG per step)" and jpeg["dataset_mib"] > 0
     for phase in report["phases"].values():
         assert phase["memory"]["peak_rss_mib"] > 0 and phase["wall_s"] > 0
     text = bench_report.format_text(report)
