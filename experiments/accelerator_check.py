@@ -61,12 +61,13 @@ def main(argv):
 
     quick = _QUICK.value or jax.default_backend() == "cpu"
     bench_cfg, step_cfg, scale = _configs(quick)
-    bench = run_benchmark(bench_cfg, ["matmul", "tokenizer", "train", "data"])
-    scale_step = run_benchmark(step_cfg, ["train"])["phases"].get("train", {})
+    # Each phase in its own process (its peak memory is its own); tiny sizes run in this one.
+    bench = run_benchmark(bench_cfg, ["matmul", "tokenizer", "train", "data"], isolate=not quick)
+    scale_step = run_benchmark(step_cfg, ["train"], isolate=not quick)["phases"].get("train", {})
     bench["phases"].setdefault("train", {"results": []}).setdefault("results", []).extend(
         scale_step.get("results", []))
     targets.add_peak_fractions(bench)  # the recipe's step against the same matmul peak
-    seconds = 60.0 * _MINUTES.value if not quick else 10.0
+    seconds = 60.0 * _MINUTES.value if not quick else 5.0
     step_s = accelerator.step_seconds(bench, "scale", scale.model.dtype, int(scale.train.batch_size))
     steps = accelerator.steps_for(seconds, step_s)
     print(f"[accelerator_check] training oat.py:scale for {steps} steps (~{seconds:.0f} s)", flush=True)

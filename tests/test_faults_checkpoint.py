@@ -2,6 +2,7 @@
 step's files stops a resume (and load_pretrained) with an error naming the file."""
 
 import os
+import shutil
 
 import pytest
 
@@ -16,10 +17,17 @@ def _data_files(step_dir):
                   if f != integrity.MANIFEST_FILE and os.sep + "params" + os.sep in os.path.join(d, f))
 
 
-def test_damaged_checkpoint_stops_resume_and_load_naming_the_file(tmp_path, tiny_dataset,  # noqa: F811
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):  # noqa: F811
+    """A finished tiny tokenizer run (checkpoints of steps 2 and 4); each test works on its own copy."""
+    workdir = str(tmp_path_factory.mktemp("trained") / "run")
+    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)
+    return workdir
+
+
+def test_damaged_checkpoint_stops_resume_and_load_naming_the_file(tmp_path, trained, tiny_dataset,  # noqa: F811
                                                                  compilation_cache):  # noqa: F811
-    workdir = str(tmp_path / "run")
-    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)  # steps 2 and 4
+    workdir = shutil.copytree(trained, str(tmp_path / "run"))
     steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
     assert steps == [2, 4]
     for step in steps:  # committed steps carry a manifest that still matches after the run closed
@@ -39,16 +47,14 @@ def test_damaged_checkpoint_stops_resume_and_load_naming_the_file(tmp_path, tiny
     assert target in str(e.value)
 
 
-def test_a_step_whose_manifest_was_deleted_is_refused_until_the_run_records_it(tmp_path, tiny_dataset,  # noqa: F811
-                                                                                compilation_cache):  # noqa: F811
+def test_a_step_whose_manifest_was_deleted_is_refused_until_the_run_records_it(tmp_path, trained):
     """A run marks its checkpoints (every step gets a manifest): a step of it without one is an error naming the
     way out; reopening the run as its writer (a resume) records the manifest again; runs written before the marker
     existed still load unverified."""
     from oat_jax import OATTokenizer, artifacts
     from oat_jax.training.checkpointing import CheckpointStore
 
-    workdir = str(tmp_path / "run")
-    trainer.train_and_evaluate(train_helpers.tiny_config(tiny_dataset), workdir)
+    workdir = shutil.copytree(trained, str(tmp_path / "run"))
     checkpoints = os.path.join(workdir, "checkpoints")
     assert os.path.isfile(os.path.join(checkpoints, artifacts.STEP_MANIFESTS_FILE))
     os.remove(os.path.join(checkpoints, "4", integrity.MANIFEST_FILE))
