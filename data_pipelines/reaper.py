@@ -49,13 +49,16 @@ def descendants():
                 todo.append(pid)
     return out
 
+def alive():
+    return [pid for pid, start in seen.items() if (stat(pid) or (0, None))[1] == start]
+
 seen = {}
 while True:
     ready, _, _ = select.select([sys.stdin], [], [], poll_s)
     if ready and not sys.stdin.buffer.read1(64):
         break  # the parent closed the pipe: it left the block, or it died
     seen.update(descendants())
-    seen = {pid: start for pid, start in seen.items() if stat(pid) is not None and stat(pid)[1] == start}
+    seen = {pid: seen[pid] for pid in alive()}  # forget the ended ones (one /proc read each)
 
 def inherited():
     out = {}
@@ -72,9 +75,6 @@ def inherited():
     return out
 
 seen.update(inherited())
-
-def alive():
-    return [pid for pid, start in seen.items() if (stat(pid) or (0, None))[1] == start]
 
 for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 0.0)):
     for pid in alive():

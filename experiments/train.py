@@ -81,8 +81,9 @@ def main(argv):
 
 if __name__ == "__main__":
     from oat_jax.training.run_config import removed_field_errors
-    for line in removed_field_errors(sys.argv[1:]):  # before flag parsing, which would only say 'no such key'
+    removed = removed_field_errors(sys.argv[1:])  # before flag parsing, which would only say 'no such key'
+    for line in removed:
         print(f"error: {line}", file=sys.stderr)
-    if removed_field_errors(sys.argv[1:]):
+    if removed:
         sys.exit(2)
     app.run(main)
