@@ -127,10 +127,12 @@ def _decode_images(frame: dict, features: dict) -> dict:
     return {**frame, "observation": observation}
 
 
-def _frame_dataset(spec: DatasetSpec, index: int, *, split: str, horizon: int, shuffle: bool, repeat: bool,
+def frame_dataset(spec: DatasetSpec, index: int, *, split: str, horizon: int, shuffle: bool, repeat: bool,
                    seed: int, process_index: int, process_count: int, val_fraction: float, split_seed: int,
                    n_obs_steps: int, with_language: bool, with_episode_ids: bool, shuffle_buffer: int,
                    episode_shuffle_buffer: int, cache: bool, num_parallel_calls: int) -> tuple[tf.data.Dataset, dict]:
+    """One dataset's unbatched chunks (the arguments of `make_chunk_dataset`; `index` fills "dataset_index") and
+    its Image observation features {name: feature} (the images stay encoded bytes)."""
     ids = process_episode_ids(spec, split, val_fraction=val_fraction, split_seed=split_seed,
                               process_index=process_index, process_count=process_count)
     obs_keys = {}
@@ -225,7 +227,7 @@ def make_chunk_dataset(
     process_count = 1 if process_count is None else int(process_count)
     specs = normalize_mixture(datasets)
     members = [
-        _frame_dataset(spec, i, split=split, horizon=horizon, shuffle=shuffle, repeat=repeat,
+        frame_dataset(spec, i, split=split, horizon=horizon, shuffle=shuffle, repeat=repeat,
                        seed=seed + 7919 * process_index + 104729 * i, process_index=process_index,
                        process_count=process_count, val_fraction=val_fraction, split_seed=split_seed,
                        n_obs_steps=n_obs_steps, with_language=with_language, with_episode_ids=with_episode_ids,

@@ -147,8 +147,13 @@ def mark_step_manifests(checkpoints_dir: str) -> None:
 
 # ----- params (Orbax) -----
 def save_params(directory: str, params: Any) -> None:
-    """Writes a param tree (any arrays; fetched to the host) as an Orbax checkpoint at local `directory`."""
-    with ocp.StandardCheckpointer() as checkpointer:
+    """Writes a param tree (any arrays; fetched to the host) as an Orbax checkpoint at local `directory`. Only this
+    process takes part: in a multi-process run one process writes while the others go on (no global barrier)."""
+    options = {}
+    if jax.process_count() > 1:
+        options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+            primary_host=jax.process_index(), active_processes={jax.process_index()})
+    with ocp.StandardCheckpointer(**options) as checkpointer:
         checkpointer.save(os.fspath(directory), jax.device_get(params))
 
 

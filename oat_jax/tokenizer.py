@@ -308,6 +308,18 @@ class OATTokenizer:
         lens = input_checks.check_lengths(k, x.shape[0], self.num_tokens, self.num_tokens)
         return self._run("autoencode", x, lens)
 
+    def device_tokenizer(self) -> tuple[Callable, Any]:
+        """(fn, params) with `fn(params, actions)` tokenizing raw actions (B, H, D_a) float32 -> tokens (B, N) int32,
+        lengths (B,) int32 in pure jax (jit-traceable, no host checks): the targets a policy's train step makes on
+        the device from streamed chunks."""
+        fns, n = self._fns, self.num_tokens
+
+        def tokenize(params, actions):
+            tokens = fns.tokenize(params, actions).astype(jnp.int32)
+            return tokens, jnp.full(tokens.shape[:1], n, jnp.int32)
+
+        return tokenize, self.params
+
     # ----- persistence -----
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes the tokenizer directory (`oat_jax.artifacts`: config.json, normalizer.json, params/,

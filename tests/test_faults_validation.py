@@ -102,10 +102,12 @@ def test_nan_in_an_observation_is_an_error_naming_the_dataset_and_episode(tmp_pa
     monkeypatch.undo()
     config = policy_configs.get_config("oat,test")
     config.data.path, config.data.val_fraction = path, 0.0
-    spec = policy_data.policy_spec(config.data)
-    with pytest.raises(ValueError, match=r"inf_state .*episode\(s\) of the 'train' split have NaN/Inf in their "
-                                         r"observation 'state' \(episode ids \[4\]\)"):
-        policy_data.load_pairs(spec, config.data, "train", 8, 2)
+    with pytest.raises(ValueError, match=r"inf_state .*episode\(s\) \[4\] of the 'train' split have NaN/Inf "
+                                         r"state observations"):
+        policy_data.load_pairs(config.data, "train", 8, 2)
+    with pytest.raises(ValueError, match=r"inf_state .*episode\(s\) \[4\] of the 'train' split have NaN/Inf "
+                                         r"state observations"):  # the normalizer's frames are checked too
+        policy_data.fit_normalizers(config.data, "gaussian")
 
 
 def test_finite_but_huge_actions_are_an_error_naming_the_episode(tmp_path, monkeypatch):

@@ -8,7 +8,8 @@ import oat_jax
 
 FORBIDDEN = ("tensorflow", "data_pipelines", "oat_jax.training")
 # benchmark phases that time the training step and the data pipeline: they run in their own processes
-TRAINING_BENCHMARKS = ("oat_jax.benchmarks.train_phase", "oat_jax.benchmarks.data_phase")
+TRAINING_BENCHMARKS = ("oat_jax.benchmarks.train_phase", "oat_jax.benchmarks.data_phase",
+                       "oat_jax.benchmarks.policy_feed")
 
 
 def _core_modules():

@@ -47,12 +47,13 @@ def image_dataset(tmp_path_factory):
 
 def _data_cfg(path: str, image_keys) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(path=path, name="", action_keys="", source_split="train", val_fraction=0.0,
-                                          split_seed=0, obs_keys=("observation/state",), image_keys=image_keys))
+                                          split_seed=0, state_keys=("observation/state",), image_keys=image_keys,
+                                          language_key="", max_eval_chunks=64))
 
 
 def test_load_pairs_aligns_image_histories_with_states(image_dataset):
     cfg = _data_cfg(image_dataset, ("observation/wrist", "observation/image"))
-    pairs = policy_data.load_pairs(policy_data.policy_spec(cfg), cfg, "all", horizon=2, n_obs_steps=K)
+    pairs = policy_data.load_pairs(cfg, "all", horizon=2, n_obs_steps=K)
     m = sum(EPISODE_LENS)
     assert pairs["state"].shape == (m, K, 2) and pairs["state"].dtype == np.float32
     assert pairs["image"].shape == (m, K, 2, SIZE, SIZE, 3) and pairs["image"].dtype == np.uint8
@@ -73,13 +74,13 @@ def test_load_pairs_aligns_image_histories_with_states(image_dataset):
 
 def test_load_pairs_without_image_keys_is_unchanged(image_dataset):
     cfg = _data_cfg(image_dataset, ())
-    pairs = policy_data.load_pairs(policy_data.policy_spec(cfg), cfg, "all", horizon=2, n_obs_steps=K)
+    pairs = policy_data.load_pairs(cfg, "all", horizon=2, n_obs_steps=K)
     assert set(pairs) == {"actions", "state"}
 
 
 def test_image_policy_trains_one_step_on_loaded_pairs(image_dataset):
     cfg = _data_cfg(image_dataset, ("observation/image",))
-    pairs = policy_data.load_pairs(policy_data.policy_spec(cfg), cfg, "all", horizon=2, n_obs_steps=2)
+    pairs = policy_data.load_pairs(cfg, "all", horizon=2, n_obs_steps=2)
     config = PolicyConfig(vocab_size=12, max_tokens=4, obs_dim=2, n_obs_steps=2, num_cameras=1,
                           image_shape=(SIZE, SIZE, 3), conv_channels=(8, 8), keypoints=4, width=32, depth=1,
                           num_heads=2, state_hidden=16, dropout=0.0)
@@ -212,7 +213,7 @@ def test_metaworld_generator_stores_camera_frames_of_each_state(tmp_path):
     assert metaworld.main(["--tasks=reach-v3", "--episodes_per_task=1", "--camera=corner", "--image_size=16",
                            f"--output={out}"]) == 0
     cfg = _data_cfg(out, ("observation/image",))
-    pairs = policy_data.load_pairs(policy_data.policy_spec(cfg), cfg, "all", horizon=4, n_obs_steps=2)
+    pairs = policy_data.load_pairs(cfg, "all", horizon=4, n_obs_steps=2)
     assert pairs["image"].shape[1:] == (2, 1, 16, 16, 3) and pairs["image"].dtype == np.uint8
     assert pairs["state"].shape[1:] == (2, 39) and pairs["image"].std() > 1.0
     # the arm moves: frames of the first and last state differ

@@ -3,7 +3,6 @@ and their own data rows each) match a single 8-device process, and their checkpo
 
 import functools
 import os
-import socket
 
 import jax
 import numpy as np
@@ -15,7 +14,6 @@ from train_helpers import compilation_cache, tiny_dataset  # noqa: F401  (pytest
 from oat_jax import OATTokenizer, artifacts
 from oat_jax.model import OATModel
 from oat_jax.training import checkpointing, train_and_evaluate
-from oat_jax.training.metrics import read_metrics
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.tokenizer.step import init_train_state
 from oat_jax.training.run_config import oat_config
@@ -23,21 +21,11 @@ from oat_jax.training.run_config import oat_config
 FLAGS = ("--config.train.num_steps=3", "--config.train.eval_every=3", "--config.checkpoint.every=3")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _losses(workdir):
-    return [r["train/loss"] for r in sorted(read_metrics(workdir), key=lambda r: r["step"]) if "train/loss" in r]
-
-
 @pytest.mark.usefixtures("compilation_cache")
 def test_two_processes_match_one(tmp_path, tiny_dataset):
     data = tiny_dataset
     multi = str(tmp_path / "multi")
-    address = f"localhost:{_free_port()}"
+    address = f"localhost:{train_helpers.free_port()}"
     procs = []
     for i in range(2):
         cmd = train_helpers.train_command(multi, data, *FLAGS, f"--coordinator_address={address}",
@@ -50,7 +38,7 @@ def test_two_processes_match_one(tmp_path, tiny_dataset):
     single = str(tmp_path / "single")
     config = train_helpers.tiny_config(data, **{"train.num_steps": 3, "train.eval_every": 3, "checkpoint.every": 3})
     metrics = train_and_evaluate(config, single)  # this process: 8 devices, one process
-    multi_losses, single_losses = _losses(multi), _losses(single)
+    multi_losses, single_losses = train_helpers.train_losses(multi), train_helpers.train_losses(single)
     assert len(multi_losses) == len(single_losses) == 3
     np.testing.assert_allclose(multi_losses, single_losses, rtol=1e-5)
 

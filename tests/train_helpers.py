@@ -1,6 +1,7 @@
 """Shared pieces of the training tests: a tiny RLDS dataset, the tiny 'test' config, subprocess launching."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -72,9 +73,10 @@ def subprocess_env(num_devices: int = 8, cache_dir: str | None = None) -> dict:
     return env
 
 
-def train_command(workdir: str, data_path: str, *flags: str) -> list[str]:
-    """`python -m experiments.train` with the 'test' config on the tiny dataset plus extra `--config.*` flags."""
-    return [sys.executable, "-m", "experiments.train", f"--config={REPO}/experiments/configs/oat.py:test",
+def train_command(workdir: str, data_path: str, *flags: str, config: str = "oat.py:test") -> list[str]:
+    """`python -m experiments.train` with experiments/configs/`config` (default the tokenizer's 'test' config) on
+    the dataset at `data_path` plus extra `--config.*` flags."""
+    return [sys.executable, "-m", "experiments.train", f"--config={REPO}/experiments/configs/{config}",
             f"--workdir={workdir}", f"--config.data.path={data_path}", *flags]
 
 
@@ -87,3 +89,16 @@ def popen(cmd: list[str], env: dict, log_path: str) -> subprocess.Popen:
 def read_log(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def free_port() -> int:
+    """A free localhost TCP port (the coordinator of a multi-process test)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def train_losses(workdir: str) -> list[float]:
+    """The logged training losses of a run, in step order."""
+    from oat_jax.training.metrics import read_metrics
+    return [r["train/loss"] for r in sorted(read_metrics(workdir), key=lambda r: r["step"]) if "train/loss" in r]

@@ -32,6 +32,10 @@ def base() -> ml_collections.ConfigDict:
     config.data.data_dir = ""  # TFDS data_dir for `name`.
     config.data.val_fraction = 0.1  # fraction of episodes held out for evaluation (seeded, by episode).
     config.data.split_seed = 0  # seed of the episode split (the same split for tokenizers and policies).
+    # 0: the train chunks (or policy pairs) are loaded into host memory, and a resumed run replays exactly the batches
+    # of an uninterrupted one; > 0: they stream through tf.data with a shuffle buffer of that many (e.g. 100_000),
+    # for datasets larger than host memory (a resumed policy run continues exactly; a tokenizer run re-seeds).
+    config.data.shuffle_buffer = 0
 
     config.optim = ml_collections.ConfigDict()
     config.optim.lr = 2e-3  # peak learning rate.

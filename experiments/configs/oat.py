@@ -64,10 +64,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # gripper_closedness_action); '' = the registered layout of a known name (data_pipelines/oxe.py), else the
     # action is a (D_a,) vector.
     config.data.action_keys = ""
-    # 0: every train chunk is loaded into host memory (a resumed run replays exactly the batches of an uninterrupted
-    # one); > 0: chunks stream through tf.data with a shuffle buffer of that many chunks (e.g. 100_000), for
-    # datasets larger than host memory.
-    config.data.shuffle_buffer = 0
     # Extra held-out datasets evaluated on all episodes (e.g. unseen tasks): comma-separated 'label=DIR', 'DIR' or an
     # embedded name ('metaworld_heldout'); 'auto' = metaworld_heldout when training on the embedded data, else none.
     config.data.eval_datasets = "auto"

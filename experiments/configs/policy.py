@@ -48,9 +48,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         config.sampling.temperature = 1.0  # sampling temperature at evaluation (paper 1.0; 0 = greedy).
         config.sampling.top_k = 10  # top-k at evaluation (paper 10; 0 = off).
 
-    config.data.obs_keys = ("observation/state",)  # step key of the state vector fed to the MLP encoder.
-    config.data.image_keys = ()  # step keys of camera images for the conv encoder, e.g. ("observation/image",).
+    config.data.state_keys = ("observation/state",)  # state fields, concatenated for the MLP encoder (() = none).
+    config.data.image_keys = ()  # cameras for the conv encoder, e.g. ("observation/image",) (at least one of the two).
+    config.data.language_key = ""  # instruction step key, e.g. "language_instruction" ('' = no language input).
     config.data.n_obs_steps = 2  # K: observation frames of history (the paper uses 2).
+    config.data.crop_min_area = 1.0  # < 1: random crops of the training images down to this area fraction.
     config.data.max_eval_chunks = 4096  # evaluate on at most this many held-out pairs (evenly spaced).
     if diffusion or variants & {"bin", "fast"}:  # chunks made here (a loaded tokenizer brings its own H)
         config.data.horizon = 32  # H of the chunks the tokenizer is fitted on / the denoiser generates.

@@ -47,10 +47,9 @@ def main(argv):
     for work in [w for w in _WORKDIRS.value.split(",") if w]:
         policy = TokenPolicy.load(work)
         data = ml_collections.ConfigDict(dict(path=_DATA.value, name="", data_dir="", source_split="train",
-                                              val_fraction=0.1, split_seed=0, obs_keys=("observation/state",),
-                                              image_keys=(), action_keys=""))
-        pairs = policy_data.load_pairs(policy_data.policy_spec(data), data, "val", policy.tokenizer.horizon,
-                                       policy.config.n_obs_steps)
+                                              val_fraction=0.1, split_seed=0, state_keys=("observation/state",),
+                                              image_keys=(), language_key="", action_keys=""))
+        pairs = policy_data.load_pairs(data, "val", policy.tokenizer.horizon, policy.config.n_obs_steps)
         idx = np.linspace(0, len(pairs["actions"]) - 1, min(_MAX_PAIRS.value, len(pairs["actions"]))).astype(int)
         results[os.path.basename(os.path.normpath(work))] = open_loop_report(
             policy, pairs["actions"][idx], {"state": pairs["state"][idx]}, repeats=_REPEATS.value)

@@ -16,6 +16,7 @@ spread evenly inside their bins the mean squared error is w^2 / 12.
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 from oat_jax.action_tokenizers.protocol import nan_chunks
@@ -90,6 +91,19 @@ class BinActionTokenizer:
         ids = np.clip(np.floor((x + 1.0) / self.bin_width), 0, self.num_bins - 1).astype(np.int32)
         batch = ids.shape[0]
         return ids.reshape(batch, self.max_tokens), np.full((batch,), self.max_tokens, np.int32)
+
+    def device_tokenizer(self):
+        """(fn, params) with `fn(params, actions)`: raw actions (B, H, D_a) float32 -> tokens (B, H*D_a) int32,
+        lengths (B,) int32 in pure jax (jit-traceable; the bins of `tokenize`; params is empty)."""
+        normalizer, width, bins, n = self.normalizer, self.bin_width, self.num_bins, self.max_tokens
+
+        def tokenize(params, actions):
+            del params
+            x = normalizer.normalize(actions.astype(jnp.float32))
+            ids = jnp.clip(jnp.floor((x + 1.0) / width), 0, bins - 1).astype(jnp.int32)
+            return ids.reshape(ids.shape[0], n), jnp.full(ids.shape[:1], n, jnp.int32)
+
+        return tokenize, {}
 
     def detokenize(self, tokens: np.ndarray, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """tokens (B, W <= H*D_a) int (+ lengths (B,) in [0, W], default: non-PAD count) -> raw actions

@@ -17,6 +17,9 @@ Conventions beyond the Protocol (followed by every implementation in this packag
   dispatches on the "type" in `path/action_tokenizer.json` (`oat_jax.artifacts.TYPE_FILE`) and reads OAT training
   workdirs and checkpoint steps (which have no type file) as OAT.
 - Report hooks (used by `oat_jax.eval`): `report_prefix_lengths()` and `diagnostics(chunks, reconstruction, valid)`.
+- `device_tokenizer() -> (fn, params)` (optional; OAT and Bin): `fn(params, actions)` tokenizes raw (B, H, D_a)
+  float32 chunks to (tokens, lengths) in pure jax, so a policy's train step makes its targets on the device from
+  streamed chunks. Without it (FAST: its BPE runs in Python) the host tokenizes each streamed batch.
 - Token ids outside [0, vocab_size) at positions < length make that example invalid (not an exception); a tokens
   array of the wrong rank/dtype/width or lengths outside [0, width] raise ValueError.
 - `lengths` = 0 is never valid (no tokens carry no chunk).

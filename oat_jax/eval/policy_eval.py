@@ -22,7 +22,7 @@ import numpy as np
 
 from oat_jax import timing
 from oat_jax.eval.rollouts import (first_history, first_image_history, make_metaworld_envs, render_camera,
-                                   render_frames, run_batched_episodes)
+                                   render_frames, run_batched_episodes, task_instruction)
 from oat_jax.policy import load_policy
 from oat_jax.policy.policy import TokenPolicy
 from oat_jax.policy.sampling import SamplingConfig
@@ -66,13 +66,26 @@ def _eval_envs(policy, task: str, episodes: int, seed: int, camera: str) -> tupl
     return envs, render_camera
 
 
-def _first_obs(policy, env, image_fn):
-    """The policy input of env's first observation at batch 1 (state history, or with images a dict)."""
+def _first_obs(policy, env, image_fn, task: str):
+    """The policy input of env's first observation at batch 1 (state history, or a dict with images and the
+    task's instruction when the policy reads them)."""
     history = first_history(env.reset()[0][None], policy.config.n_obs_steps)  # (1, K, obs_dim)
-    if image_fn is None:
-        return history
-    return {"state": history, "image": first_image_history(render_frames([env], image_fn),
-                                                           policy.config.n_obs_steps)}
+    obs = {"state": history}
+    if image_fn is not None:
+        obs["image"] = first_image_history(render_frames([env], image_fn), policy.config.n_obs_steps)
+    obs = _with_instruction(policy, obs, task)
+    return obs if len(obs) > 1 else history
+
+
+def _reads_language(policy) -> bool:
+    return bool(getattr(policy.config, "num_instructions", 0))
+
+
+def _with_instruction(policy, obs, task: str):
+    """`obs` (a state history or a dict) with "language" = the task's instruction when the policy reads one."""
+    if not _reads_language(policy):
+        return obs
+    return {**_as_obs(obs), "language": task_instruction(task)}
 
 
 def measure_latency(policy: TokenPolicy, obs, num_tokens: int | None, repeats: int, seed: int = 0) -> float:
@@ -86,13 +99,14 @@ def measure_latency(policy: TokenPolicy, obs, num_tokens: int | None, repeats: i
     return 1000.0 * stats["median_s"]
 
 
-def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: list) -> Callable:
+def _actor(policy: TokenPolicy, base: jax.Array, k: int | None, tokens_used: list, task: str) -> Callable:
     """histories (B, K, obs_dim) (or {"state", "image"} histories) -> (actions (B, H, D_a) float32, valid (B,)
-    bool), a fresh key per call; appends the mean number of generated tokens of each call to `tokens_used` (0 for a
-    diffusion policy)."""
+    bool), a fresh key per call, with `task`'s instruction when the policy reads one; appends the mean number of
+    generated tokens of each call to `tokens_used` (0 for a diffusion policy)."""
     counter = itertools.count(1)
 
     def act(history):
+        history = _with_instruction(policy, history, task)
         if not hasattr(policy, "tokenizer"):  # a diffusion policy: no tokens
             tokens_used.append(0.0)
             return policy.act(_as_obs(history), jax.random.fold_in(base, next(counter)))
@@ -164,7 +178,8 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
             for seed in ([seeds[w]] if paired else seeds):
                 for ti, task in enumerate(tasks):
                     envs, image_fn = _eval_envs(policy, task, episodes, seed, camera)
-                    act = _actor(policy, jax.random.fold_in(jax.random.PRNGKey(seed), 1000 * w + ti), k, tokens_used)
+                    act = _actor(policy, jax.random.fold_in(jax.random.PRNGKey(seed), 1000 * w + ti), k, tokens_used,
+                                 task)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         out = run_batched_episodes(envs, act, policy.config.n_obs_steps, policy.n_action_steps,
@@ -176,7 +191,7 @@ def evaluate(workdirs: Sequence[str], tasks: Sequence[str], episodes: int, seeds
                     if sample_obs is None:
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")
-                            sample_obs = _first_obs(policy, envs[0], image_fn)
+                            sample_obs = _first_obs(policy, envs[0], image_fn, task)
                     for env in envs:
                         env.close()
                     log(f"{label} k={key_k} run={w} seed={seed} {task}: success {rate:.3f} "
@@ -214,7 +229,7 @@ def remeasure_latency(results: Sequence[dict], repeats: int, log: Callable[[str]
         envs, image_fn = _eval_envs(policy, res["tasks"][0], 1, res["seeds"][0], res.get("camera", ""))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            history = _first_obs(policy, envs[0], image_fn)  # batch 1
+            history = _first_obs(policy, envs[0], image_fn, res["tasks"][0])  # batch 1
         envs[0].close()
         batch = _repeat_obs(history, res["episodes"])
         for key_k, entry in res["by_k"].items():

@@ -157,6 +157,12 @@ def run_batched_episodes(envs: Sequence, act: Callable, n_obs_steps: int, n_acti
             "invalid_rate": executor.invalid / max(executor.decoded, 1)}
 
 
+def task_instruction(task: str) -> str:
+    """The instruction of a Meta-World task as the demonstration datasets store it: 'button-press-topdown-v3' ->
+    'button press topdown' (the words of the name without its version)."""
+    return " ".join(part for part in task.split("-") if not (part.startswith("v") and part[1:].isdigit()))
+
+
 def make_metaworld_envs(task: str, episodes: int, seed: int, camera: str = "", image_size: int = 64) -> list:
     """`episodes` Meta-World v3 environments of `task` on goals 0.. of MT1(task, seed=EVAL_BENCHMARK_SEED + seed)
     (environment e gets goal e mod 50). Needs the optional `metaworld` package (pip install -e .[metaworld]).

@@ -24,7 +24,7 @@ from oat_jax.config import JsonConfig
 from oat_jax.policy import ddim
 from oat_jax.policy.layers import PolicyBlock, RMSNorm
 from oat_jax.policy.model import DTYPES, Observation, dummy_observation
-from oat_jax.policy.obs_encoders import ImageEncoder, StateEncoder
+from oat_jax.policy.obs_encoders import ImageEncoder, InstructionEncoder, StateEncoder
 
 BETA_SCHEDULES = ("squaredcos_cap_v2",)
 
@@ -39,6 +39,7 @@ class DiffusionConfig(JsonConfig):
     n_obs_steps: int = 2  # K: observation frames of history (the last one is the current frame).
     num_cameras: int = 0  # images per frame for the conv encoder (0 = no images).
     image_shape: tuple[int, ...] = ()  # (height, width, channels) of each camera image.
+    num_instructions: int = 0  # distinct language instructions of the training data (0 = no language input).
     embed_dim: int = 256  # E: width of the denoiser and of the observation memory tokens.
     depth: int = 4  # number of denoiser blocks.
     num_heads: int = 4  # attention heads (head_dim = embed_dim // num_heads).
@@ -76,6 +77,8 @@ class DiffusionConfig(JsonConfig):
         if self.embed_dim % self.num_heads or self.embed_dim % 2:
             raise ValueError(f"DiffusionConfig.embed_dim ({self.embed_dim}) must be even and divisible by "
                              f"num_heads ({self.num_heads}).")
+        if self.num_instructions < 0:
+            raise ValueError(f"DiffusionConfig.num_instructions must be >= 0, got {self.num_instructions}.")
         if self.obs_dim < 0 or self.num_cameras < 0 or self.obs_dim == self.num_cameras == 0:
             raise ValueError(f"DiffusionConfig needs an observation: obs_dim ({self.obs_dim}) > 0 and/or "
                              f"num_cameras ({self.num_cameras}) > 0, neither negative.")
@@ -131,6 +134,8 @@ class DiffusionPolicyModel(nn.Module):
         self.state_encoder = StateEncoder(c.embed_dim, c.state_hidden, dtype=dtype) if c.obs_dim else None
         self.image_encoder = (ImageEncoder(c.embed_dim, c.conv_channels, c.keypoints, dtype=dtype)
                               if c.num_cameras else None)
+        self.instruction_encoder = (InstructionEncoder(c.num_instructions, c.embed_dim) if c.num_instructions
+                                    else None)
         self.input_proj = dense(c.embed_dim, "input_proj")
         self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02), (c.horizon, c.embed_dim),
                                     jnp.float32)
@@ -144,12 +149,15 @@ class DiffusionPolicyModel(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def encode(self, obs: Observation, deterministic: bool = True) -> jax.Array:
-        """Observation dict -> memory tokens (B, M, E) float32 (M = K for state, + K * cams for images)."""
+        """Observation dict -> memory tokens (B, M, E) float32 (M = K for state, + K * cams for images, + 1 for
+        the instruction)."""
         parts = []
         if self.state_encoder is not None:
             parts.append(self.state_encoder(obs["state"]))
         if self.image_encoder is not None:
             parts.append(self.image_encoder(obs["image"]))
+        if self.instruction_encoder is not None:
+            parts.append(self.instruction_encoder(obs["language"]))
         memory = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         return self.drop(self.memory_norm(memory), deterministic=deterministic)
 

@@ -6,7 +6,7 @@ act with a jit-compiled DDIM sampler whose number of denoising steps is an argum
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -15,7 +15,8 @@ from oat_jax import artifacts
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
 from oat_jax.policy.sampling import whole_number
-from oat_jax.policy.observations import check_normalizers, finite_rows, mask_rows, prepare_observation
+from oat_jax.policy.observations import (check_instructions, check_normalizers, finite_rows, mask_rows,
+                                        prepare_observation)
 
 FORMAT = "oat_jax.diffusion_policy/1"
 POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "token")
@@ -23,13 +24,16 @@ POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "toke
 
 def diffusion_metadata(config: DiffusionConfig, action_normalizer: Normalizer,
                        obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str],
-                       n_action_steps: int) -> dict:
+                       n_action_steps: int, instructions: Sequence[str] = ()) -> dict:
     """The JSON description of a diffusion policy besides its params (policy.json, and the `policy` item of its
-    training run's checkpoints)."""
-    return {"format": FORMAT, "type": POLICY_TYPE, "config": config.to_dict(),
+    training run's checkpoints); "instructions" only for a policy with language input."""
+    meta = {"format": FORMAT, "type": POLICY_TYPE, "config": config.to_dict(),
             "action_normalizer": action_normalizer.to_dict(),
             "obs_normalizers": {k: v.to_dict() for k, v in obs_normalizers.items()}, "obs_keys": dict(obs_keys),
             "n_action_steps": int(n_action_steps)}
+    if instructions:
+        meta["instructions"] = list(instructions)
+    return meta
 
 
 @functools.lru_cache(maxsize=16)
@@ -49,13 +53,14 @@ class DiffusionPolicy:
       obs_normalizers: {"state": Normalizer (gaussian)}; images are scaled inside the model.
       obs_keys: {"state": dataset key path, ...}: where each observation comes from (documentation for users).
       n_action_steps: actions of each chunk executed before re-planning.
+      instructions: the language instructions of the training data (as `TokenPolicy`).
     """
 
     label = "dp"  # name in tables
 
     def __init__(self, config: DiffusionConfig, params: Any, action_normalizer: Normalizer,
                  obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str] | None = None,
-                 n_action_steps: int = 16):
+                 n_action_steps: int = 16, instructions: Sequence[str] = ()):
         self.config, self.params = config, params
         self.action_normalizer = action_normalizer
         self.obs_normalizers = dict(obs_normalizers)
@@ -66,6 +71,7 @@ class DiffusionPolicy:
         if action_normalizer.action_dim != config.action_dim:
             raise ValueError(f"The action normalizer does not have action_dim={config.action_dim} dimensions.")
         check_normalizers(config, self.obs_normalizers)
+        self.instructions = check_instructions(config, instructions)
 
     @property
     def horizon(self) -> int:
@@ -79,7 +85,7 @@ class DiffusionPolicy:
 
     def normalize_observation(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8} -> model input."""
-        return prepare_observation(self.config, self.obs_normalizers, obs)
+        return prepare_observation(self.config, self.obs_normalizers, obs, self.instructions)
 
     def act(self, obs: Mapping[str, np.ndarray], rng: jax.Array, num_tokens: int | None = None,
             num_inference_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,7 +109,7 @@ class DiffusionPolicy:
     def metadata(self) -> dict:
         """The JSON content of policy.json (see `diffusion_metadata`)."""
         return diffusion_metadata(self.config, self.action_normalizer, self.obs_normalizers, self.obs_keys,
-                                  self.n_action_steps)
+                                  self.n_action_steps, self.instructions)
 
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes policy.json and params/ to directory `path` (atomically, as `TokenPolicy.save`); returns its path."""
@@ -117,7 +123,7 @@ class DiffusionPolicy:
         meta, params, _ = artifacts.read_policy(path, step, _abstract_params, verify=verify)
         return cls(DiffusionConfig.from_dict(meta["config"]), params, Normalizer.from_dict(meta["action_normalizer"]),
                    {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}, meta.get("obs_keys"),
-                   meta.get("n_action_steps", 16))
+                   meta.get("n_action_steps", 16), meta.get("instructions", ()))
 
     def __repr__(self) -> str:
         c = self.config

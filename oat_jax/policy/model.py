@@ -22,7 +22,7 @@ import numpy as np
 
 from oat_jax.config import JsonConfig
 from oat_jax.policy.layers import PolicyBlock, RMSNorm
-from oat_jax.policy.obs_encoders import ImageEncoder, StateEncoder
+from oat_jax.policy.obs_encoders import ImageEncoder, InstructionEncoder, StateEncoder
 
 DTYPES = ("float32", "bfloat16")
 
@@ -38,6 +38,7 @@ class PolicyConfig(JsonConfig):
     n_obs_steps: int = 2  # K: observation frames of history (the last one is the current frame).
     num_cameras: int = 0  # images per frame for the conv encoder (0 = no images).
     image_shape: tuple[int, ...] = ()  # (height, width, channels) of each camera image.
+    num_instructions: int = 0  # distinct language instructions of the training data (0 = no language input).
     width: int = 256  # E: width of the transformer, token and memory embeddings.
     depth: int = 4  # number of decoder blocks.
     num_heads: int = 4  # attention heads (head_dim = width // num_heads).
@@ -87,9 +88,9 @@ class PolicyConfig(JsonConfig):
                 raise ValueError(f"PolicyConfig.{name} must be a positive int, got {value!r}.")
         if self.width % self.num_heads:
             raise ValueError(f"PolicyConfig.width ({self.width}) must be divisible by num_heads ({self.num_heads}).")
-        if self.obs_dim < 0 or self.num_cameras < 0:
-            raise ValueError(f"PolicyConfig.obs_dim ({self.obs_dim}) and num_cameras ({self.num_cameras}) must be "
-                             f">= 0.")
+        if self.obs_dim < 0 or self.num_cameras < 0 or self.num_instructions < 0:
+            raise ValueError(f"PolicyConfig.obs_dim ({self.obs_dim}), num_cameras ({self.num_cameras}) and "
+                             f"num_instructions ({self.num_instructions}) must be >= 0.")
         if self.obs_dim == 0 and self.num_cameras == 0:
             raise ValueError("PolicyConfig needs an observation: set obs_dim > 0 (state) and/or num_cameras > 0 "
                              "(images).")
@@ -103,7 +104,8 @@ class PolicyConfig(JsonConfig):
 
 
 
-Observation = Mapping[str, jax.Array]  # {"state": (B, K, obs_dim) f32 normalized, "image": (B, K, cams, h, w, c)}
+Observation = Mapping[str, jax.Array]  # {"state": (B, K, obs_dim) f32 normalized, "image": (B, K, cams, h, w, c)
+#                                         uint8, "language": (B,) int32 instruction ids}
 LayerKV = tuple[jax.Array, jax.Array]
 
 
@@ -126,6 +128,8 @@ class TokenPolicyModel(nn.Module):
         self.state_encoder = StateEncoder(c.width, c.state_hidden, dtype=dtype) if c.obs_dim else None
         self.image_encoder = (ImageEncoder(c.width, c.conv_channels, c.keypoints, dtype=dtype)
                               if c.num_cameras else None)
+        self.instruction_encoder = (InstructionEncoder(c.num_instructions, c.width) if c.num_instructions
+                                    else None)
         self.token_embed = nn.Embed(c.embed_size, c.width, embedding_init=nn.initializers.normal(0.02),
                                     param_dtype=jnp.float32)
         self.pos_embed = self.param("pos_embed", nn.initializers.normal(0.02), (c.seq_len, c.width), jnp.float32)
@@ -136,12 +140,15 @@ class TokenPolicyModel(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def encode(self, obs: Observation, deterministic: bool = True) -> jax.Array:
-        """Observation dict -> memory tokens (B, M, E) float32 (M = K for state, + K * cams for images)."""
+        """Observation dict -> memory tokens (B, M, E) float32 (M = K for state, + K * cams for images, + 1 for
+        the instruction)."""
         parts = []
         if self.state_encoder is not None:
             parts.append(self.state_encoder(obs["state"]))
         if self.image_encoder is not None:
             parts.append(self.image_encoder(obs["image"]))
+        if self.instruction_encoder is not None:
+            parts.append(self.instruction_encoder(obs["language"]))
         memory = jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         return self.drop(self.memory_norm(memory), deterministic=deterministic)
 
@@ -191,6 +198,8 @@ def dummy_observation(config: PolicyConfig, batch: int = 1) -> dict[str, jax.Arr
         obs["state"] = jnp.zeros((batch, config.n_obs_steps, config.obs_dim), jnp.float32)
     if config.num_cameras:
         obs["image"] = jnp.zeros((batch, config.n_obs_steps, config.num_cameras) + config.image_shape, jnp.uint8)
+    if config.num_instructions:
+        obs["language"] = jnp.zeros((batch,), jnp.int32)
     return obs
 
 

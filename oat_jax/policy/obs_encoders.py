@@ -3,6 +3,7 @@
 - `StateEncoder` (default): each of the K frames' (normalized) state vector goes through an MLP to one token.
 - `ImageEncoder`: a small strided conv net + spatial softmax (keypoints) per frame and camera, one token each.
 Both add a learned embedding per frame (and per camera), so the policy knows which frame a token comes from.
+- `InstructionEncoder`: the language instruction (an id of the training data's instructions) to one token.
 """
 
 from __future__ import annotations
@@ -75,3 +76,22 @@ class ImageEncoder(nn.Module):
         frame = self.param("frame_embed", _init, (k, 1, self.width), jnp.float32)
         camera = self.param("camera_embed", _init, (1, cams, self.width), jnp.float32)
         return (h + frame + camera).reshape(b, k * cams, self.width)
+
+
+class InstructionEncoder(nn.Module):
+    """(B,) int32 instruction ids -> (B, 1, E): one learned embedding per instruction of the training data (id 0 =
+    an instruction the policy was not trained on).
+
+    This is the extension point for a pretrained text encoder: a module that maps (B, L, D_text) features of the
+    instruction to (B, L', E) memory tokens can take its place in the policies' `encode`, with the features
+    computed in the data pipeline instead of the ids.
+    """
+
+    num_instructions: int
+    width: int
+
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        table = nn.Embed(self.num_instructions + 1, self.width, embedding_init=_init, param_dtype=jnp.float32,
+                         name="embed")
+        return table(ids.astype(jnp.int32))[:, None, :]

@@ -8,7 +8,7 @@ training workdir (its `policy/`, or a checkpoint step with `step=`).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -17,19 +17,24 @@ from oat_jax import artifacts
 from oat_jax.action_tokenizers import ActionTokenizer, load_action_tokenizer
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, abstract_params
-from oat_jax.policy.observations import check_normalizers, finite_rows, mask_rows, prepare_observation
+from oat_jax.policy.observations import (check_instructions, check_normalizers, finite_rows, mask_rows,
+                                        prepare_observation)
 from oat_jax.policy.sampling import SamplingConfig, make_sampler
 
 FORMAT = "oat_jax.policy/1"
 
 
 def policy_metadata(config: PolicyConfig, sampling: SamplingConfig, obs_normalizers: Mapping[str, Normalizer],
-                    obs_keys: Mapping[str, str], n_action_steps: int, tokenizer_name: str) -> dict:
+                    obs_keys: Mapping[str, str], n_action_steps: int, tokenizer_name: str,
+                    instructions: Sequence[str] = ()) -> dict:
     """The JSON description of a policy besides its params and tokenizer (policy.json, and the `policy` item of a
-    policy run's checkpoints)."""
-    return {"format": FORMAT, "config": config.to_dict(), "sampling": dataclasses.asdict(sampling),
+    policy run's checkpoints); "instructions" (the language vocabulary) only for a policy with language input."""
+    meta = {"format": FORMAT, "config": config.to_dict(), "sampling": dataclasses.asdict(sampling),
             "obs_normalizers": {k: v.to_dict() for k, v in obs_normalizers.items()}, "obs_keys": dict(obs_keys),
             "n_action_steps": int(n_action_steps), "tokenizer_name": tokenizer_name}
+    if instructions:
+        meta["instructions"] = list(instructions)
+    return meta
 
 
 class TokenPolicy:
@@ -41,14 +46,17 @@ class TokenPolicy:
       tokenizer: the frozen `ActionTokenizer` the policy was trained on (`OATTokenizer`, Bin or FAST).
       obs_normalizers: {"state": Normalizer (gaussian) over obs_dim}; images are scaled inside the model.
       sampling: temperature and top-k.
-      obs_keys: {"state": dataset key path, ...}: where each observation comes from (documentation for users).
+      obs_keys: {"state": dataset key paths joined by ',', "image": camera keys, "language": instruction key}:
+        where each observation comes from.
       n_action_steps: actions of each chunk executed before re-planning.
+      instructions: the language instructions of the training data (config.num_instructions of them; id i + 1 is
+        instructions[i]); act() takes obs["language"] from them.
     """
 
     def __init__(self, config: PolicyConfig, params: Any, tokenizer: ActionTokenizer,
                  obs_normalizers: Mapping[str, Normalizer],
                  sampling: SamplingConfig = SamplingConfig(), obs_keys: Mapping[str, str] | None = None,
-                 n_action_steps: int = 16):
+                 n_action_steps: int = 16, instructions: Sequence[str] = ()):
         self.config, self.params, self.sampling = config, params, sampling
         if not isinstance(tokenizer, ActionTokenizer):
             raise ValueError(f"{type(tokenizer).__name__} does not implement oat_jax.action_tokenizers."
@@ -67,12 +75,13 @@ class TokenPolicy:
         if not 1 <= self.n_action_steps <= t.horizon:
             raise ValueError(f"n_action_steps={n_action_steps} must be in 1..horizon={t.horizon}.")
         check_normalizers(config, self.obs_normalizers)
+        self.instructions = check_instructions(config, instructions)
         self.sampler = make_sampler(config, sampling)
 
     def with_sampling(self, sampling: SamplingConfig) -> "TokenPolicy":
         """The same policy (params, tokenizer, normalizers shared) drawing tokens with `sampling`."""
         return TokenPolicy(self.config, self.params, self.tokenizer, self.obs_normalizers, sampling, self.obs_keys,
-                           self.n_action_steps)
+                           self.n_action_steps, self.instructions)
 
     @property
     def label(self) -> str:
@@ -90,8 +99,9 @@ class TokenPolicy:
         return self.tokenizer.action_dim
 
     def normalize_observation(self, obs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8} -> model input."""
-        return prepare_observation(self.config, self.obs_normalizers, obs)
+        """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8, "language": (B,)
+        strings} -> model input."""
+        return prepare_observation(self.config, self.obs_normalizers, obs, self.instructions)
 
     def sample_tokens(self, obs: Mapping[str, np.ndarray], rng: jax.Array,
                       num_tokens: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +125,7 @@ class TokenPolicy:
     def metadata(self) -> dict:
         """The JSON content of policy.json (see `policy_metadata`)."""
         return policy_metadata(self.config, self.sampling, self.obs_normalizers, self.obs_keys, self.n_action_steps,
-                               self.tokenizer.name)
+                               self.tokenizer.name, self.instructions)
 
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes policy.json, params/ and tokenizer/ to directory `path`; returns its absolute path.
@@ -137,7 +147,8 @@ class TokenPolicy:
         meta, params, tokenizer_dir = artifacts.read_policy(path, step, _abstract_params, verify=verify)
         normalizers = {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}
         return cls(PolicyConfig.from_dict(meta["config"]), params, load_action_tokenizer(tokenizer_dir), normalizers,
-                   sampling or SamplingConfig(**meta["sampling"]), meta.get("obs_keys"), meta.get("n_action_steps", 16))
+                   sampling or SamplingConfig(**meta["sampling"]), meta.get("obs_keys"), meta.get("n_action_steps", 16),
+                   meta.get("instructions", ()))
 
     def __repr__(self) -> str:
         c = self.config

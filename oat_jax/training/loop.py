@@ -112,11 +112,19 @@ def init_or_restore(init_fn: Callable[[], Any], mesh: Mesh, sharding_cfg: Any,
         raise on_mismatch(e) from e
 
 
-def jit_train_step(train_step: Callable, state_sharding: Any, batch_sharding: NamedSharding) -> Callable:
+def jit_train_step(train_step: Callable, state_sharding: Any, batch_sharding: NamedSharding,
+                   frozen: Any = None) -> Callable:
     """`train_step(state, batch dict) -> (state, metrics)` jitted: state and batch sharded, the state donated,
-    metrics replicated."""
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated(batch_sharding.mesh)), donate_argnums=(0,))
+    metrics replicated. With `frozen` (a pytree of host arrays, e.g. a frozen tokenizer's params, equal on every
+    process), `train_step(state, batch, frozen)` gets them replicated on every device, placed once."""
+    rep = replicated(batch_sharding.mesh)
+    if frozen is None:
+        return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, rep),
+                       donate_argnums=(0,))
+    placed = jax.tree.map(lambda x: jax.make_array_from_process_local_data(rep, np.asarray(x)), frozen)
+    jitted = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, rep),
+                     out_shardings=(state_sharding, rep), donate_argnums=(0,))
+    return lambda state, batch: jitted(state, batch, placed)
 
 
 def jit_eval_step(eval_step: Callable, params_sharding: Any, batch_sharding: NamedSharding) -> Callable:

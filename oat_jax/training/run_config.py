@@ -80,13 +80,13 @@ class DataSource:
     data_dir: str
     val_fraction: float
     split_seed: int
+    shuffle_buffer: int  # 0: the train set in host memory; > 0: tf.data streaming through a buffer of that many
 
 
 @dataclasses.dataclass(frozen=True)
 class ChunkData(DataSource):
     """The tokenizer's data: the source (`path` may be a weighted mixture of datasets), read as action chunks."""
     action_keys: str
-    shuffle_buffer: int  # 0: every train chunk in host memory (exact resume); > 0: tf.data streaming
     eval_datasets: str
 
 
@@ -94,8 +94,10 @@ class ChunkData(DataSource):
 class PairData(DataSource):
     """The policies' data: (observation history, chunk) pairs of the source."""
     max_eval_chunks: int  # held-out pairs evaluated (evenly spaced)
-    obs_keys: tuple
-    image_keys: tuple
+    state_keys: tuple  # state fields, concatenated (zero or more)
+    image_keys: tuple  # cameras (zero or more)
+    language_key: str  # the instruction's step key ('' = no language input)
+    crop_min_area: float  # random crop of the training images to an area fraction in [crop_min_area, 1] (1 = off)
     n_obs_steps: int
     horizon: int = 0  # H of chunks made here (a fitted tokenizer, the Diffusion Policy); 0: the tokenizer's
 
@@ -228,6 +230,7 @@ REMOVED_FIELDS = {
     "checkpoint.async_save": "checkpoints are written in the background",
     "checkpoint.keep_best": "the best checkpoint is kept beside checkpoint.keep_last",
     "mesh.data": "set sharding.fsdp (the data axis takes the other devices)",
+    "data.obs_keys": "set data.state_keys (zero or more state fields, concatenated) and data.image_keys (cameras)",
     "mesh.fsdp": "set sharding.fsdp (the :fsdp variant adds the section)",
     "data.mixture": "set data.path (a mixture 'name_or_path:weight,...')",
     "data.in_memory": "set data.shuffle_buffer (0 = in memory, > 0 = streaming)",

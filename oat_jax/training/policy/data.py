@@ -1,93 +1,157 @@
-"""Policy training data: (observation history, action chunk) pairs in memory, tokenized once by a frozen tokenizer.
+"""Policy training data: (observation history, action chunk) pairs of one RLDS dataset, in memory or streamed.
 
-Tokenization is deterministic (the tokenizer is frozen and has no dropout at inference), so the token targets of
-every chunk are computed once up front instead of in every step; batches then index the in-memory arrays with
-the same seeded epoch permutations as the tokenizer trainer (`data.InMemoryBatches`), so a resumed run replays
-exactly the batches of an uninterrupted one.
+What a policy observes comes from `config.data`: `state_keys` (zero or more fields, concatenated into "state"),
+`image_keys` (zero or more cameras, stacked into "image"), `language_key` (the instruction, '' = none); at least one
+state key or camera. The pairs come from `data_pipelines.pairs` (histories and chunks built per episode, each frame
+stored once), in one of two ways behind one interface (`local_batch(step)`), chosen by `config.data.shuffle_buffer`:
+
+- 0 (in memory): every train pair is read once into host arrays and tokenized once; the global batch of step s is
+  a fixed function of (seed, s) (`PairBatches`), whatever the process count. For small datasets (memory grows with
+  the dataset, every frame K times).
+- > 0 (streamed): a shuffled, repeated tf.data pipeline over this process's episodes, images decoded (and
+  optionally cropped, `config.data.crop_min_area`) in the pipeline, that many pairs in the shuffle buffer; memory is
+  bounded by the buffers. A resumed run skips the pairs of the steps already taken before decoding anything, so it
+  continues with exactly the pairs of an uninterrupted run.
+
+Held-out pairs are an evenly spaced subset of at most `config.data.max_eval_chunks` validation pairs, read without
+holding the rest. The state normalizer is fitted on the train split's frames (each frame once).
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, Callable
 
 import ml_collections
 import numpy as np
 
-from data_pipelines import loader
+from data_pipelines import loader, pairs
 from oat_jax.action_tokenizers import metrics
+from oat_jax.normalizer import Normalizer
 from oat_jax.training import data
 
-_READ_BATCH = 1024
+_READ_BATCH = 256
+EPISODE_SHUFFLE_BUFFER = 64  # episodes held for shuffling by the streamed pipeline
 
 
-def policy_spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
-    """`DatasetSpec` of `config.data` reading the observation keys `config.data.obs_keys`."""
-    return dataclasses.replace(data.dataset_spec(data_cfg), obs_keys=tuple(data_cfg.obs_keys))
+def observation_spec(data_cfg: ml_collections.ConfigDict) -> pairs.ObservationSpec:
+    """The `ObservationSpec` of `config.data` (ValueError naming the fields when it observes nothing)."""
+    return pairs.ObservationSpec(tuple(data_cfg.state_keys), tuple(data_cfg.image_keys),
+                                 data_cfg.language_key or "")
 
 
-def image_keys(data_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Step key paths of the camera images of `config.data.image_keys` (camera order; () = no images)."""
-    keys = getattr(data_cfg, "image_keys", ()) or ()
-    return (keys,) if isinstance(keys, str) else tuple(keys)
+def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+    """ValueError naming the field when `config.data` asks for something the policy trainers cannot feed."""
+    if data_cfg.n_obs_steps < 1:
+        raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
+    if int(data_cfg.shuffle_buffer) < 0:
+        raise ValueError(f"config.data.shuffle_buffer must be 0 (in memory) or a buffer size > 0 (streamed), got "
+                         f"{data_cfg.shuffle_buffer}.")
+    if not 0.0 < float(data_cfg.crop_min_area) <= 1.0:
+        raise ValueError(f"config.data.crop_min_area must be in (0, 1] (1 = no random crop), got "
+                         f"{data_cfg.crop_min_area}.")
+    observation_spec(data_cfg)
 
 
-def load_pairs(spec: loader.DatasetSpec, data_cfg: ml_collections.ConfigDict, split: str, horizon: int,
-               n_obs_steps: int) -> dict[str, np.ndarray]:
-    """Every (observation history, chunk) pair of `split` in dataset order.
+def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
+    """{"state": state keys joined by ',', "image": camera keys joined by ',', "language": the instruction key}
+    (the entries the policy uses), recorded with a trained policy."""
+    obs = observation_spec(data_cfg)
+    keys = {"state": ",".join(obs.state_keys), "image": ",".join(obs.image_keys), "language": obs.language_key}
+    return {k: v for k, v in keys.items() if v}
 
-    The observations are the step keys `spec.obs_keys` plus the cameras `config.data.image_keys` (e.g.
-    ("observation/image",)); each history holds the K frames up to the chunk's first step, the first frame of the
-    episode repeated at its start (the same for states and images).
 
+def _spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
+    return data.dataset_spec(data_cfg)
+
+
+def fit_normalizers(data_cfg: ml_collections.ConfigDict, state_mode: str,
+                    action_mode: str | None = None) -> tuple[Normalizer | None, Normalizer | None]:
+    """(state normalizer, action normalizer) fitted on every train frame (each frame once): the state one is None
+    without state keys, the action one None without `action_mode`."""
+    frames = pairs.frame_values(_spec(data_cfg), observation_spec(data_cfg), "train",
+                                val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
+    if "actions" not in frames:
+        raise ValueError(f"The 'train' split of {_spec(data_cfg).label} holds no steps; check "
+                         f"config.data.val_fraction.")
+    _check_finite(frames, frames["episode_id"], data_cfg, "train")
+    state = Normalizer.fit(frames["state"], state_mode) if "state" in frames else None
+    return state, (Normalizer.fit(frames["actions"], action_mode) if action_mode else None)
+
+
+def instructions(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """The distinct instructions of the train split (the policy's vocabulary); [] without a language key."""
+    found = pairs.instruction_vocabulary(_spec(data_cfg), observation_spec(data_cfg), "train",
+                                         val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
+    if data_cfg.language_key and not found:
+        raise ValueError(f"config.data.language_key={data_cfg.language_key!r}: the train split of "
+                         f"{_spec(data_cfg).label} holds no instruction (every one is empty); leave language_key "
+                         f"empty for a policy without language input.")
+    return found
+
+
+def _check_finite(batch: dict, episode_ids: np.ndarray, data_cfg: ml_collections.ConfigDict, split: str) -> None:
+    """ValueError naming the dataset, split and episodes when an action or state value is NaN/Inf."""
+    for name in ("actions", "state"):
+        if name not in batch:
+            continue
+        values = np.asarray(batch[name])
+        bad = ~np.all(np.isfinite(values.reshape(len(values), -1)), axis=1)
+        if bad.any():
+            ids = np.unique(np.asarray(episode_ids)[bad])
+            what = "actions" if name == "actions" else "state observations"
+            spec = _spec(data_cfg)
+            raise ValueError(f"{spec.label} ({spec.path or spec.name}): episode(s) {ids[:10].tolist()} of the "
+                             f"{split!r} split have NaN/Inf {what}; fix the source data and convert it again.")
+
+
+def load_pairs(data_cfg: ml_collections.ConfigDict, split: str, horizon: int, n_obs_steps: int,
+               vocabulary: tuple[str, ...] = (), keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The (observation history, chunk) pairs of `split` in dataset order, in host memory.
+
+    Args:
+      vocabulary: the instruction vocabulary (`instructions`) when config.data.language_key is set.
+      keep: (num_pairs,) bool: only these pairs of the split (None: all).
     Returns:
-      {"actions": (M, H, D_a) float32 raw,
-       "<obs name>": (M, K, ...) for each key of spec.obs_keys (named by its last path component, e.g. "state":
-         (M, K, 39) float32),
-       "image": (M, K, cams, h, w, c) uint8, cameras in image_keys order (only when image_keys is non-empty; the
-         cameras must share one image shape)}.
+      {"actions": (M, H, D_a) float32 raw, "state": (M, K, D_s) float32 raw (with state keys), "image":
+       (M, K, cams, h, w, c) uint8 (with cameras), "language": (M,) int32 ids (with a language key)}.
     """
-    cameras = image_keys(data_cfg)
-    names = [path.split("/")[-1] for path in cameras]
-    if cameras:
-        if len(set(names)) != len(names) or (set(names) & {p.split("/")[-1] for p in spec.obs_keys}):
-            raise ValueError(f"config.data.image_keys={cameras} and obs_keys={tuple(spec.obs_keys)}: every key "
-                             "needs a distinct last path component (observations are named by it).")
-        spec = dataclasses.replace(spec, obs_keys=tuple(spec.obs_keys) + cameras)
-    ds = loader.make_chunk_dataset(spec, split=split, horizon=horizon, batch_size=_READ_BATCH, shuffle=False,
-                                   repeat=False, seed=0, val_fraction=data_cfg.val_fraction,
-                                   split_seed=data_cfg.split_seed, process_index=0, process_count=1,
-                                   n_obs_steps=n_obs_steps, drop_remainder=False, decode_images=bool(cameras),
-                                   with_episode_ids=True)
+    ds = pairs.make_pair_dataset(_spec(data_cfg), observation_spec(data_cfg), split=split, horizon=horizon,
+                                 n_obs_steps=n_obs_steps, batch_size=_READ_BATCH, shuffle=False, repeat=False,
+                                 val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
+                                 instructions=vocabulary, keep=keep, drop_remainder=False)
     parts: dict[str, list] = {}
-    episodes = []
     for batch in ds.as_numpy_iterator():
-        episodes.append(np.asarray(batch["episode_id"]))
-        parts.setdefault("actions", []).append(np.asarray(batch["actions"], np.float32))
-        observation = batch.get("observation", {})
-        for name, value in observation.items():
-            if name not in names:
-                parts.setdefault(name, []).append(np.asarray(value))
-        if cameras:  # {name: (B, K, h, w, c)} -> (B, K, cams, h, w, c), decoded per batch to bound the memory
-            shapes = {name: observation[name].shape[2:] for name in names}
-            if len(set(shapes.values())) != 1:
-                raise ValueError(f"config.data.image_keys: the cameras differ in image shape {shapes}; resize them "
-                                 "to one (h, w, c) when writing the dataset.")
-            parts.setdefault("image", []).append(
-                np.stack([np.asarray(observation[name], np.uint8) for name in names], axis=2))
+        _check_finite(batch, batch["episode_id"], data_cfg, split)
+        for name, value in batch.items():
+            if name != "episode_id":
+                parts.setdefault(name, []).append(value)
     if not parts:
-        raise ValueError(f"The {split!r} split of {spec.label} holds no chunks; check config.data.val_fraction.")
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    for name in out:
-        if name != "actions" and out[name].dtype.kind == "f":
-            out[name] = out[name].astype(np.float32)
-        if out[name].dtype.kind == "f":
-            bad = ~np.all(np.isfinite(out[name].reshape(len(out[name]), -1)), axis=1)
-            if bad.any():
-                ids = np.unique(np.concatenate(episodes)[bad])
-                what = "actions" if name == "actions" else f"observation {name!r}"
-                raise ValueError(f"{spec.label} ({spec.path or spec.name}): {len(ids)} episode(s) of the {split!r} "
-                                 f"split have NaN/Inf in their {what} (episode ids {ids[:10].tolist()}); fix the "
-                                 f"source data and convert it again.")
+        raise ValueError(f"The {split!r} split of {_spec(data_cfg).label} holds no pairs; check "
+                         f"config.data.val_fraction.")
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def eval_pairs(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: int,
+               vocabulary: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """At most config.data.max_eval_chunks validation pairs, evenly spaced over the split (`load_pairs` arrays);
+    only those are decoded and held."""
+    total = pairs.count_pairs(_spec(data_cfg), "val", val_fraction=data_cfg.val_fraction,
+                              split_seed=data_cfg.split_seed)
+    if total == 0:
+        raise ValueError(f"The 'val' split of {_spec(data_cfg).label} holds no pairs; check config.data.val_fraction.")
+    limit = int(data_cfg.max_eval_chunks)
+    keep = np.zeros(total, bool)
+    keep[np.unique(np.linspace(0, total - 1, min(limit, total)).round().astype(np.int64))] = True
+    return load_pairs(data_cfg, "val", horizon, n_obs_steps, vocabulary, keep)
+
+
+def observation_fields(arrays: dict) -> dict:
+    """{"obs_dim", "num_cameras", "image_shape"} of a policy config from pairs' arrays (state (M, K, D_s), images
+    (M, K, cams, h, w, c))."""
+    out = {"obs_dim": int(arrays["state"].shape[-1]) if "state" in arrays else 0,
+           "num_cameras": 0, "image_shape": ()}
+    if "image" in arrays:
+        out.update(num_cameras=int(arrays["image"].shape[2]), image_shape=tuple(arrays["image"].shape[3:]))
     return out
 
 
@@ -143,28 +207,50 @@ class PairBatches:
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
-def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
-    """ValueError naming the field when `config.data` asks for observations the policy trainers cannot feed."""
-    if data_cfg.n_obs_steps < 1:
-        raise ValueError(f"config.data.n_obs_steps must be >= 1, got {data_cfg.n_obs_steps}.")
-    if [k.split("/")[-1] for k in data_cfg.obs_keys] != ["state"]:
-        raise ValueError(f"config.data.obs_keys={tuple(data_cfg.obs_keys)}: the trainer feeds state vectors; "
-                         f"give one key whose last component is 'state' (e.g. 'observation/state').")
+class StreamedPairs:
+    """This process's batches from a shuffled, repeated pipeline over its episodes of the train split
+    (`pairs.make_pair_dataset`); `finish` turns each raw batch into the step's arrays (normalization, targets).
+
+    Args:
+      local_batch: rows per process (global batch / process count).
+      start_step: first step of this run: the pairs of the steps before it are skipped (exact resume).
+      process_index / process_count: this process's episode shard.
+    """
+
+    def __init__(self, data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: int, local_batch: int,
+                 seed: int, start_step: int, vocabulary: tuple[str, ...], finish: Callable[[dict], dict],
+                 process_index: int = 0, process_count: int = 1):
+        ds = pairs.make_pair_dataset(
+            _spec(data_cfg), observation_spec(data_cfg), split="train", horizon=horizon, n_obs_steps=n_obs_steps,
+            batch_size=local_batch, shuffle=True, repeat=True, seed=seed, process_index=process_index,
+            process_count=process_count, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
+            shuffle_buffer=int(data_cfg.shuffle_buffer), episode_shuffle_buffer=EPISODE_SHUFFLE_BUFFER,
+            instructions=vocabulary, crop_min_area=float(data_cfg.crop_min_area), skip=start_step * local_batch)
+        self._it, self._finish, self._data_cfg = ds.as_numpy_iterator(), finish, data_cfg
+
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """The next batch of this process, finished (`step` is only for the interface: the stream is in order)."""
+        del step
+        batch = next(self._it)
+        _check_finite(batch, batch["episode_id"], self._data_cfg, "train")
+        return self._finish({k: v for k, v in batch.items() if k != "episode_id"})
 
 
-def camera_fields(pairs: dict) -> dict:
-    """{"num_cameras", "image_shape"} of a policy config from pairs' images (M, K, cams, h, w, c) (none: 0, ())."""
-    if "image" not in pairs:
-        return {"num_cameras": 0, "image_shape": ()}
-    return {"num_cameras": int(pairs["image"].shape[2]), "image_shape": tuple(pairs["image"].shape[3:])}
-
-
-def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
-    """{"state": its step key, "image": the camera step keys joined by ','} recorded with a trained policy."""
-    keys = {"state": data_cfg.obs_keys[0]}
-    if image_keys(data_cfg):
-        keys["image"] = ",".join(image_keys(data_cfg))
-    return keys
+def train_batches(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: int, global_batch: int,
+                  rows: np.ndarray, seed: int, start_step: int, vocabulary: tuple[str, ...],
+                  finish_streamed: Callable[[dict], dict], finish_in_memory: Callable[[dict], dict],
+                  process_index: int = 0, process_count: int = 1):
+    """The train batches of `config.data.shuffle_buffer` (0: `PairBatches` over the train pairs finished once by
+    `finish_in_memory`; > 0: `StreamedPairs` finishing each batch with `finish_streamed`) and the number of train
+    pairs."""
+    if not data_cfg.shuffle_buffer:
+        arrays = finish_in_memory(load_pairs(data_cfg, "train", horizon, n_obs_steps, vocabulary))
+        return PairBatches(arrays, global_batch, rows, seed), len(next(iter(arrays.values())))
+    total = pairs.count_pairs(_spec(data_cfg), "train", val_fraction=data_cfg.val_fraction,
+                              split_seed=data_cfg.split_seed)
+    streamed = StreamedPairs(data_cfg, horizon, n_obs_steps, len(rows), seed, start_step, vocabulary,
+                             finish_streamed, process_index, process_count)
+    return streamed, total
 
 
 def check_action_steps(config: ml_collections.ConfigDict, horizon: int, what: str) -> None:
@@ -172,3 +258,35 @@ def check_action_steps(config: ml_collections.ConfigDict, horizon: int, what: st
     if not 1 <= int(config.policy.n_action_steps) <= horizon:
         raise ValueError(f"config.policy.n_action_steps={config.policy.n_action_steps} must be in 1..{horizon} "
                          f"({what}).")
+
+
+def observations(batch: dict, normalizer: Normalizer | None) -> dict:
+    """The observation entries of a raw batch for the step: "state" normalized (float32), "image" and "language"
+    as read."""
+    out = {k: batch[k] for k in ("image", "language") if k in batch}
+    if "state" in batch:
+        out["state"] = np.asarray(normalizer.normalize(batch["state"]), np.float32)
+    return out
+
+
+def token_feeds(tokenizer, normalizer: Normalizer | None) -> tuple[Callable, Callable, Callable | None, Any]:
+    """How raw pairs become a token policy's step batches: (on_host, streamed, targets, frozen).
+
+    on_host(pairs) -> observations for the step + "tokens" / "lengths" tokenized on the host (in-memory pairs,
+    held-out pairs); streamed(batch) -> observations + the raw "actions" that the step tokenizes on the device with
+    `targets(frozen, actions)` (the tokenizer's `device_tokenizer()`), or `on_host` for a tokenizer without one
+    (targets and frozen None)."""
+
+    def on_host(batch: dict) -> dict:
+        tokens, lengths = tokenize_all(tokenizer, batch["actions"])
+        return {**observations(batch, normalizer), "tokens": tokens, "lengths": lengths}
+
+    targets, frozen = tokenizer.device_tokenizer() if hasattr(tokenizer, "device_tokenizer") else (None, None)
+
+    def streamed(batch: dict) -> dict:
+        if targets is None:
+            return on_host(batch)
+        return {**observations(batch, normalizer), "actions": batch["actions"]}
+
+    return on_host, streamed, targets, frozen
+

@@ -1,10 +1,10 @@
 """`train_and_evaluate(config, workdir)`: trains the Diffusion Policy baseline on the token policy's data.
 
 Run with `python -m experiments.train --config=experiments/configs/policy.py:dp --workdir=...` (config.kind =
-"policy", config.policy.type = "diffusion"). Steps: load the (observation history, chunk) pairs of the token policy,
-fit the observation normalizer ('gaussian') and the action normalizer ('limits': actions to [-1, 1], as the
-reference DP) on the train split, then the loop (jitted step over the device mesh, EMA, held-out denoising
-loss and sampled-chunk MSE, Orbax checkpoints with retention by validation loss), and write the EMA policy to
+"policy", config.policy.type = "diffusion"). Steps: fit the observation normalizer ('gaussian') and the action
+normalizer ('limits': actions to [-1, 1], as the reference DP) on the train split's frames, then the loop over the
+token policy's (observation history, chunk) pairs (`policy/data.py`: in memory or streamed) with EMA, held-out
+denoising loss and sampled-chunk MSE, Orbax checkpoints with retention by validation loss, and write the EMA policy to
 `<workdir>/policy` (`DiffusionPolicy.load(workdir)`, or `oat_jax.policy.load_policy`).
 
 Each checkpoint holds the `policy` item (policy.json's content), so a step loads with
@@ -21,17 +21,17 @@ import time
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 
 from oat_jax import artifacts
-from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel
 from oat_jax.policy.diffusion_policy import DiffusionPolicy, diffusion_metadata
 from oat_jax.training import loop, run_config
 from oat_jax.training.policy import data as policy_data
 from oat_jax.training.faults import StopRequest
-from oat_jax.training.policy.data import camera_fields, check_action_steps, check_data_config, observation_keys
+from oat_jax.training.policy.data import check_action_steps, check_data_config, observation_keys
 from oat_jax.training.progress import Progress
 from oat_jax.training.policy.diffusion_step import (init_diffusion_state, make_diffusion_eval_step,
                                              make_diffusion_train_step, summarize_diffusion_eval)
@@ -39,12 +39,12 @@ from oat_jax.training.optim import make_optimizer
 from oat_jax.training.sharding import process_rows
 
 
-def diffusion_config(config: run_config.PolicyRun, pairs: dict) -> DiffusionConfig:
+def diffusion_config(config: run_config.PolicyRun, pairs: dict, num_instructions: int = 0) -> DiffusionConfig:
     """The DiffusionConfig of a run on `pairs` (their action, state and camera shapes): the policy model sizes of
     `config.model`, the schedule of `config.diffusion`."""
     m, d = config.model, config.diffusion
     return DiffusionConfig(action_dim=int(pairs["actions"].shape[-1]), horizon=int(config.data.horizon),
-                           obs_dim=int(pairs["state"].shape[-1]), **camera_fields(pairs),
+                           **policy_data.observation_fields(pairs), num_instructions=num_instructions,
                            n_obs_steps=int(config.data.n_obs_steps), embed_dim=m.width, depth=m.depth,
                            num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
                            state_hidden=m.state_hidden, num_train_timesteps=d.num_train_timesteps,
@@ -71,33 +71,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
             loop.check_run_kind(ckpt, latest, "policy", workdir)
-            spec = policy_data.policy_spec(run.data)
             k, horizon = int(run.data.n_obs_steps), int(run.data.horizon)
             check_action_steps(run, horizon, "config.data.horizon")
-            train_pairs = policy_data.load_pairs(spec, run.data, "train", horizon, k)
-            val_pairs = policy_data.load_pairs(spec, run.data, "val", horizon, k)
-            if latest is None:
-                obs_normalizer = Normalizer.fit(train_pairs["state"], run.obs_normalizer.mode)
-                action_normalizer = Normalizer.fit(train_pairs["actions"], run.action_normalizer.mode)
-            else:  # the normalizers stay the ones the checkpoint was trained with
+            if latest is None:  # fitted on the train split
+                vocabulary = tuple(policy_data.instructions(run.data))
+                obs_normalizer, action_normalizer = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode,
+                                                                                run.action_normalizer.mode)
+            else:  # the normalizers and instructions stay the ones the checkpoint was trained with
                 saved = ckpt.restore_json(latest, (artifacts.POLICY_ITEM,))
                 loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
                 meta = saved[artifacts.POLICY_ITEM]
-                obs_normalizer = Normalizer.from_dict(meta["obs_normalizers"]["state"])
+                vocabulary = tuple(meta.get("instructions", ()))
+                saved_state = meta["obs_normalizers"].get("state")
+                obs_normalizer = None if saved_state is None else Normalizer.from_dict(saved_state)
                 action_normalizer = Normalizer.from_dict(meta["action_normalizer"])
+            obs_normalizers = {} if obs_normalizer is None else {"state": obs_normalizer}
 
-            def arrays(pairs: dict) -> dict:  # normalized actions and states, images as loaded
-                return {"actions": action_normalizer.normalize(pairs["actions"]).astype(np.float32),
-                        "state": obs_normalizer.normalize(pairs["state"]),
-                        **({"image": pairs["image"]} if "image" in pairs else {})}
+            def arrays(pairs: dict) -> dict:  # normalized actions and states, images and instructions as read
+                return {**policy_data.observations(pairs, obs_normalizer),
+                        "actions": np.asarray(action_normalizer.normalize(pairs["actions"]), np.float32)}
 
-            train_arrays = arrays(train_pairs)
-            val_pairs = {name: evenly_spaced(v, int(run.data.max_eval_chunks)) for name, v in val_pairs.items()}
+            val_pairs = policy_data.eval_pairs(run.data, horizon, k, vocabulary)
             val_arrays = {**arrays(val_pairs), "seed": np.arange(len(val_pairs["actions"]), dtype=np.int32)}
-            num_train_pairs = len(train_arrays["actions"])
-            dconfig = diffusion_config(run, train_pairs)
-            logging.info("Diffusion policy data: %d train / %d val pairs; prepared in %.1f s.", num_train_pairs,
-                         len(val_arrays["actions"]), time.perf_counter() - t0)
+            dconfig = diffusion_config(run, val_pairs, len(vocabulary))
 
             model = DiffusionPolicyModel(dconfig)
             tx, schedule = make_optimizer(run.optim, num_steps)
@@ -110,11 +106,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             eval_step = loop.jit_eval_step(make_diffusion_eval_step(model, int(run.diffusion.eval_sample_steps)),
                                            state_sharding.ema_params, batch_sharding)
             start = int(loop.host_value(state.step))
-            batches = policy_data.PairBatches(train_arrays, batch_size, process_rows(batch_sharding, batch_size),
-                                              int(run.seed))
+            batches, num_train_pairs = policy_data.train_batches(
+                run.data, horizon, k, batch_size, process_rows(batch_sharding, batch_size), int(run.seed), start,
+                vocabulary, arrays, arrays, jax.process_index(), jax.process_count())
+            logging.info("Diffusion policy data (%s): %d train / %d val pairs; prepared in %.1f s.",
+                         "streamed" if run.data.shuffle_buffer else "in memory", num_train_pairs,
+                         len(val_arrays["actions"]), time.perf_counter() - t0)
             keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
-            assets = {artifacts.POLICY_ITEM: diffusion_metadata(dconfig, action_normalizer,
-                                                                {"state": obs_normalizer}, keys, n_action_steps)}
+            assets = {artifacts.POLICY_ITEM: diffusion_metadata(dconfig, action_normalizer, obs_normalizers, keys,
+                                                                n_action_steps, vocabulary)}
         writer = closing.enter_context(loop.metric_writer(workdir))
 
         def evaluate(params) -> dict[str, float]:  # held-out denoising loss and sampled-chunk MSE
@@ -156,10 +156,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt.wait()
 
         # --- export: the EMA policy and final_metrics.json ---
+        params = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema_params, tiled=True))
         if is_main:
-            params = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
-            policy = DiffusionPolicy(dconfig, params, action_normalizer, {"state": obs_normalizer}, keys,
-                                     n_action_steps)
+            policy = DiffusionPolicy(dconfig, params, action_normalizer, obs_normalizers, keys, n_action_steps,
+                                     vocabulary)
             policy.save(os.path.join(workdir, artifacts.WORKDIR_POLICY), overwrite=True)
             with open(os.path.join(workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
                 json.dump({"step": step, **metrics, "train_pairs": num_train_pairs}, f, indent=1)

@@ -2,7 +2,9 @@
 
 The train state is the tokenizer trainer's `TrainState` (step, params, ema_params, opt_state, ema_count, rng).
 Batches: {"tokens": (B, N) int32 PAD_ID-padded, "lengths": (B,) int32, "state": (B, K, obs_dim) float32
-normalized} (+ "image" (B, K, cams, h, w, c) uint8 for image policies); eval batches add "weights" (B,) float32.
+normalized} (+ "image" (B, K, cams, h, w, c) uint8, "language" (B,) int32 for policies that read them); eval batches
+add "weights" (B,) float32. A streamed train batch may carry raw "actions" (B, H, D_a) float32 instead of tokens:
+the step tokenizes them on the device with the frozen tokenizer's jax function (`with_targets`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import optax
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel, dummy_observation, teacher_forcing
 from oat_jax.training.train_state import TrainState, apply_gradients
 
-OBS_NAMES = ("state", "image")
+OBS_NAMES = ("state", "image", "language")
 
 
 def observation(batch: dict) -> dict:
@@ -46,17 +48,32 @@ def token_losses(model: TokenPolicyModel, params: Any, batch: dict, deterministi
     return ce, correct, mask
 
 
+def with_targets(batch: dict, targets: Callable | None, frozen: Any) -> dict:
+    """`batch` with "tokens" and "lengths": as given, or computed from its raw "actions" by
+    `targets(frozen, actions) -> (tokens (B, N) int32, lengths (B,) int32)` (the frozen tokenizer's
+    `device_tokenizer()`), inside the jitted step."""
+    if "tokens" in batch:
+        return batch
+    if targets is None:
+        raise ValueError("The batch holds raw actions but the step has no device tokenizer to make its targets.")
+    tokens, lengths = targets(frozen, batch["actions"])
+    return {**{k: v for k, v in batch.items() if k != "actions"}, "tokens": tokens, "lengths": lengths}
+
+
 def make_policy_train_step(model: TokenPolicyModel, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                           ema_cfg: ml_collections.ConfigDict) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """`train_step(state, batch) -> (state, metrics)`; metrics {"loss", "token_acc", "grad_norm", "lr",
-    "ema_decay"} float32 scalars. Loss = mean cross-entropy over the real target positions of the batch."""
+                           ema_cfg: ml_collections.ConfigDict, targets: Callable | None = None
+                           ) -> Callable[..., tuple[TrainState, dict]]:
+    """`train_step(state, batch, frozen=None) -> (state, metrics)`; metrics {"loss", "token_acc", "grad_norm", "lr",
+    "ema_decay"} float32 scalars. Loss = mean cross-entropy over the real target positions of the batch. A batch of
+    raw actions is tokenized by `targets(frozen, actions)` (`with_targets`)."""
 
     def loss_fn(params, batch, rng):
         ce, correct, mask = token_losses(model, params, batch, False, rng)
         total = jnp.maximum(jnp.sum(mask), 1.0)
         return jnp.sum(ce * mask) / total, jnp.sum(correct * mask) / total
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, frozen: Any = None) -> tuple[TrainState, dict]:
+        batch = with_targets(batch, targets, frozen)
         rng = jax.random.fold_in(state.rng, state.step)
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
         new_state, decay = apply_gradients(state, grads, tx, ema_cfg)

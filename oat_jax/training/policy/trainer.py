@@ -3,10 +3,10 @@
 
 Run with `python -m experiments.train --config=experiments/configs/policy.py:oat --workdir=...` (config.kind =
 "policy"). Steps: get the frozen tokenizer (load `config.tokenizer.path`, or fit Bin/FAST on the train chunks) and
-keep a copy in `<workdir>/frozen_tokenizer`, load (observation history, chunk) pairs into memory, fit the
-observation normalizer on the train split, tokenize every chunk once, then the loop (jitted step over the device
-mesh, EMA, held-out token loss, Orbax checkpoints with retention by validation loss) and write the EMA policy to
-`<workdir>/policy` (`TokenPolicy.load(workdir)`).
+keep a copy in `<workdir>/frozen_tokenizer`, fit the state normalizer and collect the instructions on the train
+split, read the held-out pairs, then the loop over the train pairs (`policy/data.py`: in memory, tokenized once, or
+streamed, tokenized on the device inside the jitted step) with EMA, held-out token loss and Orbax checkpoints with
+retention by validation loss, and write the EMA policy to `<workdir>/policy` (`TokenPolicy.load(workdir)`).
 
 Each checkpoint holds the `policy` item (policy.json's content: config, sampling, observation normalizer, keys) and
 the `frozen_tokenizer` item (the copy's directory), so a step loads with `TokenPolicy.load(workdir, step=...)` and a
@@ -24,21 +24,21 @@ import time
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 import numpy as np
 
 from oat_jax import artifacts
 from oat_jax.action_tokenizers import fit_action_tokenizer, load_action_tokenizer
-from oat_jax.eval.subsets import evenly_spaced
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
-from oat_jax.training import loop, run_config
+from oat_jax.training import data, loop, run_config
 from oat_jax.training.policy import data as policy_data
 from oat_jax.training.faults import StopRequest
 from oat_jax.training.optim import make_optimizer
 from oat_jax.training.policy.step import (init_policy_state, make_policy_eval_step, make_policy_train_step,
                                           summarize_eval)
-from oat_jax.training.policy.data import camera_fields, check_action_steps, check_data_config, observation_keys
+from oat_jax.training.policy.data import check_action_steps, check_data_config, observation_keys
 from oat_jax.training.progress import Progress
 from oat_jax.training.sharding import process_rows
 
@@ -53,21 +53,13 @@ def frozen_tokenizer(source: run_config.TokenizerSource, train_chunks: np.ndarra
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
 
 
-def _policy_config(run: run_config.PolicyRun, tokenizer, pairs: dict) -> PolicyConfig:
+def _policy_config(run: run_config.PolicyRun, tokenizer, arrays: dict, num_instructions: int) -> PolicyConfig:
     m = run.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
-                        variable_length=not tokenizer.fixed_length, obs_dim=int(pairs["state"].shape[-1]),
-                        **camera_fields(pairs), n_obs_steps=int(run.data.n_obs_steps), width=m.width, depth=m.depth,
-                        num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout, state_hidden=m.state_hidden,
-                        dtype=m.dtype)
-
-
-def _arrays(pairs: dict, tokenizer, normalizer: Normalizer) -> dict:
-    """Pairs {"actions", "state"[, "image"]} -> {"tokens" (M, max_tokens), "lengths" (M,), "state" normalized
-    (M, K, obs)[, "image" uint8 as loaded]}."""
-    tokens, lengths = policy_data.tokenize_all(tokenizer, pairs["actions"])
-    images = {"image": pairs["image"]} if "image" in pairs else {}
-    return {"tokens": tokens, "lengths": lengths, "state": normalizer.normalize(pairs["state"]), **images}
+                        variable_length=not tokenizer.fixed_length, **policy_data.observation_fields(arrays),
+                        num_instructions=num_instructions, n_obs_steps=int(run.data.n_obs_steps), width=m.width,
+                        depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, dropout=m.dropout,
+                        state_hidden=m.state_hidden, dtype=m.dtype)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -93,26 +85,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                                artifacts.BEST_METRIC["policy"]))
             latest, t0 = ckpt.latest_step(), time.perf_counter()
             loop.check_run_kind(ckpt, latest, "policy", workdir)
-            tokenizer, saved_policy, train_pairs = _frozen_tokenizer(run, run_json, workdir, ckpt, latest, is_main)
+            tokenizer, saved_policy = _frozen_tokenizer(run, run_json, workdir, ckpt, latest, is_main)
             horizon, k = int(tokenizer.horizon), int(run.data.n_obs_steps)
             check_action_steps(run, horizon, "the tokenizer's horizon")
-            spec = policy_data.policy_spec(run.data)
-            if train_pairs is None:
-                train_pairs = policy_data.load_pairs(spec, run.data, "train", horizon, k)
-            val_pairs = policy_data.load_pairs(spec, run.data, "val", horizon, k)
-            normalizer = (Normalizer.fit(train_pairs["state"], run.obs_normalizer.mode) if saved_policy is None
-                          else Normalizer.from_dict(saved_policy["obs_normalizers"]["state"]))
-            train_arrays = _arrays(train_pairs, tokenizer, normalizer)
-            token_stats = policy_data.token_statistics(train_arrays["tokens"], train_arrays["lengths"],
-                                                       tokenizer.vocab_size)
-            val_pairs = {name: evenly_spaced(v, int(run.data.max_eval_chunks)) for name, v in val_pairs.items()}
-            val_arrays = _arrays(val_pairs, tokenizer, normalizer)
-            num_train_pairs = len(train_arrays["tokens"])
-            pconfig = _policy_config(run, tokenizer, train_pairs)
+            if saved_policy is None:  # fitted on the train split; a resumed run keeps the saved ones
+                vocabulary = tuple(policy_data.instructions(run.data))
+                normalizer, _ = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode)
+            else:
+                vocabulary = tuple(saved_policy.get("instructions", ()))
+                saved_state = saved_policy["obs_normalizers"].get("state")
+                normalizer = None if saved_state is None else Normalizer.from_dict(saved_state)
+            obs_normalizers = {} if normalizer is None else {"state": normalizer}
+
+            on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizer)
+            val_arrays = on_host(policy_data.eval_pairs(run.data, horizon, k, vocabulary))
+            pconfig = _policy_config(run, tokenizer, val_arrays, len(vocabulary))
             sampling = run.sampling
-            logging.info("Policy data: %d train / %d val pairs, tokenizer %s (%s), targets %s; prepared in %.1f s.",
-                         num_train_pairs, len(val_arrays["tokens"]), tokenizer.name, pconfig.max_tokens,
-                         {k_: round(v, 3) for k_, v in token_stats.items()}, time.perf_counter() - t0)
 
             model = TokenPolicyModel(pconfig)
             tx, schedule = make_optimizer(run.optim, num_steps)
@@ -120,15 +108,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                                          mesh, run.sharding, ckpt, latest)
             if latest is not None:
                 logging.info("Resumed the policy from step %d.", latest)
-            train_step = loop.jit_train_step(make_policy_train_step(model, tx, schedule, run.ema), state_sharding,
-                                             batch_sharding)
-            eval_step = loop.jit_eval_step(make_policy_eval_step(model), state_sharding.ema_params, batch_sharding)
             start = int(loop.host_value(state.step))
-            batches = policy_data.PairBatches(train_arrays, batch_size, process_rows(batch_sharding, batch_size),
-                                              int(run.seed))
+            batches, num_train_pairs = policy_data.train_batches(
+                run.data, horizon, k, batch_size, process_rows(batch_sharding, batch_size), int(run.seed), start,
+                vocabulary, streamed, on_host, jax.process_index(), jax.process_count())
+            in_memory = isinstance(batches, policy_data.PairBatches)
+            stats_of = batches.arrays if in_memory else val_arrays  # streamed: the held-out pairs' targets
+            token_stats = policy_data.token_statistics(stats_of["tokens"], stats_of["lengths"], tokenizer.vocab_size)
+            logging.info("Policy data (%s): %d train / %d val pairs, tokenizer %s (%s), targets %s; prepared in "
+                         "%.1f s.", "in memory" if in_memory else "streamed", num_train_pairs,
+                         len(val_arrays["tokens"]), tokenizer.name, pconfig.max_tokens,
+                         {k_: round(v, 3) for k_, v in token_stats.items()}, time.perf_counter() - t0)
+            device_targets = not in_memory and targets is not None
+            train_step = loop.jit_train_step(make_policy_train_step(model, tx, schedule, run.ema, targets),
+                                             state_sharding, batch_sharding, frozen if device_targets else None)
+            eval_step = loop.jit_eval_step(make_policy_eval_step(model), state_sharding.ema_params, batch_sharding)
             keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
-            assets = {artifacts.POLICY_ITEM: policy_metadata(pconfig, sampling, {"state": normalizer}, keys,
-                                                             n_action_steps, tokenizer.name),
+            assets = {artifacts.POLICY_ITEM: policy_metadata(pconfig, sampling, obs_normalizers, keys,
+                                                             n_action_steps, tokenizer.name, vocabulary),
                       artifacts.FROZEN_TOKENIZER_ITEM: {
                           "name": tokenizer.name, "dir": artifacts.WORKDIR_FROZEN_TOKENIZER,
                           "sha256": artifacts.tokenizer_fingerprint(
@@ -173,21 +170,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             ckpt.wait()
 
         # --- export: the EMA policy and final_metrics.json (with the target token statistics) ---
+        params = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema_params, tiled=True))
         if is_main:
-            params = jax.tree.map(np.asarray, jax.device_get(state.ema_params))
-            policy = TokenPolicy(pconfig, params, tokenizer, {"state": normalizer}, sampling, keys, n_action_steps)
+            policy = TokenPolicy(pconfig, params, tokenizer, obs_normalizers, sampling, keys, n_action_steps,
+                                 vocabulary)
             policy.save(os.path.join(workdir, artifacts.WORKDIR_POLICY), overwrite=True)
             with open(os.path.join(workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
-                json.dump({"step": step, **metrics, "token_stats": token_stats, "train_pairs": num_train_pairs},
+                json.dump({"step": step, **metrics, "token_stats": token_stats,
+                           "token_stats_split": "train" if in_memory else "val", "train_pairs": num_train_pairs},
                           f, indent=1)
         return metrics
 
 
 def _frozen_tokenizer(run: run_config.PolicyRun, run_json: dict, workdir: str, ckpt, latest: int | None,
                       is_main: bool):
-    """(tokenizer, the saved policy item (None: a fresh run), train pairs if they were loaded to fit it): a resumed
-    run's copy in the workdir; else run.tokenizer's (loaded, or fitted on the train chunks), copied to
-    `<workdir>/frozen_tokenizer` so checkpoints do not depend on its original location."""
+    """(tokenizer, the saved policy item (None: a fresh run)): a resumed run's copy in the workdir; else
+    run.tokenizer's (loaded, or fitted on the train chunks), copied to `<workdir>/frozen_tokenizer` so checkpoints
+    do not depend on its original location."""
     if latest is not None:
         saved = ckpt.restore_json(latest)
         loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
@@ -198,17 +197,18 @@ def _frozen_tokenizer(run: run_config.PolicyRun, run_json: dict, workdir: str, c
                              f"with {started_with!r} and trains on that tokenizer's copy: resume with the same "
                              f"--config.tokenizer.path, or use a new --workdir for another tokenizer.")
         saved_policy, copy = artifacts.policy_run_assets(workdir, latest)
-        return load_action_tokenizer(copy), saved_policy, None
-    train_pairs = None
-    if run.tokenizer.fit and not run.tokenizer.path:
-        train_pairs = policy_data.load_pairs(policy_data.policy_spec(run.data), run.data, "train",
-                                             int(run.data.horizon), int(run.data.n_obs_steps))
-    tokenizer = frozen_tokenizer(run.tokenizer, None if train_pairs is None else train_pairs["actions"])
+        return load_action_tokenizer(copy), saved_policy
+    chunks = None
+    if run.tokenizer.fit and not run.tokenizer.path:  # the train chunks only (no observations)
+        chunks = data.load_chunks(data.dataset_spec(run.data), run.data, "train", int(run.data.horizon))
+    tokenizer = frozen_tokenizer(run.tokenizer, chunks)
     if is_main:  # no checkpoint refers to a copy yet: replace a stale one of an earlier start
         copy = os.path.join(workdir, artifacts.WORKDIR_FROZEN_TOKENIZER)
         shutil.rmtree(copy, ignore_errors=True)
         tokenizer.save(copy)
-    return tokenizer, None, train_pairs
+    if jax.process_count() > 1:  # the other processes hash the copy for their checkpoint assets
+        multihost_utils.sync_global_devices("oat_frozen_tokenizer_copied")
+    return tokenizer, None
 
 
 def _eval_line(step: int, metrics: dict[str, float]) -> str:
