@@ -1,4 +1,5 @@
-"""tf.data pipeline of policy training pairs: (observation history, action chunk) read from RLDS episodes.
+"""tf.data pipeline of policy training pairs: (observation history, action chunk) read from RLDS episodes of one
+dataset or a weighted mixture (a dataset is a mixture of one; every pair carries its member's "dataset_index").
 
 Each frame is stored once on disk; the K-frame observation histories and the H-step action chunks are built in the
 pipeline per episode (`loader.frame_dataset`), then per pair: state fields concatenated, camera images decoded
@@ -59,40 +60,54 @@ def _episode_ids(spec: DatasetSpec, split: str, val_fraction: float, split_seed:
     return loader.process_episode_ids(spec, split, val_fraction=val_fraction, split_seed=split_seed)
 
 
-def frame_values(spec: DatasetSpec, obs: ObservationSpec, split: str = "train", *, val_fraction: float = 0.1,
-                 split_seed: int = 0) -> dict[str, np.ndarray]:
-    """Every frame of `split`, each once (the normalizers' data): {"actions": (N, D_a) float32, "episode_id": (N,)
-    int64, "state": (N, D_s) float32 concatenated state fields (only with state keys)}."""
+def _members(datasets: loader.MixtureLike) -> list[DatasetSpec]:
+    return loader.normalize_mixture(datasets)
+
+
+def frame_values(datasets: loader.MixtureLike, obs: ObservationSpec, split: str = "train", *,
+                 val_fraction: float = 0.1, split_seed: int = 0) -> dict[str, np.ndarray]:
+    """Every frame of `split` of every member, each once (the normalizers' data): {"actions": (N, D_a) float32,
+    "episode_id": (N,) int64, "dataset_index": (N,) int32, "state": (N, D_s) float32 concatenated state fields
+    (only with state keys)}."""
     names = {k.split("/")[-1]: k for k in obs.state_keys}
-    trajectories = read_trajectories(spec, _episode_ids(spec, split, val_fraction, split_seed), obs_keys=names)
-    parts: dict[str, list] = {"actions": [], "episode_id": [], "state": []}
-    for traj in trajectories.as_numpy_iterator():
-        steps = len(traj["actions"])
-        parts["actions"].append(np.asarray(traj["actions"], np.float32))
-        parts["episode_id"].append(np.full(steps, traj["episode_id"], np.int64))
-        if names:
-            parts["state"].append(np.concatenate([np.asarray(traj["observation"][n], np.float32).reshape(steps, -1)
-                                                  for n in names], axis=1))
+    parts: dict[str, list] = {"actions": [], "episode_id": [], "dataset_index": [], "state": []}
+    for index, spec in enumerate(_members(datasets)):
+        trajectories = read_trajectories(spec, _episode_ids(spec, split, val_fraction, split_seed), obs_keys=names)
+        for traj in trajectories.as_numpy_iterator():
+            steps = len(traj["actions"])
+            parts["actions"].append(np.asarray(traj["actions"], np.float32))
+            parts["episode_id"].append(np.full(steps, traj["episode_id"], np.int64))
+            parts["dataset_index"].append(np.full(steps, index, np.int32))
+            if names:
+                parts["state"].append(np.concatenate(
+                    [np.asarray(traj["observation"][n], np.float32).reshape(steps, -1) for n in names], axis=1))
     return {k: np.concatenate(v) for k, v in parts.items() if v}
 
 
-def instruction_vocabulary(spec: DatasetSpec, obs: ObservationSpec, split: str = "train", *,
+def instruction_vocabulary(datasets: loader.MixtureLike, obs: ObservationSpec, split: str = "train", *,
                            val_fraction: float = 0.1, split_seed: int = 0) -> list[str]:
-    """The distinct instructions of `split`, sorted (id i + 1 is vocabulary[i]; empty strings are left out)."""
+    """The distinct instructions of `split` over every member, sorted (id i + 1 is vocabulary[i]; empty strings are
+    left out)."""
     if not obs.language_key:
         return []
-    trajectories = read_trajectories(obs.reader_spec(spec), _episode_ids(spec, split, val_fraction, split_seed),
-                                     with_language=True)
     seen = set()
-    for traj in trajectories.map(lambda t: tf.unique(t["language"])[0]).as_numpy_iterator():
-        seen.update(s.decode("utf-8") for s in traj)
+    for spec in _members(datasets):
+        trajectories = read_trajectories(obs.reader_spec(spec), _episode_ids(spec, split, val_fraction, split_seed),
+                                         with_language=True)
+        for traj in trajectories.map(lambda t: tf.unique(t["language"])[0]).as_numpy_iterator():
+            seen.update(s.decode("utf-8") for s in traj)
     return sorted(s for s in seen if s)
 
 
-def count_pairs(spec: DatasetSpec, split: str, *, val_fraction: float = 0.1, split_seed: int = 0) -> int:
-    """Number of (observation, chunk) pairs of `split`: one per step of its episodes."""
-    trajectories = read_trajectories(spec, _episode_ids(spec, split, val_fraction, split_seed))
-    return int(trajectories.reduce(np.int64(0), lambda n, t: n + tf.cast(tf.shape(t["actions"])[0], tf.int64)))
+def count_pairs(datasets: loader.MixtureLike, split: str, *, val_fraction: float = 0.1,
+                split_seed: int = 0) -> int:
+    """Number of (observation, chunk) pairs of `split` over every member: one per step of its episodes."""
+    total = 0
+    for spec in _members(datasets):
+        trajectories = read_trajectories(spec, _episode_ids(spec, split, val_fraction, split_seed))
+        total += int(trajectories.reduce(np.int64(0),
+                                         lambda n, t: n + tf.cast(tf.shape(t["actions"])[0], tf.int64)))
+    return total
 
 
 def random_resized_crop(image: tf.Tensor, min_area: float, seed: tf.Tensor) -> tf.Tensor:
@@ -112,16 +127,18 @@ def random_resized_crop(image: tf.Tensor, min_area: float, seed: tf.Tensor) -> t
     return tf.reshape(tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), shape)
 
 
-def make_pair_dataset(spec: DatasetSpec, obs: ObservationSpec, *, split: str, horizon: int, n_obs_steps: int,
+def make_pair_dataset(datasets: loader.MixtureLike, obs: ObservationSpec, *, split: str, horizon: int, n_obs_steps: int,
                       batch_size: int, shuffle: bool, repeat: bool, seed: int = 0, process_index: int = 0,
                       process_count: int = 1, val_fraction: float = 0.1, split_seed: int = 0,
                       shuffle_buffer: int = 10_000, episode_shuffle_buffer: int = 64,
                       instructions: Sequence[str] = (), crop_min_area: float = 1.0, skip: int = 0,
                       keep: Optional[np.ndarray] = None, drop_remainder: bool = True) -> tf.data.Dataset:
-    """Batches of (observation history, action chunk) pairs of one RLDS dataset.
+    """Batches of (observation history, action chunk) pairs of one RLDS dataset or a weighted mixture.
 
     Args:
-      spec: the dataset (its action fields; `obs` chooses the observation fields).
+      datasets: a DatasetSpec (its action fields; `obs` chooses the observation fields), a builder directory, or
+        [(spec, weight), ...]: shuffled streams sample the members by weight; a one-pass read (shuffle=False,
+        repeat=False) gives the members one after the other.
       obs: the state fields, cameras and instruction to read.
       split / horizon / n_obs_steps: "train" | "val" | "all" by episode; H; K >= 1.
       batch_size: this process's rows per batch.
@@ -138,19 +155,35 @@ def make_pair_dataset(spec: DatasetSpec, obs: ObservationSpec, *, split: str, ho
     Returns:
       Dataset of {"actions": (B, H, D_a) float32 raw, "state": (B, K, D_s) float32 raw (with state keys),
       "image": (B, K, cams, h, w, c) uint8 (with cameras), "language": (B,) int32 (with a language key),
-      "episode_id": (B,) int64}.
+      "episode_id": (B,) int64, "dataset_index": (B,) int32 (the member)}.
     """
     if n_obs_steps < 1:
         raise ValueError(f"n_obs_steps={n_obs_steps} must be >= 1.")
     if not 0.0 < crop_min_area <= 1.0:
         raise ValueError(f"crop_min_area={crop_min_area} must be in (0, 1] (1 = no crop).")
-    reader = obs.reader_spec(spec)
-    frames, images = loader.frame_dataset(
-        reader, 0, split=split, horizon=horizon, shuffle=shuffle, repeat=repeat, seed=seed + 7919 * process_index,
-        process_index=process_index, process_count=process_count, val_fraction=val_fraction, split_seed=split_seed,
-        n_obs_steps=n_obs_steps, with_language=bool(obs.language_key), with_episode_ids=True,
-        shuffle_buffer=shuffle_buffer, episode_shuffle_buffer=episode_shuffle_buffer, cache=False,
-        num_parallel_calls=tf.data.AUTOTUNE)
+    specs = _members(datasets)
+    streams = [loader.frame_dataset(
+        obs.reader_spec(spec), i, split=split, horizon=horizon, shuffle=shuffle, repeat=repeat,
+        seed=seed + 7919 * process_index + 104729 * i, process_index=process_index, process_count=process_count,
+        val_fraction=val_fraction, split_seed=split_seed, n_obs_steps=n_obs_steps,
+        with_language=bool(obs.language_key), with_episode_ids=True, shuffle_buffer=shuffle_buffer,
+        episode_shuffle_buffer=episode_shuffle_buffer, cache=False, num_parallel_calls=tf.data.AUTOTUNE)
+        for i, spec in enumerate(specs)]
+    frames, images = streams[0]
+    for spec, (member, member_images) in zip(specs[1:], streams[1:]):
+        if member.element_spec != frames.element_spec or {k: f.shape for k, f in member_images.items()} != {
+                k: f.shape for k, f in images.items()}:
+            raise ValueError(f"The mixture's members hold different observations or actions: {specs[0].label}: "
+                             f"{frames.element_spec} vs {spec.label}: {member.element_spec}; mix datasets with the "
+                             f"same state fields, camera shapes and action size.")
+    if len(specs) > 1 and (shuffle or repeat):
+        total = sum(spec.weight for spec in specs)
+        frames = tf.data.Dataset.sample_from_datasets([m for m, _ in streams],
+                                                      weights=[spec.weight / total for spec in specs], seed=seed,
+                                                      stop_on_empty_dataset=False)
+    elif len(specs) > 1:
+        for member, _ in streams[1:]:
+            frames = frames.concatenate(member)
     if keep is not None:
         mask = tf.constant(np.asarray(keep, bool))
 
@@ -166,7 +199,7 @@ def make_pair_dataset(spec: DatasetSpec, obs: ObservationSpec, *, split: str, ho
     camera_names = [k.split("/")[-1] for k in obs.image_keys]
     missing = [n for n in camera_names if n not in images]
     if missing:
-        raise ValueError(f"image_keys {[k for k in obs.image_keys if k.split('/')[-1] in missing]} of {spec.label} "
+        raise ValueError(f"image_keys {[k for k in obs.image_keys if k.split('/')[-1] in missing]} of {specs[0].label} "
                          f"are not Image features; give their keys in state_keys, or cameras in image_keys.")
     table = None
     if obs.language_key:
@@ -178,7 +211,7 @@ def make_pair_dataset(spec: DatasetSpec, obs: ObservationSpec, *, split: str, ho
     augment = crop_min_area < 1.0
 
     def to_pair(index, frame):
-        out = {"actions": frame["actions"], "episode_id": frame["episode_id"]}
+        out = {"actions": frame["actions"], "episode_id": frame["episode_id"], "dataset_index": frame["dataset_index"]}
         observation = frame["observation"]
         if state_names:  # (K, ...) fields -> (K, D_s)
             out["state"] = tf.concat([tf.reshape(tf.cast(observation[n], tf.float32), [n_obs_steps, -1])

@@ -231,9 +231,9 @@ def test_a_language_conditioned_policy_is_evaluated_with_each_tasks_instruction(
     seen = []
     original = TokenPolicy.sample_tokens
 
-    def recording(self, obs, rng, num_tokens=None):
+    def recording(self, obs, rng, num_tokens=None, dataset=None):
         seen.append(np.asarray(obs["language"]).ravel().tolist())
-        return original(self, obs, rng, num_tokens)
+        return original(self, obs, rng, num_tokens, dataset)
 
     monkeypatch.setattr(TokenPolicy, "sample_tokens", recording)
     res = policy_eval.evaluate([run], ["reach-v3", "drawer-open-v3"], episodes=2, seeds=[0], num_tokens=[4],

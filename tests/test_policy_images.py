@@ -57,7 +57,7 @@ def test_load_pairs_aligns_image_histories_with_states(image_dataset):
     m = sum(EPISODE_LENS)
     assert pairs["state"].shape == (m, K, 2) and pairs["state"].dtype == np.float32
     assert pairs["image"].shape == (m, K, 2, SIZE, SIZE, 3) and pairs["image"].dtype == np.uint8
-    assert set(pairs) == {"actions", "state", "image"}  # the cameras are not also kept under their own names
+    assert set(pairs) == {"actions", "state", "image", "dataset_index"}  # cameras not kept under their own names
     image = pairs["image"]
     # every pixel of a frame carries its (step, episode): equal to the state frame of the same history slot
     for channel in (0, 1):
@@ -75,7 +75,7 @@ def test_load_pairs_aligns_image_histories_with_states(image_dataset):
 def test_load_pairs_without_image_keys_is_unchanged(image_dataset):
     cfg = _data_cfg(image_dataset, ())
     pairs = policy_data.load_pairs(cfg, "all", horizon=2, n_obs_steps=K)
-    assert set(pairs) == {"actions", "state"}
+    assert set(pairs) == {"actions", "state", "dataset_index"}
 
 
 def test_image_policy_trains_one_step_on_loaded_pairs(image_dataset):

@@ -49,7 +49,7 @@ def test_streamed_pairs_hold_aligned_histories_and_resume_exactly(camera_dataset
     it = _stream(camera_dataset).as_numpy_iterator()
     batches = [next(it) for _ in range(12)]  # more pairs than the dataset holds: the stream repeats
     b = batches[0]
-    assert set(b) == {"actions", "image", "language", "episode_id"}  # no state: the dataset has none asked for
+    assert set(b) == {"actions", "image", "language", "episode_id", "dataset_index"}  # no state: none asked for
     assert b["image"].shape == (5, 2, 2, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
     for batch in batches:
         image = batch["image"]
@@ -171,3 +171,68 @@ def test_device_targets_equal_the_host_tokenizer(tmp_path, kind):
     host_tokens, host_lengths = tokenizer.tokenize(chunks)
     np.testing.assert_array_equal(np.asarray(lengths), host_lengths)
     assert np.mean(np.asarray(tokens) == host_tokens) > 0.999  # bin edges may round apart in another compilation
+
+
+def test_tokenizer_units_give_each_member_its_own_targets(tmp_path):
+    """A tokenizer trained on a mixture normalizes each member with its own statistics: rows converted to the
+    default member's units tokenize (one call) exactly as that member's tokenizer tokenizes them."""
+    from oat_jax import OATTokenizer
+    from oat_jax.action_tokenizers import load_action_tokenizer
+    from oat_jax.normalizer import Normalizer
+    from oat_jax.training.policy import data as policy_data
+
+    rng = np.random.default_rng(0)
+    base = load_action_tokenizer(save_tiny_oat(str(tmp_path / "tok"), action_dim=3))
+    members = {"a": Normalizer.fit(rng.uniform(-1, 1, (64, 3)), "limits"),
+               "b": Normalizer.fit(rng.uniform(-50, 80, (64, 3)), "limits")}
+    tokenizer = OATTokenizer(base.config, base.params, members["a"], members)
+    actions = np.concatenate([rng.uniform(-1, 1, (32, 8, 3)), rng.uniform(-50, 80, (32, 8, 3))]).astype(np.float32)
+    member = np.repeat(np.array([0, 1], np.int32), 32)
+    tokens, _ = tokenizer.tokenize(policy_data.tokenizer_units(tokenizer, ["a", "b"])(actions, member))
+    expected = np.concatenate([tokenizer.for_dataset("a").tokenize(actions[:32])[0],
+                               tokenizer.for_dataset("b").tokenize(actions[32:])[0]])
+    assert np.mean(tokens == expected) > 0.99  # a float round trip may move a value across an FSQ edge
+    assert not np.array_equal(tokenizer.tokenize(actions)[0][32:], expected[32:])  # without it: wrong targets
+    with pytest.raises(ValueError, match=r"no normalizer for \['c'\]"):
+        policy_data.tokenizer_units(tokenizer, ["a", "c"])
+
+
+def _state_dataset(root, name, scale, seed):
+    rng = np.random.default_rng(seed)
+    episodes = []
+    for e in range(6):
+        action = rng.uniform(-1, 1, (12, 2)).astype(np.float32) * scale
+        episodes.append(rlds_writer.Episode(source=f"{name} episode {e}", action=action,
+                                            observation={"state": np.cumsum(action, 0)}, language="", extras={},
+                                            metadata={}))
+    return rlds_writer.write_rlds(episodes, os.path.join(root, name), name=name)
+
+
+def test_a_mixture_streams_with_each_members_normalizers(tmp_path):
+    """Two datasets of different scales as a weighted mixture: the Diffusion Policy fits a state and an action
+    normalizer per member, saves them, and acts in the units of the member it is asked for."""
+    from oat_jax.policy import load_policy
+    from oat_jax.training.policy.diffusion_trainer import train_and_evaluate
+
+    small = _state_dataset(str(tmp_path), "small", 1.0, 0)
+    large = _state_dataset(str(tmp_path), "large", 100.0, 1)
+    config = _config("dp", "")
+    config.data.update(path=f"{small}:1,{large}:3", state_keys=("observation/state",), image_keys=(),
+                       language_key="", crop_min_area=1.0)
+    config.train.update(num_steps=2, eval_every=2)
+    in_memory = _config("dp", "")
+    in_memory.data.update(path=config.data.path, shuffle_buffer=0)
+    with pytest.raises(ValueError, match="is a mixture: .*shuffle_buffer > 0"):
+        train_and_evaluate(in_memory, str(tmp_path / "refused"))
+    assert np.isfinite(train_and_evaluate(config, str(tmp_path / "mix"))["val_loss"])
+    policy = load_policy(str(tmp_path / "mix"))
+    assert sorted(policy.datasets) == ["large", "small"]
+    scale = {label: entry["action"].unnormalize(np.ones((1, 2), np.float32)) for label, entry in
+             policy.datasets.items()}
+    assert np.abs(scale["large"]).max() > 20 * np.abs(scale["small"]).max()  # each member's own action range
+    obs = {"state": np.zeros((2, 2, 2), np.float32)}
+    small_act, _ = policy.act(obs, jax.random.PRNGKey(0), dataset="small")
+    large_act, _ = policy.act(obs, jax.random.PRNGKey(0), dataset="large")
+    assert np.abs(large_act).max() > 10 * np.abs(small_act).max()
+    with pytest.raises(ValueError, match="trained on"):
+        policy.act(obs, jax.random.PRNGKey(0), dataset="other")

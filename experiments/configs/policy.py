@@ -17,7 +17,9 @@ Variants (comma-separated, combinable with runlocal / test):
   :test      tiny model, 4 steps (unit tests)
 Every variant shares the model, data and training budget; only the tokenizer differs.
 The dataset defaults to the embedded Meta-World MT10 dataset; the recipe uses the paper's four tasks
-(experiments/recipes/metaworld_policy_comparison.sh).
+(experiments/recipes/metaworld_policy_comparison.sh). Observations: config.data.state_keys / image_keys /
+language_key; --config.data.shuffle_buffer=10000 streams the pairs (large datasets, weighted mixtures
+'name_or_path:weight,...' in config.data.path) instead of holding them in memory.
 """
 
 import ml_collections

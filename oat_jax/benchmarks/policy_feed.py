@@ -80,8 +80,9 @@ def interleaved_rates(config: ml_collections.ConfigDict, windows: int, window_st
     tokenizer = load_action_tokenizer(os.path.expanduser(run.tokenizer.path))
     horizon, k, batch = int(tokenizer.horizon), int(run.data.n_obs_steps), int(run.train.batch_size)
     vocabulary = tuple(policy_data.instructions(run.data))
-    normalizer, _ = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode)
-    on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizer)
+    normalizers, _ = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode)
+    on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizers,
+                                                                 policy_data.member_labels(run.data))
     mesh, batch_sharding = loop.mesh_and_batch_sharding(run)
     rows = sharding.process_rows(batch_sharding, batch)
     in_memory = policy_data.PairBatches(on_host(policy_data.load_pairs(run.data, "train", horizon, k, vocabulary)),

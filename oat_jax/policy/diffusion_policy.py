@@ -14,6 +14,7 @@ import numpy as np
 from oat_jax import artifacts
 from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel, init_params, sample_actions
+from oat_jax.policy.policy import dataset_normalizers_from_json, dataset_normalizers_json
 from oat_jax.policy.sampling import whole_number
 from oat_jax.policy.observations import (check_instructions, check_normalizers, finite_rows, mask_rows,
                                         prepare_observation)
@@ -24,15 +25,19 @@ POLICY_TYPE = "diffusion"  # policy.json "type" (token policies: absent or "toke
 
 def diffusion_metadata(config: DiffusionConfig, action_normalizer: Normalizer,
                        obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str],
-                       n_action_steps: int, instructions: Sequence[str] = ()) -> dict:
+                       n_action_steps: int, instructions: Sequence[str] = (),
+                       datasets: Mapping[str, Mapping[str, Normalizer]] | None = None) -> dict:
     """The JSON description of a diffusion policy besides its params (policy.json, and the `policy` item of its
-    training run's checkpoints); "instructions" only for a policy with language input."""
+    training run's checkpoints); "instructions" only for a policy with language input, "datasets" ({label:
+    {"state", "action"}}) only for a policy trained on a mixture."""
     meta = {"format": FORMAT, "type": POLICY_TYPE, "config": config.to_dict(),
             "action_normalizer": action_normalizer.to_dict(),
             "obs_normalizers": {k: v.to_dict() for k, v in obs_normalizers.items()}, "obs_keys": dict(obs_keys),
             "n_action_steps": int(n_action_steps)}
     if instructions:
         meta["instructions"] = list(instructions)
+    if datasets:
+        meta["datasets"] = dataset_normalizers_json(datasets)
     return meta
 
 
@@ -54,13 +59,15 @@ class DiffusionPolicy:
       obs_keys: {"state": dataset key path, ...}: where each observation comes from (documentation for users).
       n_action_steps: actions of each chunk executed before re-planning.
       instructions: the language instructions of the training data (as `TokenPolicy`).
+      datasets: {label: {"state", "action": Normalizer}} of a policy trained on a mixture (act(dataset=label)).
     """
 
     label = "dp"  # name in tables
 
     def __init__(self, config: DiffusionConfig, params: Any, action_normalizer: Normalizer,
                  obs_normalizers: Mapping[str, Normalizer], obs_keys: Mapping[str, str] | None = None,
-                 n_action_steps: int = 16, instructions: Sequence[str] = ()):
+                 n_action_steps: int = 16, instructions: Sequence[str] = (),
+                 datasets: Mapping[str, Mapping[str, Normalizer]] | None = None):
         self.config, self.params = config, params
         self.action_normalizer = action_normalizer
         self.obs_normalizers = dict(obs_normalizers)
@@ -72,6 +79,9 @@ class DiffusionPolicy:
             raise ValueError(f"The action normalizer does not have action_dim={config.action_dim} dimensions.")
         check_normalizers(config, self.obs_normalizers)
         self.instructions = check_instructions(config, instructions)
+        self.datasets = {label: dict(entry) for label, entry in (datasets or {}).items()}
+        for entry in self.datasets.values():
+            check_normalizers(config, entry)
 
     @property
     def horizon(self) -> int:
@@ -87,13 +97,24 @@ class DiffusionPolicy:
         """Raw observation dict {"state": (B, K, obs_dim), "image": (B, K, cams, h, w, c) uint8} -> model input."""
         return prepare_observation(self.config, self.obs_normalizers, obs, self.instructions)
 
+    def _member(self, dataset: str | None) -> tuple[Mapping[str, Normalizer], Normalizer]:
+        """(observation normalizers, action normalizer) of mixture member `dataset` (None: the first)."""
+        if dataset is None:
+            return self.obs_normalizers, self.action_normalizer
+        if dataset not in self.datasets:
+            raise ValueError(f"dataset={dataset!r}: this policy was trained on "
+                             f"{sorted(self.datasets) or 'one dataset (leave dataset None)'}.")
+        entry = self.datasets[dataset]
+        return {**self.obs_normalizers, **{k: v for k, v in entry.items() if k == "state"}}, entry["action"]
+
     def act(self, obs: Mapping[str, np.ndarray], rng: jax.Array, num_tokens: int | None = None,
-            num_inference_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+            num_inference_steps: int | None = None, dataset: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw observations (batch B) -> action chunks (B, H, D_a) float32 raw units, valid (B,) bool (False, with a
         NaN chunk, for an observation row holding NaN/Inf).
 
         num_inference_steps: DDIM steps (None = config.num_inference_steps; each value compiles once).
         num_tokens: must be None (the token policies' anytime-decoding argument; a diffusion policy has no tokens).
+        dataset: for a policy trained on a mixture, the member whose units observations and actions are in.
         """
         if num_tokens is not None:
             raise ValueError(f"num_tokens={num_tokens}: a diffusion policy generates no tokens; leave it None.")
@@ -101,15 +122,17 @@ class DiffusionPolicy:
                  else whole_number(num_inference_steps, "num_inference_steps"))
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"num_inference_steps={steps} must be in 1..{self.config.num_train_timesteps}.")
-        normalized = _sampler(self.config)(self.params, self.normalize_observation(obs), rng, steps)
-        actions = self.action_normalizer.unnormalize(np.asarray(normalized, np.float32))
+        obs_normalizers, action_normalizer = self._member(dataset)
+        model_obs = prepare_observation(self.config, obs_normalizers, obs, self.instructions)
+        normalized = _sampler(self.config)(self.params, model_obs, rng, steps)
+        actions = action_normalizer.unnormalize(np.asarray(normalized, np.float32))
         return mask_rows(np.asarray(actions, np.float32), finite_rows(obs))
 
     # ----- persistence -----
     def metadata(self) -> dict:
         """The JSON content of policy.json (see `diffusion_metadata`)."""
         return diffusion_metadata(self.config, self.action_normalizer, self.obs_normalizers, self.obs_keys,
-                                  self.n_action_steps, self.instructions)
+                                  self.n_action_steps, self.instructions, self.datasets)
 
     def save(self, path: str, overwrite: bool = False) -> str:
         """Writes policy.json and params/ to directory `path` (atomically, as `TokenPolicy.save`); returns its path."""
@@ -123,7 +146,8 @@ class DiffusionPolicy:
         meta, params, _ = artifacts.read_policy(path, step, _abstract_params, verify=verify)
         return cls(DiffusionConfig.from_dict(meta["config"]), params, Normalizer.from_dict(meta["action_normalizer"]),
                    {k: Normalizer.from_dict(v) for k, v in meta["obs_normalizers"].items()}, meta.get("obs_keys"),
-                   meta.get("n_action_steps", 16), meta.get("instructions", ()))
+                   meta.get("n_action_steps", 16), meta.get("instructions", ()),
+                   dataset_normalizers_from_json(meta.get("datasets")))
 
     def __repr__(self) -> str:
         c = self.config

@@ -1,6 +1,8 @@
 """Policy training data: (observation history, action chunk) pairs of one RLDS dataset, in memory or streamed.
 
-What a policy observes comes from `config.data`: `state_keys` (zero or more fields, concatenated into "state"),
+The data is one dataset or a weighted mixture (`config.data.path` = 'name_or_path:weight,...', as the tokenizer's),
+each member with its own state (and, for the Diffusion Policy, action) normalizer. What a policy observes comes from
+`config.data`: `state_keys` (zero or more fields, concatenated into "state"),
 `image_keys` (zero or more cameras, stacked into "image"), `language_key` (the instruction, '' = none); at least one
 state key or camera. The pairs come from `data_pipelines.pairs` (histories and chunks built per episode, each frame
 stored once), in one of two ways behind one interface (`local_batch(step)`), chosen by `config.data.shuffle_buffer`:
@@ -19,7 +21,7 @@ holding the rest. The state normalizer is fitted on the train split's frames (ea
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -49,6 +51,9 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 < float(data_cfg.crop_min_area) <= 1.0:
         raise ValueError(f"config.data.crop_min_area must be in (0, 1] (1 = no random crop), got "
                          f"{data_cfg.crop_min_area}.")
+    if loader.is_mixture(data_cfg.path) and not data_cfg.shuffle_buffer:
+        raise ValueError(f"config.data.path={data_cfg.path!r} is a mixture: its pairs are sampled by weight from "
+                         f"streams; set config.data.shuffle_buffer > 0 (e.g. 10000).")
     observation_spec(data_cfg)
 
 
@@ -61,26 +66,42 @@ def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
 
 
 def _spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
-    return data.dataset_spec(data_cfg)
+    return data.dataset_members(data_cfg)[0].spec
 
 
-def fit_normalizers(data_cfg: ml_collections.ConfigDict, state_mode: str,
-                    action_mode: str | None = None) -> tuple[Normalizer | None, Normalizer | None]:
-    """(state normalizer, action normalizer) fitted on every train frame (each frame once): the state one is None
-    without state keys, the action one None without `action_mode`."""
-    frames = pairs.frame_values(_spec(data_cfg), observation_spec(data_cfg), "train",
+def member_labels(data_cfg: ml_collections.ConfigDict) -> list[str]:
+    """The labels of the data's members (one for a single dataset), in `dataset_index` order."""
+    return [m.label for m in data.dataset_members(data_cfg)]
+
+
+def _datasets(data_cfg: ml_collections.ConfigDict) -> list[tuple[loader.DatasetSpec, float]]:
+    return [(m.spec, m.weight) for m in data.dataset_members(data_cfg)]
+
+
+def fit_normalizers(data_cfg: ml_collections.ConfigDict, state_mode: str, action_mode: str | None = None
+                    ) -> tuple[list[Normalizer] | None, list[Normalizer] | None]:
+    """Per member (in `dataset_index` order): the state normalizers and the action normalizers, each fitted on every
+    train frame of that member (each frame once); the state ones None without state keys, the action ones None
+    without `action_mode`."""
+    frames = pairs.frame_values(_datasets(data_cfg), observation_spec(data_cfg), "train",
                                 val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
-    if "actions" not in frames:
-        raise ValueError(f"The 'train' split of {_spec(data_cfg).label} holds no steps; check "
-                         f"config.data.val_fraction.")
+    labels = member_labels(data_cfg)
+    counts = np.bincount(frames.get("dataset_index", np.zeros(0, np.int32)), minlength=len(labels))
+    if (counts == 0).any():
+        raise ValueError(f"The 'train' split of {[lb for lb, c in zip(labels, counts) if c == 0]} holds no steps; "
+                         f"check config.data.val_fraction.")
     _check_finite(frames, frames["episode_id"], data_cfg, "train")
-    state = Normalizer.fit(frames["state"], state_mode) if "state" in frames else None
-    return state, (Normalizer.fit(frames["actions"], action_mode) if action_mode else None)
+    member = frames["dataset_index"]
+    state = ([Normalizer.fit(frames["state"][member == i], state_mode) for i in range(len(labels))]
+             if "state" in frames else None)
+    actions = ([Normalizer.fit(frames["actions"][member == i], action_mode) for i in range(len(labels))]
+               if action_mode else None)
+    return state, actions
 
 
 def instructions(data_cfg: ml_collections.ConfigDict) -> list[str]:
     """The distinct instructions of the train split (the policy's vocabulary); [] without a language key."""
-    found = pairs.instruction_vocabulary(_spec(data_cfg), observation_spec(data_cfg), "train",
+    found = pairs.instruction_vocabulary(_datasets(data_cfg), observation_spec(data_cfg), "train",
                                          val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
     if data_cfg.language_key and not found:
         raise ValueError(f"config.data.language_key={data_cfg.language_key!r}: the train split of "
@@ -112,10 +133,11 @@ def load_pairs(data_cfg: ml_collections.ConfigDict, split: str, horizon: int, n_
       vocabulary: the instruction vocabulary (`instructions`) when config.data.language_key is set.
       keep: (num_pairs,) bool: only these pairs of the split (None: all).
     Returns:
-      {"actions": (M, H, D_a) float32 raw, "state": (M, K, D_s) float32 raw (with state keys), "image":
-       (M, K, cams, h, w, c) uint8 (with cameras), "language": (M,) int32 ids (with a language key)}.
+      {"actions": (M, H, D_a) float32 raw, "dataset_index": (M,) int32, "state": (M, K, D_s) float32 raw (with
+       state keys), "image": (M, K, cams, h, w, c) uint8 (with cameras), "language": (M,) int32 ids (with a
+       language key)}.
     """
-    ds = pairs.make_pair_dataset(_spec(data_cfg), observation_spec(data_cfg), split=split, horizon=horizon,
+    ds = pairs.make_pair_dataset(_datasets(data_cfg), observation_spec(data_cfg), split=split, horizon=horizon,
                                  n_obs_steps=n_obs_steps, batch_size=_READ_BATCH, shuffle=False, repeat=False,
                                  val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
                                  instructions=vocabulary, keep=keep, drop_remainder=False)
@@ -135,7 +157,7 @@ def eval_pairs(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: i
                vocabulary: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """At most config.data.max_eval_chunks validation pairs, evenly spaced over the split (`load_pairs` arrays);
     only those are decoded and held."""
-    total = pairs.count_pairs(_spec(data_cfg), "val", val_fraction=data_cfg.val_fraction,
+    total = pairs.count_pairs(_datasets(data_cfg), "val", val_fraction=data_cfg.val_fraction,
                               split_seed=data_cfg.split_seed)
     if total == 0:
         raise ValueError(f"The 'val' split of {_spec(data_cfg).label} holds no pairs; check config.data.val_fraction.")
@@ -221,7 +243,7 @@ class StreamedPairs:
                  seed: int, start_step: int, vocabulary: tuple[str, ...], finish: Callable[[dict], dict],
                  process_index: int = 0, process_count: int = 1):
         ds = pairs.make_pair_dataset(
-            _spec(data_cfg), observation_spec(data_cfg), split="train", horizon=horizon, n_obs_steps=n_obs_steps,
+            _datasets(data_cfg), observation_spec(data_cfg), split="train", horizon=horizon, n_obs_steps=n_obs_steps,
             batch_size=local_batch, shuffle=True, repeat=True, seed=seed, process_index=process_index,
             process_count=process_count, val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed,
             shuffle_buffer=int(data_cfg.shuffle_buffer), episode_shuffle_buffer=EPISODE_SHUFFLE_BUFFER,
@@ -246,7 +268,7 @@ def train_batches(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps
     if not data_cfg.shuffle_buffer:
         arrays = finish_in_memory(load_pairs(data_cfg, "train", horizon, n_obs_steps, vocabulary))
         return PairBatches(arrays, global_batch, rows, seed), len(next(iter(arrays.values())))
-    total = pairs.count_pairs(_spec(data_cfg), "train", val_fraction=data_cfg.val_fraction,
+    total = pairs.count_pairs(_datasets(data_cfg), "train", val_fraction=data_cfg.val_fraction,
                               split_seed=data_cfg.split_seed)
     streamed = StreamedPairs(data_cfg, horizon, n_obs_steps, len(rows), seed, start_step, vocabulary,
                              finish_streamed, process_index, process_count)
@@ -260,33 +282,94 @@ def check_action_steps(config: ml_collections.ConfigDict, horizon: int, what: st
                          f"({what}).")
 
 
-def observations(batch: dict, normalizer: Normalizer | None) -> dict:
-    """The observation entries of a raw batch for the step: "state" normalized (float32), "image" and "language"
-    as read."""
+def by_member(values: np.ndarray, member: np.ndarray, normalizers: Sequence[Normalizer]) -> np.ndarray:
+    """Each row of `values` (B, ..., D) normalized with the normalizer of its member `member` (B,) int: float32."""
+    if len(normalizers) == 1:
+        return np.asarray(normalizers[0].normalize(values), np.float32)
+    return data.normalize_rows(values, member, normalizers)
+
+
+def observations(batch: dict, normalizers: Sequence[Normalizer] | None) -> dict:
+    """The observation entries of a raw batch for the step: "state" normalized with its member's normalizer
+    (float32), "image" and "language" as read."""
     out = {k: batch[k] for k in ("image", "language") if k in batch}
     if "state" in batch:
-        out["state"] = np.asarray(normalizer.normalize(batch["state"]), np.float32)
+        out["state"] = by_member(batch["state"], batch["dataset_index"], normalizers)
     return out
 
 
-def token_feeds(tokenizer, normalizer: Normalizer | None) -> tuple[Callable, Callable, Callable | None, Any]:
+def tokenizer_units(tokenizer, labels: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """`convert(actions (B, H, D_a) raw, member (B,)) -> (B, H, D_a)`: each member's raw actions in the units the
+    tokenizer's own normalizer reads. A tokenizer trained on a mixture (OAT) normalizes each dataset with its own
+    statistics; its rows are mapped through that dataset's normalizer and back through the default one, so one
+    tokenize call (on the host or on the device) gives every row the targets of its dataset. Other tokenizers read
+    every member in shared raw units (identity)."""
+    own = dict(getattr(tokenizer, "dataset_normalizers", {}) or {})
+    if not own or (len(labels) == 1 and labels[0] not in own):
+        return lambda actions, member: actions
+    missing = [label for label in labels if label not in own]
+    if missing:
+        raise ValueError(f"config.data.path mixes {list(labels)}, but the tokenizer (config.tokenizer.path) was "
+                         f"trained on {sorted(own)}: it has no normalizer for {missing}. Train the policy on the "
+                         f"tokenizer's datasets, or a tokenizer on the policy's mixture.")
+    default, members = tokenizer.normalizer, [own[label] for label in labels]
+
+    def convert(actions: np.ndarray, member: np.ndarray) -> np.ndarray:
+        normalized = by_member(actions, member, members)
+        return np.asarray(default.unnormalize(normalized), np.float32)
+
+    return convert
+
+
+def token_feeds(tokenizer, normalizers: Sequence[Normalizer] | None, labels: Sequence[str]
+                ) -> tuple[Callable, Callable, Callable | None, Any]:
     """How raw pairs become a token policy's step batches: (on_host, streamed, targets, frozen).
 
     on_host(pairs) -> observations for the step + "tokens" / "lengths" tokenized on the host (in-memory pairs,
     held-out pairs); streamed(batch) -> observations + the raw "actions" that the step tokenizes on the device with
     `targets(frozen, actions)` (the tokenizer's `device_tokenizer()`), or `on_host` for a tokenizer without one
-    (targets and frozen None)."""
+    (targets and frozen None). The chunks of a mixture's members are first put in the tokenizer's units
+    (`tokenizer_units`)."""
+    units = tokenizer_units(tokenizer, labels)
 
     def on_host(batch: dict) -> dict:
-        tokens, lengths = tokenize_all(tokenizer, batch["actions"])
-        return {**observations(batch, normalizer), "tokens": tokens, "lengths": lengths}
+        tokens, lengths = tokenize_all(tokenizer, units(batch["actions"], batch["dataset_index"]))
+        return {**observations(batch, normalizers), "tokens": tokens, "lengths": lengths}
 
     targets, frozen = tokenizer.device_tokenizer() if hasattr(tokenizer, "device_tokenizer") else (None, None)
 
     def streamed(batch: dict) -> dict:
         if targets is None:
             return on_host(batch)
-        return {**observations(batch, normalizer), "actions": batch["actions"]}
+        return {**observations(batch, normalizers), "actions": units(batch["actions"], batch["dataset_index"])}
 
     return on_host, streamed, targets, frozen
 
+
+
+def member_normalizers(labels: Sequence[str], state: Sequence[Normalizer] | None,
+                       action: Sequence[Normalizer] | None = None) -> dict[str, dict[str, Normalizer]]:
+    """{label: {"state": ..., "action": ...}} of a mixture's members, saved with the policy (`act(dataset=label)`);
+    {} for one dataset (its normalizers are the policy's own)."""
+    if len(labels) < 2:
+        return {}
+    out: dict[str, dict[str, Normalizer]] = {label: {} for label in labels}
+    for key, normalizers in (("state", state), ("action", action)):
+        for label, normalizer in zip(labels, normalizers or ()):
+            out[label][key] = normalizer
+    return out
+
+
+def saved_normalizers(meta: dict, labels: Sequence[str], key: str) -> list[Normalizer] | None:
+    """The per-member "state" or "action" normalizers a resumed run's policy item holds (None: the policy has none
+    of that kind); ValueError when it was trained on other datasets."""
+    if len(labels) > 1:
+        saved = meta.get("datasets", {})
+        if sorted(saved) != sorted(labels):
+            raise ValueError(f"The run was started on the datasets {sorted(saved) or 'of one dataset'}, not "
+                             f"{list(labels)}: resume with the config.data.path it was started with.")
+        if key not in saved[labels[0]]:
+            return None
+        return [Normalizer.from_dict(saved[label][key]) for label in labels]
+    entry = meta["obs_normalizers"].get("state") if key == "state" else meta.get("action_normalizer")
+    return None if entry is None else [Normalizer.from_dict(entry)]

@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from oat_jax import artifacts
-from oat_jax.normalizer import Normalizer
 from oat_jax.policy.diffusion import DiffusionConfig, DiffusionPolicyModel
 from oat_jax.policy.diffusion_policy import DiffusionPolicy, diffusion_metadata
 from oat_jax.training import loop, run_config
@@ -73,23 +72,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             loop.check_run_kind(ckpt, latest, "policy", workdir)
             k, horizon = int(run.data.n_obs_steps), int(run.data.horizon)
             check_action_steps(run, horizon, "config.data.horizon")
-            if latest is None:  # fitted on the train split
+            labels = policy_data.member_labels(run.data)
+            if latest is None:  # fitted on the train split, per member of a mixture
                 vocabulary = tuple(policy_data.instructions(run.data))
-                obs_normalizer, action_normalizer = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode,
-                                                                                run.action_normalizer.mode)
+                state_normalizers, action_normalizers = policy_data.fit_normalizers(
+                    run.data, run.obs_normalizer.mode, run.action_normalizer.mode)
             else:  # the normalizers and instructions stay the ones the checkpoint was trained with
                 saved = ckpt.restore_json(latest, (artifacts.POLICY_ITEM,))
                 loop.warn_if_config_changed(saved[artifacts.RUN_CONFIG_ITEM], run_json, workdir)
                 meta = saved[artifacts.POLICY_ITEM]
                 vocabulary = tuple(meta.get("instructions", ()))
-                saved_state = meta["obs_normalizers"].get("state")
-                obs_normalizer = None if saved_state is None else Normalizer.from_dict(saved_state)
-                action_normalizer = Normalizer.from_dict(meta["action_normalizer"])
-            obs_normalizers = {} if obs_normalizer is None else {"state": obs_normalizer}
+                state_normalizers = policy_data.saved_normalizers(meta, labels, "state")
+                action_normalizers = policy_data.saved_normalizers(meta, labels, "action")
+            obs_normalizers = {} if state_normalizers is None else {"state": state_normalizers[0]}
+            action_normalizer = action_normalizers[0]  # the first member's
+            members = policy_data.member_normalizers(labels, state_normalizers, action_normalizers)
 
             def arrays(pairs: dict) -> dict:  # normalized actions and states, images and instructions as read
-                return {**policy_data.observations(pairs, obs_normalizer),
-                        "actions": np.asarray(action_normalizer.normalize(pairs["actions"]), np.float32)}
+                return {**policy_data.observations(pairs, state_normalizers),
+                        "actions": policy_data.by_member(pairs["actions"], pairs["dataset_index"],
+                                                         action_normalizers)}
 
             val_pairs = policy_data.eval_pairs(run.data, horizon, k, vocabulary)
             val_arrays = {**arrays(val_pairs), "seed": np.arange(len(val_pairs["actions"]), dtype=np.int32)}
@@ -114,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          len(val_arrays["actions"]), time.perf_counter() - t0)
             keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
             assets = {artifacts.POLICY_ITEM: diffusion_metadata(dconfig, action_normalizer, obs_normalizers, keys,
-                                                                n_action_steps, vocabulary)}
+                                                                n_action_steps, vocabulary, members)}
         writer = closing.enter_context(loop.metric_writer(workdir))
 
         def evaluate(params) -> dict[str, float]:  # held-out denoising loss and sampled-chunk MSE
@@ -159,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema_params, tiled=True))
         if is_main:
             policy = DiffusionPolicy(dconfig, params, action_normalizer, obs_normalizers, keys, n_action_steps,
-                                     vocabulary)
+                                     vocabulary, members)
             policy.save(os.path.join(workdir, artifacts.WORKDIR_POLICY), overwrite=True)
             with open(os.path.join(workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
                 json.dump({"step": step, **metrics, "train_pairs": num_train_pairs}, f, indent=1)

@@ -29,7 +29,6 @@ import numpy as np
 
 from oat_jax import artifacts
 from oat_jax.action_tokenizers import fit_action_tokenizer, load_action_tokenizer
-from oat_jax.normalizer import Normalizer
 from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
 from oat_jax.policy.policy import TokenPolicy, policy_metadata
 from oat_jax.training import data, loop, run_config
@@ -88,16 +87,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             tokenizer, saved_policy = _frozen_tokenizer(run, run_json, workdir, ckpt, latest, is_main)
             horizon, k = int(tokenizer.horizon), int(run.data.n_obs_steps)
             check_action_steps(run, horizon, "the tokenizer's horizon")
+            labels = policy_data.member_labels(run.data)
             if saved_policy is None:  # fitted on the train split; a resumed run keeps the saved ones
                 vocabulary = tuple(policy_data.instructions(run.data))
-                normalizer, _ = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode)
+                normalizers, _ = policy_data.fit_normalizers(run.data, run.obs_normalizer.mode)
             else:
                 vocabulary = tuple(saved_policy.get("instructions", ()))
-                saved_state = saved_policy["obs_normalizers"].get("state")
-                normalizer = None if saved_state is None else Normalizer.from_dict(saved_state)
-            obs_normalizers = {} if normalizer is None else {"state": normalizer}
-
-            on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizer)
+                normalizers = policy_data.saved_normalizers(saved_policy, labels, "state")
+            obs_normalizers = {} if normalizers is None else {"state": normalizers[0]}  # the first member's
+            members = policy_data.member_normalizers(labels, normalizers)
+            on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizers, labels)
             val_arrays = on_host(policy_data.eval_pairs(run.data, horizon, k, vocabulary))
             pconfig = _policy_config(run, tokenizer, val_arrays, len(vocabulary))
             sampling = run.sampling
@@ -125,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             eval_step = loop.jit_eval_step(make_policy_eval_step(model), state_sharding.ema_params, batch_sharding)
             keys, n_action_steps = observation_keys(run.data), int(run.policy.n_action_steps)
             assets = {artifacts.POLICY_ITEM: policy_metadata(pconfig, sampling, obs_normalizers, keys,
-                                                             n_action_steps, tokenizer.name, vocabulary),
+                                                             n_action_steps, tokenizer.name, vocabulary, members),
                       artifacts.FROZEN_TOKENIZER_ITEM: {
                           "name": tokenizer.name, "dir": artifacts.WORKDIR_FROZEN_TOKENIZER,
                           "sha256": artifacts.tokenizer_fingerprint(
@@ -173,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         params = jax.tree.map(np.asarray, multihost_utils.process_allgather(state.ema_params, tiled=True))
         if is_main:
             policy = TokenPolicy(pconfig, params, tokenizer, obs_normalizers, sampling, keys, n_action_steps,
-                                 vocabulary)
+                                 vocabulary, members)
             policy.save(os.path.join(workdir, artifacts.WORKDIR_POLICY), overwrite=True)
             with open(os.path.join(workdir, artifacts.FINAL_METRICS_FILE), "w", encoding="utf-8") as f:
                 json.dump({"step": step, **metrics, "token_stats": token_stats,
@@ -199,8 +198,9 @@ def _frozen_tokenizer(run: run_config.PolicyRun, run_json: dict, workdir: str, c
         saved_policy, copy = artifacts.policy_run_assets(workdir, latest)
         return load_action_tokenizer(copy), saved_policy
     chunks = None
-    if run.tokenizer.fit and not run.tokenizer.path:  # the train chunks only (no observations)
-        chunks = data.load_chunks(data.dataset_spec(run.data), run.data, "train", int(run.data.horizon))
+    if run.tokenizer.fit and not run.tokenizer.path:  # the train chunks only (no observations), every member's
+        chunks = np.concatenate([data.load_chunks(m.spec, run.data, "train", int(run.data.horizon))
+                                 for m in data.dataset_members(run.data)])
     tokenizer = frozen_tokenizer(run.tokenizer, chunks)
     if is_main:  # no checkpoint refers to a copy yet: replace a stale one of an earlier start
         copy = os.path.join(workdir, artifacts.WORKDIR_FROZEN_TOKENIZER)
