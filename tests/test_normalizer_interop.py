@@ -71,6 +71,7 @@ def test_mask_length_is_checked():
         ActionNormalizer.from_stats(_octo_file(), "limits", mask=[True, False])
 
 
+@pytest.mark.slow  # about 60 s on 2 cores: two training runs
 def test_unnormalized_dims_in_training_and_load_pretrained(tmp_path, tiny_dataset, compilation_cache):  # noqa: F811
     config = train_helpers.tiny_config(tiny_dataset, **{"normalizer.unnormalized_dims": "2"})
     workdir = str(tmp_path / "run")

@@ -236,8 +236,8 @@ def test_a_language_conditioned_policy_is_evaluated_with_each_tasks_instruction(
         return original(self, obs, rng, num_tokens, dataset)
 
     monkeypatch.setattr(TokenPolicy, "sample_tokens", recording)
-    res = policy_eval.evaluate([run], ["reach-v3", "drawer-open-v3"], episodes=2, seeds=[0], num_tokens=[4],
-                               max_steps=6, latency_repeats=1, log=lambda s: None)
+    res = policy_eval.evaluate([run], ["reach-v3", "drawer-open-v3"], episodes=1, seeds=[0], num_tokens=[4],
+                               max_steps=4, latency_repeats=1, log=lambda s: None)
     assert 0.0 <= res["by_k"]["4"]["mean"] <= 1.0
     assert {"reach", "drawer open"} <= {s for call in seen for s in call}
     assert all(len(set(call)) == 1 for call in seen)  # one task per batched call, its own instruction

@@ -177,6 +177,7 @@ def test_metaworld_renders_a_camera():
     assert float(std) > 1.0  # a rendered scene, not a blank buffer
 
 
+@pytest.mark.slow  # about 70 s on 2 cores; tests/test_policy_streamed.py trains both kinds on cameras in CI
 @pytest.mark.parametrize("variant", ["dp", "bin"])
 def test_trainers_train_an_image_policy_that_acts_on_images(image_dataset, tmp_path, variant):
     """config.data.image_keys feeds the conv encoder through the trainer (diffusion and token policy alike); the

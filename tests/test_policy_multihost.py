@@ -54,8 +54,16 @@ def test_two_policy_processes_match_one(tmp_path, tiny_dataset):  # noqa: F811
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=2e-5)
     assert np.isfinite(metrics["val_loss"])
 
-    # streamed: each process reads its half of the train episodes; the run trains and exports one policy
-    streamed = _run_two_processes(tmp_path, "streamed", tiny_dataset, flags + ["--config.data.shuffle_buffer=64"])
+
+@pytest.mark.slow  # about 50 s on 2 cores: two training processes
+@pytest.mark.usefixtures("compilation_cache")
+def test_two_streaming_policy_processes_train_on_their_shards(tmp_path, tiny_dataset):  # noqa: F811
+    """Streamed: each process reads its half of the train episodes; the run trains and exports one policy."""
+    tokenizer = save_tiny_oat(str(tmp_path / "tok"), action_dim=ACTION_DIM)
+    flags = [f"--config.tokenizer.path={tokenizer}", f"--config.train.num_steps={STEPS}",
+             f"--config.train.eval_every={STEPS}", f"--config.checkpoint.every={STEPS}", "--config.train.log_every=1",
+             "--config.data.shuffle_buffer=64"]
+    streamed = _run_two_processes(tmp_path, "streamed", tiny_dataset, flags)
     losses = train_helpers.train_losses(streamed)
     assert len(losses) == STEPS and np.all(np.isfinite(losses))
     assert os.path.isfile(os.path.join(streamed, "policy", "policy.json"))
