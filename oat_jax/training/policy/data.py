@@ -65,8 +65,9 @@ def observation_keys(data_cfg: ml_collections.ConfigDict) -> dict:
     return {k: v for k, v in keys.items() if v}
 
 
-def _spec(data_cfg: ml_collections.ConfigDict) -> loader.DatasetSpec:
-    return data.dataset_members(data_cfg)[0].spec
+def _label(data_cfg: ml_collections.ConfigDict) -> str:
+    """The dataset's path or name (a mixture's joined by ' + ') for messages."""
+    return " + ".join(m.spec.label for m in data.dataset_members(data_cfg))
 
 
 def member_labels(data_cfg: ml_collections.ConfigDict) -> list[str]:
@@ -105,22 +106,25 @@ def instructions(data_cfg: ml_collections.ConfigDict) -> list[str]:
                                          val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
     if data_cfg.language_key and not found:
         raise ValueError(f"config.data.language_key={data_cfg.language_key!r}: the train split of "
-                         f"{_spec(data_cfg).label} holds no instruction (every one is empty); leave language_key "
+                         f"{_label(data_cfg)} holds no instruction (every one is empty); leave language_key "
                          f"empty for a policy without language input.")
     return found
 
 
 def _check_finite(batch: dict, episode_ids: np.ndarray, data_cfg: ml_collections.ConfigDict, split: str) -> None:
-    """ValueError naming the dataset, split and episodes when an action or state value is NaN/Inf."""
+    """ValueError naming the dataset (the mixture member of the first bad row), split and episodes when an action
+    or state value is NaN/Inf."""
     for name in ("actions", "state"):
         if name not in batch:
             continue
         values = np.asarray(batch[name])
         bad = ~np.all(np.isfinite(values.reshape(len(values), -1)), axis=1)
         if bad.any():
-            ids = np.unique(np.asarray(episode_ids)[bad])
+            member = np.asarray(batch.get("dataset_index", np.zeros(len(values), np.int32)))
+            first = int(member[bad][0])
+            ids = np.unique(np.asarray(episode_ids)[bad & (member == first)])
             what = "actions" if name == "actions" else "state observations"
-            spec = _spec(data_cfg)
+            spec = data.dataset_members(data_cfg)[first].spec
             raise ValueError(f"{spec.label} ({spec.path or spec.name}): episode(s) {ids[:10].tolist()} of the "
                              f"{split!r} split have NaN/Inf {what}; fix the source data and convert it again.")
 
@@ -148,7 +152,7 @@ def load_pairs(data_cfg: ml_collections.ConfigDict, split: str, horizon: int, n_
             if name != "episode_id":
                 parts.setdefault(name, []).append(value)
     if not parts:
-        raise ValueError(f"The {split!r} split of {_spec(data_cfg).label} holds no pairs; check "
+        raise ValueError(f"The {split!r} split of {_label(data_cfg)} holds no pairs; check "
                          f"config.data.val_fraction.")
     return {name: np.concatenate(values) for name, values in parts.items()}
 
@@ -160,7 +164,7 @@ def eval_pairs(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: i
     total = pairs.count_pairs(_datasets(data_cfg), "val", val_fraction=data_cfg.val_fraction,
                               split_seed=data_cfg.split_seed)
     if total == 0:
-        raise ValueError(f"The 'val' split of {_spec(data_cfg).label} holds no pairs; check config.data.val_fraction.")
+        raise ValueError(f"The 'val' split of {_label(data_cfg)} holds no pairs; check config.data.val_fraction.")
     limit = int(data_cfg.max_eval_chunks)
     keep = np.zeros(total, bool)
     keep[np.unique(np.linspace(0, total - 1, min(limit, total)).round().astype(np.int64))] = True
