@@ -21,6 +21,7 @@ holding the rest. The state normalizer is fitted on the train split's frames (ea
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import ml_collections
@@ -84,6 +85,7 @@ def fit_normalizers(data_cfg: ml_collections.ConfigDict, state_mode: str, action
     """Per member (in `dataset_index` order): the state normalizers and the action normalizers, each fitted on every
     train frame of that member (each frame once); the state ones None without state keys, the action ones None
     without `action_mode`."""
+    logging.info("Reading the train frames of %s (actions and states only) for the normalizers.", _label(data_cfg))
     frames = pairs.frame_values(_datasets(data_cfg), observation_spec(data_cfg), "train",
                                 val_fraction=data_cfg.val_fraction, split_seed=data_cfg.split_seed)
     labels = member_labels(data_cfg)
@@ -166,6 +168,7 @@ def eval_pairs(data_cfg: ml_collections.ConfigDict, horizon: int, n_obs_steps: i
     if total == 0:
         raise ValueError(f"The 'val' split of {_label(data_cfg)} holds no pairs; check config.data.val_fraction.")
     limit = int(data_cfg.max_eval_chunks)
+    logging.info("Reading %d of the %d held-out pairs of %s.", min(limit, total), total, _label(data_cfg))
     keep = np.zeros(total, bool)
     keep[np.unique(np.linspace(0, total - 1, min(limit, total)).round().astype(np.int64))] = True
     return load_pairs(data_cfg, "val", horizon, n_obs_steps, vocabulary, keep)
