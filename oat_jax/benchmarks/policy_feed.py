@@ -18,9 +18,10 @@ import jax
 import ml_collections
 
 from oat_jax.action_tokenizers import load_action_tokenizer
-from oat_jax.policy.model import PolicyConfig, TokenPolicyModel
+from oat_jax.policy.model import TokenPolicyModel
 from oat_jax.training import loop, optim, run_config, sharding
 from oat_jax.training.policy import data as policy_data
+from oat_jax.training.policy import trainer as policy_trainer
 from oat_jax.training.policy.step import init_policy_state, make_policy_train_step
 
 _RSS = re.compile(r"Maximum resident set size \(kbytes\): (\d+)")
@@ -88,12 +89,7 @@ def interleaved_rates(config: ml_collections.ConfigDict, windows: int, window_st
     in_memory = policy_data.PairBatches(on_host(policy_data.load_pairs(run.data, "train", horizon, k, vocabulary)),
                                         batch, rows, int(run.seed))
     stream = policy_data.StreamedPairs(run.data, horizon, k, len(rows), int(run.seed), 0, vocabulary, streamed)
-    m = run.model
-    pconfig = PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
-                           variable_length=not tokenizer.fixed_length,
-                           **policy_data.observation_fields(in_memory.arrays), num_instructions=len(vocabulary),
-                           n_obs_steps=k, width=m.width, depth=m.depth, num_heads=m.num_heads,
-                           mlp_ratio=m.mlp_ratio, dropout=m.dropout, state_hidden=m.state_hidden, dtype=m.dtype)
+    pconfig = policy_trainer.policy_config(run, tokenizer, in_memory.arrays, len(vocabulary))
     model = TokenPolicyModel(pconfig)
     tx, schedule = optim.make_optimizer(run.optim, int(run.train.num_steps))
     init = lambda: init_policy_state(model, tx, int(run.seed))  # noqa: E731

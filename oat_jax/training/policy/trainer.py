@@ -52,7 +52,9 @@ def frozen_tokenizer(source: run_config.TokenizerSource, train_chunks: np.ndarra
                      "config.tokenizer.fit ('bin' | 'fast') to choose the policy's action tokenizer.")
 
 
-def _policy_config(run: run_config.PolicyRun, tokenizer, arrays: dict, num_instructions: int) -> PolicyConfig:
+def policy_config(run: run_config.PolicyRun, tokenizer, arrays: dict, num_instructions: int) -> PolicyConfig:
+    """The PolicyConfig of a run: the tokenizer's vocabulary and length, the observation shapes of `arrays` (pairs
+    as `policy_data.observation_fields` reads them), `num_instructions`, the sizes of `config.model`."""
     m = run.model
     return PolicyConfig(vocab_size=int(tokenizer.vocab_size), max_tokens=int(tokenizer.max_tokens),
                         variable_length=not tokenizer.fixed_length, **policy_data.observation_fields(arrays),
@@ -98,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             members = policy_data.member_normalizers(labels, normalizers)
             on_host, streamed, targets, frozen = policy_data.token_feeds(tokenizer, normalizers, labels)
             val_arrays = on_host(policy_data.eval_pairs(run.data, horizon, k, vocabulary))
-            pconfig = _policy_config(run, tokenizer, val_arrays, len(vocabulary))
+            pconfig = policy_config(run, tokenizer, val_arrays, len(vocabulary))
             sampling = run.sampling
 
             model = TokenPolicyModel(pconfig)
